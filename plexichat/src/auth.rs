@@ -1,0 +1,170 @@
+//! Passwords (argon2id, hashed off the async workers), session tokens (random, stored
+//! only as SHA-256) and the extractor that turns a bearer token into a user.
+
+use std::sync::Arc;
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use crate::app::App;
+use crate::cache::TokenHash;
+use crate::config::AuthSettings;
+use crate::error::ApiError;
+use crate::model::{Timestamp, User};
+
+/// Hashes and verifies passwords with the profile's argon2id cost.
+#[derive(Clone)]
+pub struct Passwords {
+    argon2: Argon2<'static>,
+    /// Verified against when the user does not exist, so an unknown name costs
+    /// the same time as a wrong password.
+    decoy_hash: Arc<str>,
+}
+
+impl Passwords {
+    pub fn new(settings: &AuthSettings) -> anyhow::Result<Self> {
+        let params = Params::new(
+            settings.argon2_memory_kib,
+            settings.argon2_iterations,
+            settings.argon2_parallelism,
+            None,
+        )
+        .map_err(|err| anyhow::anyhow!("argon2 parameters: {err}"))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let decoy_hash = hash_with(&argon2, "decoy password never matches")?;
+        Ok(Self {
+            argon2,
+            decoy_hash: decoy_hash.into(),
+        })
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let argon2 = self.argon2.clone();
+        tokio::task::spawn_blocking(move || hash_with(&argon2, &password))
+            .await
+            .map_err(|err| ApiError::Internal(err.into()))?
+            .map_err(ApiError::Internal)
+    }
+
+    /// True when `password` matches `stored`; with no stored hash, spends the same
+    /// effort and answers false.
+    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
+        let argon2 = self.argon2.clone();
+        let (hash, real) = match stored {
+            Some(hash) => (hash, true),
+            None => (self.decoy_hash.to_string(), false),
+        };
+        let matches = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| argon2.verify_password(password.as_bytes(), &parsed).is_ok())
+        })
+        .await
+        .map_err(|err| ApiError::Internal(err.into()))?;
+        Ok(real && matches)
+    }
+}
+
+fn hash_with(argon2: &Argon2<'_>, password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|err| anyhow::anyhow!("hashing a password: {err}"))
+}
+
+/// A new opaque session token: 256 random bits, hex-encoded.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn token_hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The caller of an authenticated route.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user: User,
+    pub token_hash: TokenHash,
+}
+
+impl AuthUser {
+    /// Resolves a token (cached), then charges the user's rate limit.
+    pub async fn from_token(app: &App, token: &str) -> Result<Self, ApiError> {
+        let hash = token_hash(token);
+        let now = Timestamp::now();
+        let session = app
+            .caches
+            .session(hash, app.store.session(&hash, now))
+            .await?
+            .filter(|session| session.expires_at > now)
+            .ok_or(ApiError::Unauthorized("unknown or expired token"))?;
+        app.rate_limits.check_api(session.user.id)?;
+        Ok(Self {
+            user: session.user,
+            token_hash: hash,
+        })
+    }
+}
+
+impl FromRequestParts<Arc<App>> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(ApiError::Unauthorized("missing Authorization: Bearer <token>"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or(ApiError::Unauthorized("expected Authorization: Bearer <token>"))?;
+        Self::from_token(app, token).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> AuthSettings {
+        AuthSettings {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            ..AuthSettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn hash_then_verify() {
+        let passwords = Passwords::new(&cheap()).unwrap();
+        let hash = passwords.hash("correct horse".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(passwords.verify("correct horse".into(), Some(hash.clone())).await.unwrap());
+        assert!(!passwords.verify("wrong horse".into(), Some(hash)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn unknown_user_never_verifies_even_with_the_decoy_password() {
+        let passwords = Passwords::new(&cheap()).unwrap();
+        assert!(!passwords.verify("decoy password never matches".into(), None).await.unwrap());
+    }
+
+    #[test]
+    fn tokens_are_unique_and_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_eq!(token_hash(&a), token_hash(&a));
+        assert_ne!(token_hash(&a), token_hash(&b));
+    }
+}

@@ -1,0 +1,48 @@
+//! Cluster membership as the shared database records it.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::app::App;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ErrorBody};
+use crate::model::Timestamp;
+
+#[derive(Serialize, ToSchema)]
+pub struct NodeStatus {
+    node_id: String,
+    addr: String,
+    version: String,
+    /// `up` while the node's heartbeat is within the lease, else `down`.
+    status: &'static str,
+    generation: i64,
+    #[schema(value_type = String, format = DateTime)]
+    last_seen: Timestamp,
+}
+
+/// Every node that has joined the cluster, and whether it is up.
+#[utoipa::path(get, path = "/api/v1/cluster/nodes", tag = "cluster", security(("bearer" = [])), responses(
+    (status = 200, body = [NodeStatus]), (status = 401, body = ErrorBody),
+))]
+pub async fn nodes(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<Vec<NodeStatus>>, ApiError> {
+    let now = Timestamp::now();
+    let lease = app.settings.cluster.lease;
+    let nodes = app.store.nodes().await?;
+    Ok(Json(
+        nodes
+            .into_iter()
+            .map(|node| NodeStatus {
+                status: if node.last_seen.plus(lease) >= now { "up" } else { "down" },
+                node_id: node.node_id,
+                addr: node.addr,
+                version: node.version,
+                generation: node.generation,
+                last_seen: node.last_seen,
+            })
+            .collect(),
+    ))
+}

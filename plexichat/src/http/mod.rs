@@ -1,0 +1,144 @@
+//! The HTTP surface: routes (one module per resource), the OpenAPI document generated
+//! from them, and the middleware stack every request passes through.
+
+mod auth;
+mod channels;
+mod cluster;
+mod extract;
+mod messages;
+mod system;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::{CompressionLayer, CompressionLevel};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::App;
+use crate::error::{error_response, ApiError};
+use crate::metrics::{HTTP_REQUESTS_TOTAL, HTTP_REQUEST_SECONDS};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "PlexiChat", description = "Chat over REST and WebSocket; see API.md."),
+    modifiers(&BearerToken),
+    components(schemas(crate::error::ErrorBody, crate::model::Message)),
+)]
+struct ApiDoc;
+
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// The OpenAPI document, served as it was generated from the routes.
+#[derive(Clone)]
+pub(crate) struct OpenApiJson(Arc<str>);
+
+/// Every route, documented and wired in one place.
+fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::health))
+        .routes(routes!(system::ready))
+        .routes(routes!(system::metrics))
+        .routes(routes!(system::openapi))
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::me))
+        .routes(routes!(channels::create, channels::list))
+        .routes(routes!(channels::get))
+        .routes(routes!(channels::join))
+        .routes(routes!(channels::leave))
+        .routes(routes!(messages::post, messages::page))
+        .routes(routes!(cluster::nodes))
+        .routes(routes!(crate::ws::upgrade))
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let (router, openapi) = routes().split_for_parts();
+    let openapi = OpenApiJson(openapi.to_json().unwrap_or_default().into());
+    let settings = &app.settings;
+    let compression = CompressionLayer::new()
+        .gzip(true)
+        .quality(CompressionLevel::Precise(i32::from(settings.compression.level)))
+        .compress_when(
+            SizeAbove::new(settings.compression.min_size_bytes).and(NotForContentType::const_new("text/event-stream")),
+        );
+    let router = router
+        .fallback(|| async { ApiError::NotFound("no such route") })
+        .layer(Extension(openapi))
+        // The body limit below is the one limit; axum's own default would be a second.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(settings.http.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.http.request_timeout))
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(track_metrics));
+    let router = if settings.compression.enabled { router.layer(compression) } else { router };
+    router.layer(TraceLayer::new_for_http()).with_state(app)
+}
+
+/// Counts and times each request by its route template (not its path, which would
+/// make one time series per channel id).
+async fn track_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(HTTP_REQUESTS_TOTAL, "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Gives errors made by the framework and its layers (405, 413, timeouts, bad upgrades)
+/// the same JSON body as ours.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request body is too large".to_string(),
+        StatusCode::SERVICE_UNAVAILABLE => "request timed out".to_string(),
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let mut rebuilt = error_response(status, message);
+    for name in [header::RETRY_AFTER, header::ALLOW] {
+        if let Some(value) = response.headers().get(&name) {
+            rebuilt.headers_mut().insert(name, value.clone());
+        }
+    }
+    rebuilt.into_response()
+}

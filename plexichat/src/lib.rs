@@ -1,0 +1,20 @@
+//! PlexiChat: an async chat server (REST + WebSocket) on SQLite by default.
+//!
+//! The contract it keeps is API.md; [`Server`] runs it, [`config::Settings`] configures it.
+
+pub mod app;
+pub mod auth;
+pub mod bus;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod model;
+pub mod ratelimit;
+mod server;
+pub mod store;
+pub mod ws;
+
+pub use server::Server;

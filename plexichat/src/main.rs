@@ -1,0 +1,136 @@
+//! The `plexichat` binary: `plexichat [serve] [flags]`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use plexichat::config::{ConfigError, Origin, Settings};
+use plexichat::Server;
+use tracing_subscriber::EnvFilter;
+
+/// PlexiChat chat server. With no subcommand it serves, like `plexichat serve`.
+#[derive(Parser)]
+#[command(name = "plexichat", version, about, after_help = "Example: plexichat serve --config profiles/dev.yaml --listen 127.0.0.1:8080")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP and WebSocket API (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// Profile file (YAML); its `server` section configures the server.
+    #[arg(long, value_name = "FILE", env = "PLEXICHAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8000 (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// nats://HOST:PORT, for fan-out across a cluster.
+    #[arg(long, value_name = "URL")]
+    nats_url: Option<String>,
+    /// This node's name in a cluster.
+    #[arg(long, value_name = "ID")]
+    node_id: Option<String>,
+}
+
+impl ServeArgs {
+    /// Profile, then environment, then these flags; flags win.
+    fn settings(&self) -> Result<Settings, ConfigError> {
+        let mut env: Vec<(String, String)> = std::env::vars().collect();
+        let flags = [
+            ("PLEXICHAT_LISTEN", "--listen", &self.listen),
+            ("PLEXICHAT_DATABASE_URL", "--database-url", &self.database_url),
+            ("PLEXICHAT_NATS_URL", "--nats-url", &self.nats_url),
+            ("PLEXICHAT_NODE_ID", "--node-id", &self.node_id),
+        ];
+        for (var, _, value) in &flags {
+            if let Some(value) = value {
+                env.retain(|(name, _)| name != var);
+                env.push((var.to_string(), value.clone()));
+            }
+        }
+        Settings::load(self.config.as_deref(), env).map_err(|mut err| {
+            // A flag travels as its variable; name the flag the user actually typed.
+            if let Origin::Env(var) = &err.origin {
+                if let Some((_, flag, Some(_))) = flags.iter().find(|(name, _, value)| name == var && value.is_some()) {
+                    err.origin = Origin::Flag(flag.to_string());
+                }
+            }
+            err
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let settings = match args.settings() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("PLEXICHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let server = Server::bind(settings).await?;
+    server.run_until(shutdown_signal()).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch SIGTERM; only Ctrl-C stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

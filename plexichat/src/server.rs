@@ -1,0 +1,124 @@
+//! A server's life: bind, run the background loops, serve, and shut down gracefully
+//! (stop accepting, say goodbye on every WebSocket, finish in-flight requests).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::config::Settings;
+use crate::model::{NodeRecord, Timestamp};
+
+/// How long shutdown waits for WebSockets to close and loops to stop.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often expired sessions are deleted.
+const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+
+pub struct Server {
+    app: Arc<App>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Opens the database and binds the listening socket (port 0 picks a free port).
+    pub async fn bind(settings: Settings) -> anyhow::Result<Self> {
+        let listen = settings.listen;
+        let app = App::new(settings).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        Ok(Self { app, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| self.app.settings.listen)
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves until `shutdown` completes, then drains.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { app, listener } = self;
+        let addr = listener.local_addr()?;
+        spawn_background_loops(&app, addr);
+        tracing::info!(node_id = %app.node_id, "plexichat listening on http://{addr}");
+        let router = crate::http::router(app.clone());
+        let draining = app.clone();
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining connections");
+                draining.draining.store(true, Ordering::Relaxed);
+                draining.shutdown.cancel();
+            })
+            .await
+            .context("serving HTTP")?;
+        // Requests are finished; WebSockets were told to close when shutdown began.
+        app.shutdown.cancel();
+        app.tasks.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, app.tasks.wait()).await.is_err() {
+            tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn spawn_background_loops(app: &Arc<App>, addr: SocketAddr) {
+    let settings = &app.settings;
+    every(app, settings.cluster.heartbeat_interval, {
+        let node = NodeRecord {
+            node_id: app.node_id.clone(),
+            generation: app.generation,
+            addr: addr.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            last_seen: Timestamp::now(),
+        };
+        move |app| {
+            let node = NodeRecord {
+                last_seen: Timestamp::now(),
+                ..node.clone()
+            };
+            async move {
+                if let Err(err) = app.store.heartbeat(&node).await {
+                    tracing::warn!(error = %err, "membership heartbeat failed");
+                }
+            }
+        }
+    });
+    every(app, settings.rate_limits.prune_interval, |app| async move { app.rate_limits.prune() });
+    every(app, SESSION_SWEEP_INTERVAL, |app| async move {
+        match app.store.delete_expired_sessions(Timestamp::now()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "expired sessions deleted"),
+            Err(err) => tracing::warn!(error = %err, "session sweep failed"),
+        }
+    });
+}
+
+/// Runs `tick` now and then every `period` until shutdown.
+fn every<F, Fut>(app: &Arc<App>, period: Duration, tick: F)
+where
+    F: Fn(Arc<App>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let app = app.clone();
+    let tasks = app.tasks.clone();
+    tasks.spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = app.shutdown.cancelled() => break,
+                _ = interval.tick() => tick(app.clone()).await,
+            }
+        }
+    });
+}

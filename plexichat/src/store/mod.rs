@@ -1,0 +1,140 @@
+//! Persistence behind one interface, so handlers never know which database they use.
+
+mod sqlite;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType};
+
+pub use self::sqlite::SqliteStore;
+use crate::config::DatabaseSettings;
+use crate::model::{
+    Channel, ChannelId, Message, MessageId, NewMessage, NodeRecord, Session, Timestamp, User, UserId,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached right now; the request may succeed later.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A unique name is taken.
+    #[error("already exists")]
+    Conflict,
+    /// A referenced row does not exist.
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Other(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(err),
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
+            _ => StoreError::Other(err),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A user's login record: who they are and their password hash.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip for readiness checks.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Fails with `Conflict` when the name is taken (case-insensitively).
+    async fn create_user(&self, username: &str, password_hash: &str, now: Timestamp) -> StoreResult<User>;
+    async fn credentials(&self, username: &str) -> StoreResult<Option<Credentials>>;
+
+    async fn create_session(&self, token_hash: &[u8], user_id: UserId, now: Timestamp, expires_at: Timestamp)
+        -> StoreResult<()>;
+    /// The session's user, if the token exists and has not expired at `now`.
+    async fn session(&self, token_hash: &[u8], now: Timestamp) -> StoreResult<Option<Session>>;
+    async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()>;
+    async fn delete_expired_sessions(&self, now: Timestamp) -> StoreResult<u64>;
+
+    /// Creates the channel with its creator as the first member.
+    async fn create_channel(&self, name: &str, created_by: UserId, now: Timestamp) -> StoreResult<Channel>;
+    async fn channels(&self) -> StoreResult<Vec<Channel>>;
+    async fn channel(&self, id: ChannelId) -> StoreResult<Option<Channel>>;
+    /// Idempotent; `NotFound` when the channel does not exist.
+    async fn join_channel(&self, channel_id: ChannelId, user_id: UserId, now: Timestamp) -> StoreResult<()>;
+    async fn leave_channel(&self, channel_id: ChannelId, user_id: UserId) -> StoreResult<()>;
+    async fn is_member(&self, channel_id: ChannelId, user_id: UserId) -> StoreResult<bool>;
+
+    /// Returns once the message is committed.
+    async fn insert_message(&self, message: &NewMessage) -> StoreResult<Message>;
+    /// Newest first, ids below `before` when given.
+    async fn messages(&self, channel_id: ChannelId, before: Option<MessageId>, limit: u32) -> StoreResult<Vec<Message>>;
+
+    /// Inserts or refreshes this node's membership row.
+    async fn heartbeat(&self, node: &NodeRecord) -> StoreResult<()>;
+    async fn nodes(&self) -> StoreResult<Vec<NodeRecord>>;
+}
+
+/// Opens the store a database URL names, migrated to the current schema.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Arc<dyn Store>> {
+    let url = settings.url.as_str();
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(settings).await?))
+    } else {
+        anyhow::bail!("database URL `{url}`: this build supports sqlite://PATH only")
+    }
+}
+
+/// Migrations compiled into the binary, so a deployed server needs no files beside it.
+#[derive(Debug)]
+struct EmbeddedMigrations(&'static [(i64, &'static str, &'static str)]);
+
+impl<'s> MigrationSource<'s> for EmbeddedMigrations {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        let migrations = self
+            .0
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(*version, Cow::Borrowed(description), MigrationType::Simple, Cow::Borrowed(sql), false)
+            })
+            .collect();
+        Box::pin(async move { Ok(migrations) })
+    }
+}
+
+/// Records how long a query took, labelled by what it did.
+pub(crate) struct QueryTimer {
+    operation: &'static str,
+    started: Instant,
+}
+
+impl QueryTimer {
+    pub(crate) fn start(operation: &'static str) -> Self {
+        Self {
+            operation,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for QueryTimer {
+    fn drop(&mut self) {
+        metrics::histogram!(crate::metrics::DB_QUERY_SECONDS, "operation" => self.operation)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
