@@ -149,14 +149,20 @@ mod tests {
         let passwords = Passwords::new(&cheap()).unwrap();
         let hash = passwords.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"), "{hash}");
-        assert!(passwords.verify("correct horse".into(), Some(hash.clone())).await.unwrap());
+        assert!(passwords
+            .verify("correct horse".into(), Some(hash.clone()))
+            .await
+            .unwrap());
         assert!(!passwords.verify("wrong horse".into(), Some(hash)).await.unwrap());
     }
 
     #[tokio::test]
     async fn unknown_user_never_verifies_even_with_the_decoy_password() {
         let passwords = Passwords::new(&cheap()).unwrap();
-        assert!(!passwords.verify("decoy password never matches".into(), None).await.unwrap());
+        assert!(!passwords
+            .verify("decoy password never matches".into(), None)
+            .await
+            .unwrap());
     }
 
     #[test]

@@ -14,12 +14,24 @@ use crate::ws::ServerFrame;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ClusterEvent {
-    MessagePosted { message: Message },
-    Typing { channel_id: ChannelId, user_id: UserId, username: String },
+    MessagePosted {
+        message: Message,
+    },
+    Typing {
+        channel_id: ChannelId,
+        user_id: UserId,
+        username: String,
+    },
     /// A user joined or left: cached memberships and member counts are stale.
-    MembershipChanged { channel_id: ChannelId, user_id: UserId, member: bool },
+    MembershipChanged {
+        channel_id: ChannelId,
+        user_id: UserId,
+        member: bool,
+    },
     /// A token was logged out: it must stop working on every node at once.
-    SessionRevoked { token_hash: TokenHash },
+    SessionRevoked {
+        token_hash: TokenHash,
+    },
 }
 
 impl ClusterEvent {

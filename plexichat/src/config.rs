@@ -325,21 +325,20 @@ impl Settings {
                 env_paths.insert(path.join("."), var);
             }
         }
-        let settings: Settings =
-            serde_path_to_error::deserialize(server).map_err(|err| {
-                let field = err.path().to_string();
-                let origin = env_paths
-                    .get(&field)
-                    .map_or(origin.clone(), |var| Origin::Env(var.clone()));
-                let problem = err.into_inner().to_string();
-                let fix = fix_for(&problem);
-                ConfigError {
-                    origin,
-                    field: format!("server.{field}"),
-                    problem,
-                    fix,
-                }
-            })?;
+        let settings: Settings = serde_path_to_error::deserialize(server).map_err(|err| {
+            let field = err.path().to_string();
+            let origin = env_paths
+                .get(&field)
+                .map_or(origin.clone(), |var| Origin::Env(var.clone()));
+            let problem = err.into_inner().to_string();
+            let fix = fix_for(&problem);
+            ConfigError {
+                origin,
+                field: format!("server.{field}"),
+                problem,
+                fix,
+            }
+        })?;
         settings.validate().map_err(|mut err| {
             err.origin = env_paths
                 .get(err.field.trim_start_matches("server."))
@@ -454,7 +453,11 @@ impl Settings {
             );
         }
         if self.node_id.as_deref().is_some_and(|id| id.is_empty() || id.len() > 64) {
-            return fail("node_id", "must be 1 to 64 characters".into(), "set a short name such as node-1");
+            return fail(
+                "node_id",
+                "must be 1 to 64 characters".into(),
+                "set a short name such as node-1",
+            );
         }
         Ok(())
     }
@@ -530,9 +533,15 @@ fn env_override_path(var: &str) -> Result<Option<Vec<String>>, ConfigError> {
         return Ok(None);
     }
     if rest.contains("__") {
-        return Ok(Some(rest.to_ascii_lowercase().split("__").map(str::to_string).collect()));
+        return Ok(Some(
+            rest.to_ascii_lowercase().split("__").map(str::to_string).collect(),
+        ));
     }
-    let known: Vec<&str> = ENV_ALIASES.iter().map(|(alias, _)| *alias).chain(ENV_NOT_SETTINGS.iter().copied()).collect();
+    let known: Vec<&str> = ENV_ALIASES
+        .iter()
+        .map(|(alias, _)| *alias)
+        .chain(ENV_NOT_SETTINGS.iter().copied())
+        .collect();
     Err(ConfigError {
         origin: Origin::Env(var.to_string()),
         field: "(variable)".into(),
@@ -550,7 +559,9 @@ fn set_path(root: &mut Value, path: &[String], leaf: Value) {
         if !node.is_mapping() {
             *node = Value::Mapping(Default::default());
         }
-        let Value::Mapping(map) = node else { unreachable!("made a mapping above") };
+        let Value::Mapping(map) = node else {
+            unreachable!("made a mapping above")
+        };
         node = map.entry(Value::String(key.clone())).or_insert(Value::Null);
     }
     *node = leaf;
@@ -558,14 +569,14 @@ fn set_path(root: &mut Value, path: &[String], leaf: Value) {
 
 /// serde's messages already say what is expected; this turns them into an instruction.
 fn fix_for(problem: &str) -> String {
-    if let Some(expected) = problem.split("expected one of ").nth(1) {
-        format!("use one of {expected}")
-    } else if problem.contains("unknown field") {
-        "remove the field".into()
-    } else if let Some(expected) = problem.split("expected ").nth(1) {
-        format!("give {expected}")
-    } else {
-        "see profiles/dev.yaml for a valid example".into()
+    let expected = problem
+        .split_once("expected ")
+        .map(|(_, rest)| rest.trim_start_matches("one of "));
+    match expected {
+        Some(expected) if problem.starts_with("unknown field") => format!("remove it, or use one of {expected}"),
+        Some(expected) if problem.starts_with("unknown variant") => format!("use one of {expected}"),
+        Some(expected) => format!("give {expected}"),
+        None => "see profiles/dev.yaml for a valid example".into(),
     }
 }
 
@@ -581,8 +592,11 @@ mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map_err(|err| D::Error::custom(format!("`{text}` is not a duration ({err}); expected e.g. 500ms, 30s, 5m")))
+        humantime::parse_duration(&text).map_err(|err| {
+            D::Error::custom(format!(
+                "`{text}` is not a duration ({err}); expected e.g. 500ms, 30s, 5m"
+            ))
+        })
     }
 }
 
@@ -609,7 +623,10 @@ mod tests {
         assert_eq!(settings.database.url, "sqlite://plexichat.db");
         assert_eq!(settings.http.max_body_bytes, 65536);
         assert_eq!(settings.rate_limits.auth_per_minute, 30);
-        assert_eq!((settings.rate_limits.api_per_second, settings.rate_limits.api_burst), (50, 100));
+        assert_eq!(
+            (settings.rate_limits.api_per_second, settings.rate_limits.api_burst),
+            (50, 100)
+        );
         assert_eq!((settings.limits.username_min, settings.limits.username_max), (3, 32));
         assert_eq!(settings.limits.message_body_max, 4000);
     }
@@ -628,7 +645,7 @@ mod tests {
         let file = profile("server:\n  cache:\n    ttl_seconds: 5\n");
         let err = Settings::load(Some(file.path()), no_env()).unwrap_err();
         assert_eq!(err.origin, Origin::File(file.path().to_path_buf()));
-        assert_eq!(err.field, "server.cache");
+        assert_eq!(err.field, "server.cache.ttl_seconds");
         assert!(err.problem.contains("unknown field `ttl_seconds`"), "{err}");
         assert!(err.fix.contains("`ttl`"), "{err}");
     }
@@ -666,7 +683,10 @@ mod tests {
         assert_eq!(err.field, "server.compression.level");
         assert_eq!(err.origin, Origin::File(file.path().to_path_buf()));
         let file = profile("server:\n  database:\n    url: mysql://x\n");
-        assert_eq!(Settings::load(Some(file.path()), no_env()).unwrap_err().field, "server.database.url");
+        assert_eq!(
+            Settings::load(Some(file.path()), no_env()).unwrap_err().field,
+            "server.database.url"
+        );
     }
 
     #[test]
@@ -712,6 +732,10 @@ mod tests {
                 seen += 1;
             }
         }
-        assert!(seen >= 3, "expected dev, production and bench profiles in {}", dir.display());
+        assert!(
+            seen >= 3,
+            "expected dev, production and bench profiles in {}",
+            dir.display()
+        );
     }
 }

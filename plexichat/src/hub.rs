@@ -65,7 +65,9 @@ impl Hub {
     }
 
     pub fn is_subscribed(&self, channel: ChannelId, connection: ConnectionId) -> bool {
-        self.read().get(&channel).is_some_and(|subscribers| subscribers.contains_key(&connection))
+        self.read()
+            .get(&channel)
+            .is_some_and(|subscribers| subscribers.contains_key(&connection))
     }
 
     pub fn subscriber_count(&self, channel: ChannelId) -> usize {
@@ -76,7 +78,9 @@ impl Hub {
     /// Returns how many it was queued for.
     pub fn deliver(&self, channel: ChannelId, frame: &Utf8Bytes, skip_user: Option<UserId>) -> usize {
         let channels = self.read();
-        let Some(subscribers) = channels.get(&channel) else { return 0 };
+        let Some(subscribers) = channels.get(&channel) else {
+            return 0;
+        };
         let mut delivered = 0;
         for subscriber in subscribers.values() {
             if Some(subscriber.user_id) == skip_user {

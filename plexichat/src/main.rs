@@ -11,7 +11,12 @@ use tracing_subscriber::EnvFilter;
 
 /// PlexiChat chat server. With no subcommand it serves, like `plexichat serve`.
 #[derive(Parser)]
-#[command(name = "plexichat", version, about, after_help = "Example: plexichat serve --config profiles/dev.yaml --listen 127.0.0.1:8080")]
+#[command(
+    name = "plexichat",
+    version,
+    about,
+    after_help = "Example: plexichat serve --config profiles/dev.yaml --listen 127.0.0.1:8080"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -86,9 +91,7 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("PLEXICHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("PLEXICHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

@@ -1,6 +1,6 @@
 //! Prometheus metrics: the names we export, the process-wide recorder and its upkeep.
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -23,13 +23,16 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+static RECORDER: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
 /// The process-wide recorder (the `metrics` facade allows only one), installed on first
 /// use. Its upkeep runs on a plain thread so it outlives any one tokio runtime: without
 /// upkeep the exporter's histograms grow without bound.
 pub fn recorder(upkeep_interval: Duration) -> anyhow::Result<PrometheusHandle> {
-    if let Some(handle) = RECORDER.get() {
+    // Held across check and install: two servers starting at once in one process
+    // (tests do) must not both try to install.
+    let mut installed = RECORDER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(handle) = installed.as_ref() {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
@@ -43,12 +46,17 @@ pub fn recorder(upkeep_interval: Duration) -> anyhow::Result<PrometheusHandle> {
             std::thread::sleep(upkeep_interval);
             upkeep.run_upkeep();
         })?;
-    Ok(RECORDER.get_or_init(|| handle).clone())
+    *installed = Some(handle.clone());
+    Ok(handle)
 }
 
 fn describe() {
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by method, route and status");
-    describe_histogram!(HTTP_REQUEST_SECONDS, Unit::Seconds, "HTTP request latency by method and route");
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency by method and route"
+    );
     describe_counter!(MESSAGES_POSTED_TOTAL, "Messages accepted (committed) by this node");
     describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
     describe_counter!(WS_CONNECTIONS_TOTAL, "WebSocket connections accepted");

@@ -22,7 +22,10 @@ impl Timestamp {
     }
 
     pub fn plus(self, duration: Duration) -> Self {
-        Self(self.0.saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     pub fn to_rfc3339(self) -> String {
@@ -118,8 +121,13 @@ pub fn validate_username(name: &str, limits: &Limits) -> Result<(), Invalid> {
             limits.username_min, limits.username_max
         )));
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
-        return Err(Invalid("username may only contain A-Z, a-z, 0-9, '_', '.' and '-'".into()));
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(Invalid(
+            "username may only contain A-Z, a-z, 0-9, '_', '.' and '-'".into(),
+        ));
     }
     Ok(())
 }

@@ -93,7 +93,9 @@ fn spawn_background_loops(app: &Arc<App>, addr: SocketAddr) {
             }
         }
     });
-    every(app, settings.rate_limits.prune_interval, |app| async move { app.rate_limits.prune() });
+    every(app, settings.rate_limits.prune_interval, |app| async move {
+        app.rate_limits.prune()
+    });
     every(app, SESSION_SWEEP_INTERVAL, |app| async move {
         match app.store.delete_expired_sessions(Timestamp::now()).await {
             Ok(0) => {}

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::extract::ws::{close_code, CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -175,7 +175,12 @@ impl Connection {
     async fn handle(&mut self, text: &str, outbox: &mpsc::Sender<Utf8Bytes>) -> Option<Utf8Bytes> {
         let frame = match serde_json::from_str::<ClientFrame>(text) {
             Ok(frame) => frame,
-            Err(err) => return Some(ServerFrame::error(&ApiError::InvalidRequest(format!("bad frame: {err}")), None)),
+            Err(err) => {
+                return Some(ServerFrame::error(
+                    &ApiError::InvalidRequest(format!("bad frame: {err}")),
+                    None,
+                ))
+            }
         };
         let user = &self.auth.user;
         match frame {
@@ -225,7 +230,10 @@ mod tests {
             serde_json::from_str(r#"{"type":"subscribe","channel_id":3}"#),
             Ok(ClientFrame::Subscribe { channel_id: 3 })
         ));
-        assert!(matches!(serde_json::from_str(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping)));
+        assert!(matches!(
+            serde_json::from_str(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        ));
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"shout"}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"subscribe","channel_id":"x"}"#).is_err());
     }

@@ -101,10 +101,13 @@ pub async fn leave(
     auth: AuthUser,
     ApiPath(id): ApiPath<ChannelId>,
 ) -> Result<StatusCode, ApiError> {
-    app.store.leave_channel(id, auth.user.id).await.map_err(|err| match err {
-        StoreError::NotFound => ApiError::NotFound("no such channel"),
-        other => other.into(),
-    })?;
+    app.store
+        .leave_channel(id, auth.user.id)
+        .await
+        .map_err(|err| match err {
+            StoreError::NotFound => ApiError::NotFound("no such channel"),
+            other => other.into(),
+        })?;
     membership_changed(&app, id, &auth, false).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -36,7 +36,11 @@ pub async fn nodes(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<
         nodes
             .into_iter()
             .map(|node| NodeStatus {
-                status: if node.last_seen.plus(lease) >= now { "up" } else { "down" },
+                status: if node.last_seen.plus(lease) >= now {
+                    "up"
+                } else {
+                    "down"
+                },
                 node_id: node.node_id,
                 addr: node.addr,
                 version: node.version,

@@ -25,13 +25,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ApiError::InvalidRequest(rejection.body_text())
             }
         })?;
-        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-        let value = serde_path_to_error::deserialize(&mut deserializer)
-            .map_err(|err| ApiError::InvalidRequest(format!("invalid JSON body: {err}")))?;
-        deserializer
-            .end()
-            .map_err(|err| ApiError::InvalidRequest(format!("invalid JSON body: {err}")))?;
-        Ok(Self(value))
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|err| ApiError::InvalidRequest(format!("body is not valid JSON: {err}")))?;
+        // serde would read a struct from an array too; every body here is an object.
+        if !json.is_object() {
+            return Err(ApiError::InvalidRequest("body must be a JSON object".into()));
+        }
+        serde_path_to_error::deserialize(json)
+            .map(Self)
+            .map_err(|err| ApiError::InvalidRequest(format!("invalid field `{}`: {}", err.path(), err.inner())))
     }
 }
 

@@ -92,10 +92,17 @@ pub fn router(app: Arc<App>) -> Router {
         // The body limit below is the one limit; axum's own default would be a second.
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(settings.http.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.http.request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            settings.http.request_timeout,
+        ))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(track_metrics));
-    let router = if settings.compression.enabled { router.layer(compression) } else { router };
+    let router = if settings.compression.enabled {
+        router.layer(compression)
+    } else {
+        router
+    };
     router.layer(TraceLayer::new_for_http()).with_state(app)
 }
 

@@ -12,9 +12,7 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 
 pub use self::sqlite::SqliteStore;
 use crate::config::DatabaseSettings;
-use crate::model::{
-    Channel, ChannelId, Message, MessageId, NewMessage, NodeRecord, Session, Timestamp, User, UserId,
-};
+use crate::model::{Channel, ChannelId, Message, MessageId, NewMessage, NodeRecord, Session, Timestamp, User, UserId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,8 +62,13 @@ pub trait Store: Send + Sync + 'static {
     async fn create_user(&self, username: &str, password_hash: &str, now: Timestamp) -> StoreResult<User>;
     async fn credentials(&self, username: &str) -> StoreResult<Option<Credentials>>;
 
-    async fn create_session(&self, token_hash: &[u8], user_id: UserId, now: Timestamp, expires_at: Timestamp)
-        -> StoreResult<()>;
+    async fn create_session(
+        &self,
+        token_hash: &[u8],
+        user_id: UserId,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> StoreResult<()>;
     /// The session's user, if the token exists and has not expired at `now`.
     async fn session(&self, token_hash: &[u8], now: Timestamp) -> StoreResult<Option<Session>>;
     async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()>;
@@ -83,7 +86,8 @@ pub trait Store: Send + Sync + 'static {
     /// Returns once the message is committed.
     async fn insert_message(&self, message: &NewMessage) -> StoreResult<Message>;
     /// Newest first, ids below `before` when given.
-    async fn messages(&self, channel_id: ChannelId, before: Option<MessageId>, limit: u32) -> StoreResult<Vec<Message>>;
+    async fn messages(&self, channel_id: ChannelId, before: Option<MessageId>, limit: u32)
+        -> StoreResult<Vec<Message>>;
 
     /// Inserts or refreshes this node's membership row.
     async fn heartbeat(&self, node: &NodeRecord) -> StoreResult<()>;
@@ -110,7 +114,13 @@ impl<'s> MigrationSource<'s> for EmbeddedMigrations {
             .0
             .iter()
             .map(|(version, description, sql)| {
-                Migration::new(*version, Cow::Borrowed(description), MigrationType::Simple, Cow::Borrowed(sql), false)
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(sql),
+                    false,
+                )
             })
             .collect();
         Box::pin(async move { Ok(migrations) })

@@ -9,9 +9,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::{Credentials, EmbeddedMigrations, QueryTimer, Store, StoreError, StoreResult};
 use crate::config::DatabaseSettings;
-use crate::model::{
-    Channel, ChannelId, Message, MessageId, NewMessage, NodeRecord, Session, Timestamp, User, UserId,
-};
+use crate::model::{Channel, ChannelId, Message, MessageId, NewMessage, NodeRecord, Session, Timestamp, User, UserId};
 
 const MIGRATIONS: EmbeddedMigrations =
     EmbeddedMigrations(&[(1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql"))]);
@@ -38,7 +36,11 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
         // Every connection to `:memory:` would be a database of its own.
-        let max_connections = if settings.url.contains(":memory:") { 1 } else { settings.max_connections };
+        let max_connections = if settings.url.contains(":memory:") {
+            1
+        } else {
+            settings.max_connections
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .min_connections(settings.min_connections.min(max_connections))
@@ -295,7 +297,12 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn messages(&self, channel_id: ChannelId, before: Option<MessageId>, limit: u32) -> StoreResult<Vec<Message>> {
+    async fn messages(
+        &self,
+        channel_id: ChannelId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
         let _timer = QueryTimer::start("messages");
         let rows = sqlx::query(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.author_id

@@ -1,0 +1,235 @@
+//! A load generator for a running PlexiChat server, run as a second process.
+//!
+//! ```text
+//! cargo run --release -p plexichat --example load -- post --url http://127.0.0.1:8000 --workers 32 --seconds 10
+//! cargo run --release -p plexichat --example load -- idle-ws --url http://127.0.0.1:8000 --count 1000 --server-pid PID
+//! ```
+//! `post` reports messages/s and latency percentiles; `idle-ws` opens subscribed,
+//! idle WebSockets and reports the server's resident memory before and after.
+//! Both are bounded in time and count. Point them at a server running the bench
+//! profile: the default rate limits would otherwise be what is measured.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Post messages from concurrent workers for a fixed time.
+    Post {
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        #[arg(long, default_value_t = 32)]
+        workers: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Hold idle, subscribed WebSocket connections.
+    IdleWs {
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// How long to hold them once all are open.
+        #[arg(long, default_value_t = 3)]
+        hold_seconds: u64,
+        /// Server process whose VmRSS to report (Linux).
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().mode {
+        Mode::Post { url, workers, seconds } => post(&url, workers, Duration::from_secs(seconds)).await,
+        Mode::IdleWs {
+            url,
+            count,
+            hold_seconds,
+            server_pid,
+        } => idle_ws(&url, count, Duration::from_secs(hold_seconds), server_pid).await,
+    }
+}
+
+/// A fresh user with a fresh channel, so runs never collide.
+struct Session {
+    client: reqwest::Client,
+    url: String,
+    token: String,
+    channel: i64,
+}
+
+impl Session {
+    async fn open(url: &str) -> Result<Self> {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        let name = format!("load{}", std::process::id() ^ rand_suffix());
+        let credentials = json!({"username": name, "password": "load-test-password"});
+        let registered = client
+            .post(format!("{url}/api/v1/auth/register"))
+            .json(&credentials)
+            .send()
+            .await?;
+        if registered.status() != 201 {
+            bail!("register failed: {} {}", registered.status(), registered.text().await?);
+        }
+        let login: Value = client
+            .post(format!("{url}/api/v1/auth/login"))
+            .json(&credentials)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let token = login["token"].as_str().context("login returned no token")?.to_string();
+        let channel: Value = client
+            .post(format!("{url}/api/v1/channels"))
+            .bearer_auth(&token)
+            .json(&json!({"name": name}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(Self {
+            client,
+            url: url.to_string(),
+            token,
+            channel: channel["id"].as_i64().context("channel has no id")?,
+        })
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
+async fn post(url: &str, workers: usize, duration: Duration) -> Result<()> {
+    let session = std::sync::Arc::new(Session::open(url).await?);
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for worker in 0..workers {
+        let session = session.clone();
+        handles.push(tokio::spawn(async move {
+            let endpoint = format!("{}/api/v1/channels/{}/messages", session.url, session.channel);
+            let mut latencies = Vec::new();
+            let mut failures = 0u64;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let sent = Instant::now();
+                let response = session
+                    .client
+                    .post(&endpoint)
+                    .bearer_auth(&session.token)
+                    .json(&json!({"body": format!("worker {worker} message {n}")}))
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) if response.status() == 201 => latencies.push(sent.elapsed()),
+                    _ => failures += 1,
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for handle in handles {
+        let (worker_latencies, worker_failures) = handle.await?;
+        latencies.extend(worker_latencies);
+        failures += worker_failures;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let report = json!({
+        "mode": "post",
+        "workers": workers,
+        "seconds": elapsed,
+        "messages": latencies.len(),
+        "failures": failures,
+        "messages_per_second": latencies.len() as f64 / elapsed,
+        "latency_ms": {"p50": percentile(0.50), "p99": percentile(0.99)},
+    });
+    println!("{report}");
+    Ok(())
+}
+
+async fn idle_ws(url: &str, count: usize, hold: Duration, server_pid: Option<u32>) -> Result<()> {
+    let session = Session::open(url).await?;
+    let before = server_pid.map(resident_kib).transpose()?;
+    let ws_url = format!("{}/api/v1/ws?token={}", url.replacen("http", "ws", 1), session.token);
+    let subscribe = json!({"type": "subscribe", "channel_id": session.channel}).to_string();
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
+            .await
+            .context("opening a WebSocket")?;
+        socket.send(WsMessage::text(subscribe.clone())).await?;
+        let reply = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .context("no reply to subscribe")?;
+        match reply {
+            Some(Ok(WsMessage::Text(text))) if text.contains("subscribed") => sockets.push(socket),
+            other => bail!("unexpected reply to subscribe: {other:?}"),
+        }
+    }
+    // Let the server settle before reading its memory.
+    tokio::time::sleep(hold).await;
+    let during = server_pid.map(resident_kib).transpose()?;
+    // Check every socket still works: one message must reach all of them.
+    let posted = session
+        .client
+        .post(format!("{}/api/v1/channels/{}/messages", session.url, session.channel))
+        .bearer_auth(&session.token)
+        .json(&json!({"body": "are you all there?"}))
+        .send()
+        .await?;
+    if posted.status() != 201 {
+        bail!("post failed: {}", posted.status());
+    }
+    let mut received = 0;
+    for socket in &mut sockets {
+        if let Ok(Some(Ok(WsMessage::Text(_)))) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+            received += 1;
+        }
+    }
+    let report = json!({
+        "mode": "idle-ws",
+        "connections": sockets.len(),
+        "received_broadcast": received,
+        "server_rss_kib_before": before,
+        "server_rss_kib_with_connections": during,
+        "kib_per_connection": before.zip(during).map(|(b, d)| (d as f64 - b as f64) / count as f64),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+fn resident_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line")
+}

@@ -1,0 +1,243 @@
+//! `spawn_app()` and a thin client for the API, shared by every test module.
+
+use std::net::SocketAddr;
+
+use plexichat::config::{AuthSettings, DatabaseSettings, Settings};
+use plexichat::Server;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    stop: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Settings every test starts from: a fresh database file, a free port, cheap hashing.
+pub fn test_settings(dir: &std::path::Path) -> Settings {
+    let defaults = Settings::default();
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        node_id: Some("test-node".into()),
+        database: DatabaseSettings {
+            url: format!("sqlite://{}", dir.join("test.db").display()),
+            ..defaults.database.clone()
+        },
+        auth: AuthSettings {
+            argon2_memory_kib: 256,
+            argon2_iterations: 1,
+            ..defaults.auth.clone()
+        },
+        ..defaults
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns a server after `configure` has adjusted the test settings.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(dir.path());
+    configure(&mut settings);
+    settings.validate().expect("test settings are valid");
+    let server = Server::bind(settings).await.expect("server binds");
+    let addr = server.local_addr();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(server.run_until(async move { stopped.cancelled().await }));
+    TestApp {
+        addr,
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        stop,
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+/// A registered, logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: i64,
+    pub username: String,
+    pub password: String,
+    pub token: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}/api/v1/ws?token={}", self.addr, token)
+    }
+
+    /// Sends a request; `body` is JSON when given. Returns status and parsed JSON
+    /// (`Value::Null` for an empty body).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body read");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                panic!(
+                    "{status}: body is not JSON ({err}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> (StatusCode, Value) {
+        let body = json!({"username": username, "password": password});
+        self.call(Method::POST, "/api/v1/auth/register", None, Some(body)).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> (StatusCode, Value) {
+        let body = json!({"username": username, "password": password});
+        self.call(Method::POST, "/api/v1/auth/login", None, Some(body)).await
+    }
+
+    /// Registers and logs in `username` with a valid password.
+    pub async fn user(&self, username: &str) -> TestUser {
+        let password = format!("{username}-password");
+        let (status, registered) = self.register(username, &password).await;
+        assert_eq!(status, StatusCode::CREATED, "register {username}: {registered}");
+        let (status, login) = self.login(username, &password).await;
+        assert_eq!(status, StatusCode::OK, "login {username}: {login}");
+        TestUser {
+            id: registered["id"].as_i64().unwrap(),
+            username: username.to_string(),
+            password,
+            token: login["token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Creates a channel owned by `owner`; returns its id.
+    pub async fn channel(&self, owner: &TestUser, name: &str) -> i64 {
+        let (status, channel) = self.post("/api/v1/channels", &owner.token, json!({"name": name})).await;
+        assert_eq!(status, StatusCode::CREATED, "create channel {name}: {channel}");
+        channel["id"].as_i64().unwrap()
+    }
+
+    pub async fn join(&self, user: &TestUser, channel: i64) {
+        let (status, body) = self
+            .post(&format!("/api/v1/channels/{channel}/join"), &user.token, Value::Null)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "join {channel}: {body}");
+    }
+
+    /// Posts a message; returns the created message.
+    pub async fn say(&self, user: &TestUser, channel: i64, body: &str) -> Value {
+        let (status, message) = self
+            .post(
+                &format!("/api/v1/channels/{channel}/messages"),
+                &user.token,
+                json!({"body": body}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "post to {channel}: {message}");
+        message
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.server.take().expect("running").await?
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Asserts API.md's error body with the given status and code.
+#[track_caller]
+pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &str) {
+    let (actual, body) = response;
+    assert_eq!(*actual, status, "body: {body}");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error message missing: {body}"
+    );
+}
+
+impl TestApp {
+    /// Sends a prepared request (for raw bodies or unusual headers); returns status and
+    /// parsed JSON like `call` does.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body read");
+        if bytes.is_empty() {
+            return (status, Value::Null);
+        }
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+            panic!(
+                "{status}: body is not JSON ({err}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, json)
+    }
+
+    /// POSTs `body` exactly as given, JSON or not.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+}
+
+/// Parses an RFC 3339 UTC time from a JSON string, failing the test when it is not one.
+#[track_caller]
+pub fn rfc3339(value: &Value) -> std::time::SystemTime {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an RFC 3339 string, got {value}"));
+    humantime::parse_rfc3339(text).unwrap_or_else(|err| panic!("`{text}` is not RFC 3339 UTC: {err}"))
+}
