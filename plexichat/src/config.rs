@@ -69,6 +69,9 @@ pub struct DatabaseSettings {
     pub min_connections: u32,
     #[serde(with = "duration")]
     pub acquire_timeout: Duration,
+    /// SQLite: how long a write waits for another writer's lock before giving up (503).
+    #[serde(with = "duration")]
+    pub busy_timeout: Duration,
 }
 
 impl Default for DatabaseSettings {
@@ -78,6 +81,7 @@ impl Default for DatabaseSettings {
             max_connections: 8,
             min_connections: 1,
             acquire_timeout: Duration::from_secs(3),
+            busy_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -37,6 +37,11 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_) => StoreError::Unavailable(err),
+            // SQLITE_BUSY / SQLITE_LOCKED: another writer held the database past the busy
+            // timeout. Like an unreachable server, it is worth retrying later.
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6")) => {
+                StoreError::Unavailable(err)
+            }
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
             _ => StoreError::Other(err),

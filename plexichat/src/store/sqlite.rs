@@ -1,7 +1,6 @@
 //! The embedded default: one SQLite file, WAL journal, a small connection pool.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -33,7 +32,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             // With WAL, NORMAL loses no committed transaction on a process crash.
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(settings.busy_timeout)
             .foreign_keys(true);
         // Every connection to `:memory:` would be a database of its own.
         let max_connections = if settings.url.contains(":memory:") {

@@ -74,6 +74,11 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The SQLite file this app's server uses.
+    pub fn database_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("test.db")
+    }
+
     pub fn ws_url(&self, token: &str) -> String {
         format!("ws://{}/api/v1/ws?token={}", self.addr, token)
     }

@@ -265,3 +265,33 @@ async fn members_see_each_others_messages_with_the_right_author() {
         [(&json!("bob"), &json!(bob.id)), (&json!("alice"), &json!(alice.id))]
     );
 }
+
+#[tokio::test]
+async fn a_locked_database_is_unavailable_and_writes_recover_when_it_returns() {
+    use sqlx::Connection as _;
+
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.database.busy_timeout = std::time::Duration::from_millis(100);
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let general = app.channel(&alice, "general").await;
+    // Another process-like writer takes the database's write lock and keeps it.
+    let url = format!("sqlite://{}", app.database_path().display());
+    let mut intruder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut intruder).await.unwrap();
+
+    let refused = post(&app, &alice, general, json!({"body": "while locked"})).await;
+    assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+
+    sqlx::query("ROLLBACK").execute(&mut intruder).await.unwrap();
+    let (status, message) = post(&app, &alice, general, json!({"body": "after"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{message}");
+    let bodies: Vec<Value> = history(&app, &alice, general, "").await.1.as_array().unwrap().clone();
+    assert_eq!(
+        bodies.len(),
+        1,
+        "the refused message must not have been stored: {bodies:?}"
+    );
+    assert_eq!(bodies[0]["body"], "after");
+}
