@@ -4,7 +4,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// Everything the server wrote to stderr after its listening line.
     pub log: mpsc::Receiver<String>,
+    stop_reading: Arc<AtomicBool>,
 }
 
 impl ServerProcess {
@@ -64,17 +66,21 @@ impl ServerProcess {
             .context("starting plexichat")?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (lines, log) = mpsc::channel();
+        let stop_reading = Arc::new(AtomicBool::new(false));
+        let stop = stop_reading.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            // Dropping the reader closes the pipe's read end.
+            while !stop.load(Ordering::Relaxed) && reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let _ = lines.send(std::mem::take(&mut line));
             }
         });
         let mut server = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
+            stop_reading,
         };
         let line = server.wait_for_log("listening on http://", Duration::from_secs(30))?;
         let addr = line.split("listening on http://").nth(1).unwrap_or_default();
@@ -94,6 +100,11 @@ impl ServerProcess {
                 Err(_) => bail!("no log line containing {needle:?} within {timeout:?}"),
             }
         }
+    }
+
+    /// Stops reading the server's stderr and closes the pipe after its next line.
+    pub fn close_log(&self) {
+        self.stop_reading.store(true, Ordering::Relaxed);
     }
 
     /// Sends SIGTERM, as a service manager would.

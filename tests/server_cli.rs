@@ -117,3 +117,15 @@ fn sigterm_drains_and_exits_cleanly() {
         "the port must be closed after exit"
     );
 }
+
+#[test]
+fn a_closed_log_pipe_does_not_crash_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path(), &["--listen", "127.0.0.1:0"]).unwrap();
+    // Whoever read the logs went away: every later log line meets a closed pipe.
+    server.close_log();
+    assert_eq!(http_get(server.addr, "/health").unwrap().0, 200);
+    server.terminate().unwrap();
+    let status = server.wait_exit(Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "exit status {status}");
+}

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod healthcheck;
 pub mod http;
 pub mod hub;
 pub mod metrics;

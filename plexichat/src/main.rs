@@ -28,6 +28,15 @@ struct Cli {
 enum Command {
     /// Serve the HTTP and WebSocket API (the default).
     Serve(ServeArgs),
+    /// Exit 0 if the server at --url answers /health, else 1 (for container HEALTHCHECKs).
+    Healthcheck {
+        /// The health endpoint to probe.
+        #[arg(long, default_value = "http://127.0.0.1:8000/health")]
+        url: String,
+        /// How long to wait for connecting and for the answer, e.g. 3s.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Args, Clone, Default)]
@@ -81,6 +90,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Healthcheck { url, timeout }) => return healthcheck(&url, timeout),
         None => cli.serve,
     };
     let settings = match args.settings() {
@@ -94,6 +104,9 @@ fn main() -> ExitCode {
         .with_env_filter(EnvFilter::try_from_env("PLEXICHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // When stderr is gone (a closed pipe), reporting that on stderr would panic:
+        // losing logs must never take the server down.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -106,6 +119,19 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
+    match plexichat::healthcheck::probe(url, timeout) {
+        Ok(body) => {
+            println!("healthy: {body}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{err}");
             ExitCode::FAILURE
         }
     }

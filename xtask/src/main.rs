@@ -1,13 +1,81 @@
-//! `cargo xtask`: the PlexiChat toolchain. Subcommands arrive with the issues that
-//! define them; this is the command line they hang from.
+//! `cargo xtask`: the PlexiChat toolchain. One module per subcommand, each with a
+//! `run(args) -> Result<Report>`; the pieces they share live once beside them.
 
-use clap::Parser;
+mod build_native;
+mod doctor;
+mod elf;
+mod error;
+mod kvm;
+mod profile;
+mod progress;
+mod report;
+mod smoke;
+mod system;
+mod targets;
+mod teardown;
+mod workspace;
 
-/// The PlexiChat toolchain: cross-compile, benchmark, containerise and emulate PlexiChat.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::UsageError;
+use crate::report::Report;
+
+/// The PlexiChat toolchain: provision the host, cross-compile, and (in later releases)
+/// benchmark, containerise and emulate PlexiChat.
 #[derive(Parser)]
-#[command(name = "cargo xtask", version, about, after_help = "Example: cargo xtask --help")]
-struct Cli {}
+#[command(name = "cargo xtask", version, about, after_help = "Example: cargo xtask doctor --fix")]
+struct Cli {
+    /// Print one JSON report on stdout (human output still goes to stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// What this host has and lacks to build, run and emulate PlexiChat.
+    #[command(after_help = "Example: cargo xtask doctor --fix --json")]
+    Doctor(doctor::Args),
+    /// Static plexichat binaries for x86_64, aarch64 and riscv64 Linux, smoke-tested.
+    #[command(after_help = "Example: cargo xtask build-native --target aarch64")]
+    BuildNative(build_native::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    teardown::install_signal_handler();
+    let result = match cli.command {
+        Command::Doctor(args) => doctor::run(args),
+        Command::BuildNative(args) => build_native::run(args),
+    };
+    match result {
+        Ok(report) => finish(&report, cli.json),
+        Err(err) => {
+            teardown::run_all();
+            eprintln!("error: {err:#}");
+            if err.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn finish(report: &Report, json: bool) -> ExitCode {
+    eprint!("{}", report.table);
+    if let Some(summary) = &report.summary {
+        eprintln!("{summary}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.json).unwrap_or_default());
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -1,0 +1,205 @@
+//! The smoke run of a built binary: it prints its version, serves /health on loopback,
+//! resolves a host name from a root file system holding nothing but itself and
+//! /etc/hosts (as in a FROM-scratch image or a VM's initramfs), and stops on SIGTERM.
+//! Foreign binaries run under qemu-user.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::progress::Task;
+use crate::system;
+use crate::targets::Target;
+use crate::teardown::{ProcessGuard, TempDir};
+
+/// Emulated binaries start slowly; a real failure still shows well within this.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The name the bare root file system's /etc/hosts gives to loopback.
+const SMOKE_HOST: &str = "plexichat-smoke.test";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Smoke {
+    pub ok: bool,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+pub fn run(binary: &Path, target: &Target, profile: &Path, version: &str, task: &Task) -> Smoke {
+    let mut steps = Vec::new();
+    let mut record = |name: &str, result: Result<String>| {
+        let ok = result.is_ok();
+        let detail = result.unwrap_or_else(|err| format!("{err:#}"));
+        task.step(format!("smoke {name}: {}", if ok { "ok" } else { "FAILED" }));
+        steps.push(Step {
+            name: name.into(),
+            ok,
+            detail,
+        });
+        ok
+    };
+    if record("version", check_version(binary, target, version)) {
+        match start_server(binary, target, profile) {
+            Ok(mut server) => {
+                let url = format!("http://127.0.0.1:{}/health", server.addr.port());
+                record("health", healthcheck(binary, target, &url));
+                record("resolve", resolve_from_bare_root(binary, target, server.addr.port()));
+                record("sigterm", server.stop());
+            }
+            Err(err) => {
+                record("serve", Err(err));
+            }
+        }
+    }
+    Smoke {
+        ok: steps.iter().all(|s| s.ok),
+        steps,
+    }
+}
+
+/// `binary args…`, through qemu-user when the binary is foreign.
+fn command(binary: &Path, target: &Target) -> Command {
+    if target.is_foreign() {
+        let mut command = Command::new(target.qemu_user());
+        command.arg(binary);
+        command
+    } else {
+        Command::new(binary)
+    }
+}
+
+fn check_version(binary: &Path, target: &Target, version: &str) -> Result<String> {
+    let output = command(binary, target).arg("--version").output().context("running --version")?;
+    let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let expected = format!("plexichat {version}");
+    if !output.status.success() || printed != expected {
+        bail!("--version printed {printed:?} ({}), expected {expected:?}", output.status);
+    }
+    Ok(printed)
+}
+
+fn healthcheck(binary: &Path, target: &Target, url: &str) -> Result<String> {
+    let output = command(binary, target)
+        .args(["healthcheck", "--url", url, "--timeout", "20s"])
+        .output()
+        .context("running plexichat healthcheck")?;
+    if !output.status.success() {
+        bail!("healthcheck of {url} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+struct SmokeServer {
+    process: ProcessGuard,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl SmokeServer {
+    fn stop(&mut self) -> Result<String> {
+        let pid = self.process.child().id();
+        system::run(Command::new("kill").args(["-TERM", &pid.to_string()]))?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.process.child().try_wait()? {
+                return if status.success() {
+                    Ok("exited 0 after SIGTERM".into())
+                } else {
+                    Err(anyhow::anyhow!("exited with {status} after SIGTERM"))
+                };
+            }
+            if Instant::now() > deadline {
+                bail!("still running {STOP_TIMEOUT:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn start_server(binary: &Path, target: &Target, profile: &Path) -> Result<SmokeServer> {
+    let dir = TempDir::new("smoke")?;
+    let database = format!("sqlite://{}", dir.path().join("smoke.db").display());
+    let node_id = format!("smoke-{}", target.arch);
+    let mut child = command(binary, target)
+        .arg("serve")
+        .arg("--config")
+        .arg(profile)
+        .args(["--listen", "127.0.0.1:0", "--database-url", &database, "--node-id", &node_id])
+        .current_dir(dir.path())
+        .env("PLEXICHAT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the server")?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let process = ProcessGuard::new(child);
+    let (lines, log) = mpsc::channel();
+    // Read to the end even after startup: a server whose stderr pipe closes gets
+    // EPIPE on every log line.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut seen = Vec::new();
+    let addr = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    break addr.parse().with_context(|| format!("address in {line:?}"))?;
+                }
+                seen.push(line);
+            }
+            Err(_) => bail!("the server did not start within {START_TIMEOUT:?}; it said:\n{}", seen.join("\n")),
+        }
+    };
+    Ok(SmokeServer {
+        process,
+        addr,
+        _dir: dir,
+    })
+}
+
+/// Runs `plexichat healthcheck` by host name, chrooted into a root file system that
+/// holds only the binary (and its emulator) and an /etc/hosts.
+fn resolve_from_bare_root(binary: &Path, target: &Target, port: u16) -> Result<String> {
+    if !system::is_root() {
+        bail!("needs root (chroot) to build a bare root file system");
+    }
+    let root = TempDir::new("bare-root")?;
+    std::fs::create_dir_all(root.path().join("etc"))?;
+    std::fs::write(root.path().join("etc/hosts"), format!("127.0.0.1 {SMOKE_HOST}\n"))?;
+    std::fs::copy(binary, root.path().join("plexichat"))?;
+    let mut chroot = Command::new("chroot");
+    chroot.arg(root.path());
+    if target.is_foreign() {
+        let emulator = system::which(&target.qemu_user()).with_context(|| format!("{} not found", target.qemu_user()))?;
+        std::fs::copy(emulator, root.path().join("qemu"))?;
+        chroot.arg("/qemu");
+    }
+    let url = format!("http://{SMOKE_HOST}:{port}/health");
+    let output = chroot
+        .args(["/plexichat", "healthcheck", "--url", &url, "--timeout", "20s"])
+        .output()
+        .context("running chroot")?;
+    if !output.status.success() {
+        bail!("{url} from a bare root: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(format!("{SMOKE_HOST} resolved from /etc/hosts alone"))
+}

@@ -1,0 +1,146 @@
+//! Whatever a subcommand starts (processes, temporary directories) is owned by a guard
+//! that tears it down when dropped: on success, on error, while unwinding from a panic,
+//! and, through the signal handler, on Ctrl-C or SIGTERM.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+type Action = Box<dyn FnOnce() + Send>;
+
+static ACTIONS: Mutex<BTreeMap<u64, Action>> = Mutex::new(BTreeMap::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn actions() -> MutexGuard<'static, BTreeMap<u64, Action>> {
+    ACTIONS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs its action once: when dropped, or from `run_all` if the process is stopping.
+pub struct Guard {
+    id: u64,
+}
+
+impl Guard {
+    pub fn new(action: impl FnOnce() + Send + 'static) -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        actions().insert(id, Box::new(action));
+        Self { id }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let action = actions().remove(&self.id);
+        if let Some(action) = action {
+            action();
+        }
+    }
+}
+
+/// Tears down everything still registered, newest first.
+pub fn run_all() {
+    let pending = std::mem::take(&mut *actions());
+    for (_, action) in pending.into_iter().rev() {
+        action();
+    }
+}
+
+/// On SIGINT or SIGTERM: tear down, then exit with 130 as shells expect.
+pub fn install_signal_handler() {
+    let installed = ctrlc::set_handler(|| {
+        eprintln!("interrupted: tearing down what was started");
+        run_all();
+        std::process::exit(130);
+    });
+    if let Err(err) = installed {
+        eprintln!("warning: cannot watch Ctrl-C ({err}); an interrupted run may leave processes behind");
+    }
+}
+
+/// A child process, killed and reaped when the guard goes.
+pub struct ProcessGuard {
+    child: Arc<Mutex<Child>>,
+    _guard: Guard,
+}
+
+impl ProcessGuard {
+    pub fn new(child: Child) -> Self {
+        let child = Arc::new(Mutex::new(child));
+        let owned = child.clone();
+        let guard = Guard::new(move || {
+            let mut child = owned.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        });
+        Self { child, _guard: guard }
+    }
+
+    pub fn child(&self) -> MutexGuard<'_, Child> {
+        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A fresh directory under the system temporary directory, removed with the guard.
+pub struct TempDir {
+    path: PathBuf,
+    _guard: Guard,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> std::io::Result<Self> {
+        let unique = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("xtask-{label}-{}-{unique}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        let owned = path.clone();
+        let guard = Guard::new(move || {
+            let _ = std::fs::remove_dir_all(&owned);
+        });
+        Ok(Self { path, _guard: guard })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_guard_runs_its_action_once() {
+        let ran = Arc::new(AtomicU64::new(0));
+        let counter = ran.clone();
+        let guard = Guard::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        drop(guard);
+        run_all();
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn temp_dirs_are_removed_when_dropped() {
+        let dir = TempDir::new("unit").unwrap();
+        let path = dir.path().to_path_buf();
+        std::fs::write(path.join("file"), "x").unwrap();
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn processes_are_killed_when_dropped() {
+        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let guard = ProcessGuard::new(child);
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        drop(guard);
+        // Reaped by the guard, so the pid no longer names our child.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        assert!(!status.contains("sleep"), "{status}");
+    }
+}
