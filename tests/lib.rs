@@ -1,12 +1,12 @@
 //! Helpers for driving the workspace's binaries from outside, as a user would.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::sync::OnceLock;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -20,26 +20,29 @@ pub fn workspace_root() -> &'static Path {
 /// Builds `bin` of `package` once per test process (a no-op when it is fresh) and
 /// returns its path: tests must run the binary of the source they test.
 pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
-    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--package", package, "--bin", bin])
-            .current_dir(workspace_root())
-            .status()
-            .map_err(|err| format!("running cargo build: {err}"))?;
-        if !status.success() {
-            return Err(format!("cargo build -p {package} --bin {bin} failed: {status}"));
-        }
-        // This test binary lives in <target>/<profile>/deps/.
-        let exe = std::env::current_exe().map_err(|err| err.to_string())?;
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("unexpected test binary location")?;
-        Ok(profile_dir.join(bin))
-    });
-    built.clone().map_err(anyhow::Error::msg)
+    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(path) = built.get(bin) {
+        return Ok(path.clone());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--package", package, "--bin", bin])
+        .current_dir(workspace_root())
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build -p {package} --bin {bin} failed: {status}");
+    }
+    // This test binary lives in <target>/<profile>/deps/.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected test binary location")?;
+    let path = profile_dir.join(bin);
+    built.insert(bin.to_string(), path.clone());
+    Ok(path)
 }
 
 /// A server process that is killed if the test ends without stopping it.

@@ -21,8 +21,12 @@ pub enum HealthError {
 
 /// GETs `url` and succeeds on a 200 whose body says `"status":"ok"`.
 pub fn probe(url: &str, timeout: Duration) -> Result<String, HealthError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| HealthError::BadUrl(url.into()))?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| HealthError::BadUrl(url.into()))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
     let (host, port) = match authority.rsplit_once(':') {
         Some((host, port)) => (host, port.parse::<u16>().map_err(|_| HealthError::BadUrl(url.into()))?),
         None => (authority, 80),
@@ -44,11 +48,17 @@ pub fn probe(url: &str, timeout: Duration) -> Result<String, HealthError> {
                 let response = get(&mut stream, authority, &path, timeout)
                     .map_err(|err| HealthError::Connect(addr.to_string(), err))?;
                 let status_ok = response.split_whitespace().nth(1) == Some("200");
-                let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).trim().to_string();
+                let body = response
+                    .split_once("\r\n\r\n")
+                    .map_or("", |(_, body)| body)
+                    .trim()
+                    .to_string();
                 return if status_ok && body.contains(r#""status":"ok""#) {
                     Ok(body)
                 } else {
-                    Err(HealthError::Unhealthy(response.lines().next().unwrap_or_default().to_string()))
+                    Err(HealthError::Unhealthy(
+                        response.lines().next().unwrap_or_default().to_string(),
+                    ))
                 };
             }
             Err(err) => last_error = Some(HealthError::Connect(addr.to_string(), err)),
@@ -60,7 +70,10 @@ pub fn probe(url: &str, timeout: Duration) -> Result<String, HealthError> {
 fn get(stream: &mut TcpStream, authority: &str, path: &str, timeout: Duration) -> std::io::Result<String> {
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
@@ -72,8 +85,16 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused_before_any_network_use() {
-        for url in ["https://x/health", "127.0.0.1:8000/health", "http://:80/", "http://host:port/"] {
-            assert!(matches!(probe(url, Duration::from_secs(1)), Err(HealthError::BadUrl(_))), "{url}");
+        for url in [
+            "https://x/health",
+            "127.0.0.1:8000/health",
+            "http://:80/",
+            "http://host:port/",
+        ] {
+            assert!(
+                matches!(probe(url, Duration::from_secs(1)), Err(HealthError::BadUrl(_))),
+                "{url}"
+            );
         }
     }
 

@@ -25,7 +25,7 @@ use crate::workspace::Workspace;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Profile: profiles/NAME.yaml.
+    /// Profile: NAME for profiles/NAME.yaml, or a path to a profile file.
     #[arg(long, default_value = "release")]
     profile: String,
     /// x86_64, aarch64, riscv64, all, or a target triple; repeatable.
@@ -114,7 +114,11 @@ pub fn run(args: Args) -> Result<Report> {
 
     // Builds run one after another (they share cargo's build lock and two cores); each
     // smoke run overlaps the next build.
-    let buildable: Vec<&Target> = targets.iter().copied().filter(|t| !failures.contains_key(t.triple)).collect();
+    let buildable: Vec<&Target> = targets
+        .iter()
+        .copied()
+        .filter(|t| !failures.contains_key(t.triple))
+        .collect();
     std::thread::scope(|scope| {
         let mut smokes = Vec::new();
         for target in buildable {
@@ -127,7 +131,10 @@ pub fn run(args: Args) -> Result<Report> {
                     smokes.push(scope.spawn(move || {
                         artefact.smoke = smoke::run(&artefact.path, target, profile_path, version, &task);
                         let verdict = if artefact.smoke.ok { "ok" } else { "smoke FAILED" };
-                        task.finish(format!("{verdict} ({})", if artefact.cache_hit { "cached" } else { "built" }));
+                        task.finish(format!(
+                            "{verdict} ({})",
+                            if artefact.cache_hit { "cached" } else { "built" }
+                        ));
                         artefact
                     }));
                 }
@@ -167,11 +174,28 @@ pub fn run(args: Args) -> Result<Report> {
                 format!("{:.1}", artefact.seconds),
                 format!("{:.2} MB", artefact.bytes as f64 / 1e6),
                 if artefact.is_static { "yes" } else { "NO" }.into(),
-                artefact.smoke.steps.iter().map(|s| format!("{}:{}", s.name, if s.ok { "ok" } else { "FAIL" })).collect::<Vec<_>>().join(" "),
+                artefact
+                    .smoke
+                    .steps
+                    .iter()
+                    .map(|s| format!("{}:{}", s.name, if s.ok { "ok" } else { "FAIL" }))
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ]);
         } else {
-            let error = failures.get(target.triple).map(|e| first_line_of(e)).unwrap_or_default();
-            table.row(vec![target.triple.into(), "FAILED".into(), "-".into(), "-".into(), "-".into(), "-".into(), error]);
+            let error = failures
+                .get(target.triple)
+                .map(|e| first_line_of(e))
+                .unwrap_or_default();
+            table.row(vec![
+                target.triple.into(),
+                "FAILED".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                error,
+            ]);
         }
     }
     let mut summary = format!("artefacts and manifest: {}", Manifest::path(&workspace).display());
@@ -200,7 +224,14 @@ fn provision(targets: &[&'static Target], progress: &Progress) -> BTreeMap<Strin
     let missing = relevant(doctor::check_all());
     if !missing.is_empty() {
         let task = progress.task("provision");
-        task.step(format!("installing: {}", doctor::fixes_for(&missing).iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")));
+        task.step(format!(
+            "installing: {}",
+            doctor::fixes_for(&missing)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
         for (fix, result) in doctor::apply_fixes(&missing) {
             if let Err(reason) = result {
                 task.step(format!("could not `{fix}`: {reason}"));
@@ -214,7 +245,13 @@ fn provision(targets: &[&'static Target], progress: &Progress) -> BTreeMap<Strin
         let lacking: Vec<String> = still_missing
             .iter()
             .filter(|check| needs(target, check))
-            .map(|check| format!("{} (fix: {})", check.item, check.fix.as_ref().map(ToString::to_string).unwrap_or_default()))
+            .map(|check| {
+                format!(
+                    "{} (fix: {})",
+                    check.item,
+                    check.fix.as_ref().map(ToString::to_string).unwrap_or_default()
+                )
+            })
             .collect();
         if !lacking.is_empty() {
             failures.insert(target.triple.to_string(), format!("missing {}", lacking.join(", ")));
@@ -263,10 +300,17 @@ fn produce(
     let bytes = std::fs::read(&dest)?;
     let info = elf::inspect(&bytes).with_context(|| format!("inspecting {}", dest.display()))?;
     if info.machine != target.elf_machine {
-        bail!("built a {} binary, expected {}", elf::machine_name(info.machine), elf::machine_name(target.elf_machine));
+        bail!(
+            "built a {} binary, expected {}",
+            elf::machine_name(info.machine),
+            elf::machine_name(target.elf_machine)
+        );
     }
     if !info.is_static {
-        bail!("{} is dynamically linked (it has a program interpreter)", dest.display());
+        bail!(
+            "{} is dynamically linked (it has a program interpreter)",
+            dest.display()
+        );
     }
     Ok(Artefact {
         target: target.triple.into(),
@@ -290,15 +334,23 @@ fn produce(
 
 /// The one place that says how a target is compiled and linked. The same values every
 /// time, so cargo's own fingerprints never see a change and never rebuild needlessly.
+///
+/// The host's own target gets no linker or C compiler override: cargo applies a
+/// `target.<host>.linker` to build scripts and proc-macros too, which would make every
+/// switch between targets (and every plain `cargo build --release`) rebuild them all.
+/// Rustflags given with `--target` reach only the target's code.
 fn cargo_env(build: &BuildSection, target: &Target) -> Vec<(String, String)> {
     let key = target.env_key();
     let mut rustflags = vec!["-C".to_string(), "target-feature=+crt-static".to_string()];
     rustflags.extend(build.rustflags.iter().cloned());
-    let mut env = vec![
-        (format!("CARGO_TARGET_{key}_LINKER"), target.linker.to_string()),
-        (format!("CARGO_TARGET_{key}_RUSTFLAGS"), rustflags.join(" ")),
-        (format!("CC_{}", target.triple.replace('-', "_")), target.linker.to_string()),
-    ];
+    let mut env = vec![(format!("CARGO_TARGET_{key}_RUSTFLAGS"), rustflags.join(" "))];
+    if target.is_foreign() {
+        env.push((format!("CARGO_TARGET_{key}_LINKER"), target.linker.to_string()));
+        env.push((
+            format!("CC_{}", target.triple.replace('-', "_")),
+            target.linker.to_string(),
+        ));
+    }
     let profile_key = build.cargo_profile.to_uppercase().replace('-', "_");
     if let Some(lto) = build.lto {
         env.push((format!("CARGO_PROFILE_{profile_key}_LTO"), lto.cargo_value().into()));
@@ -331,7 +383,10 @@ fn cargo_build(workspace: &Workspace, build: &BuildSection, target: &Target, tas
     if !build.features.is_empty() {
         command.args(["--features", &build.features.join(",")]);
     }
-    task.step(format!("cargo build --target {} --profile {}", target.triple, build.cargo_profile));
+    task.step(format!(
+        "cargo build --target {} --profile {}",
+        target.triple, build.cargo_profile
+    ));
     let mut child = command.spawn().context("starting cargo")?;
     let mut stderr = child.stderr.take().context("no stderr")?;
     let stderr_reader = std::thread::spawn(move || {
@@ -348,7 +403,10 @@ fn cargo_build(workspace: &Workspace, build: &BuildSection, target: &Target, tas
         };
         if message["reason"] == "compiler-artifact" {
             compiled += 1;
-            task.detail(format!("{compiled} crates: {}", message["target"]["name"].as_str().unwrap_or("?")));
+            task.detail(format!(
+                "{compiled} crates: {}",
+                message["target"]["name"].as_str().unwrap_or("?")
+            ));
             if let Some(path) = message["executable"].as_str() {
                 executable = Some(PathBuf::from(path));
             }
@@ -358,7 +416,10 @@ fn cargo_build(workspace: &Workspace, build: &BuildSection, target: &Target, tas
     let stderr = stderr_reader.join().unwrap_or_default();
     if !status.success() {
         let tail: Vec<&str> = stderr.lines().rev().take(25).collect();
-        bail!("cargo build failed ({status}):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        bail!(
+            "cargo build failed ({status}):\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     executable.context("cargo reported no executable for plexichat")
 }
@@ -385,12 +446,18 @@ fn cache_key(root: &Path, build: &BuildSection, target: &Target, toolchain: &str
     for (name, value) in cargo_env(&build, target) {
         feed(&name, value.as_bytes());
     }
-    for (name, value) in std::env::vars().filter(|(name, _)| affects_build(name)).collect::<BTreeMap<_, _>>() {
+    for (name, value) in std::env::vars()
+        .filter(|(name, _)| affects_build(name))
+        .collect::<BTreeMap<_, _>>()
+    {
         feed(&name, value.as_bytes());
     }
     for file in input_files(root)? {
         let relative = file.strip_prefix(root).unwrap_or(&file).to_string_lossy().into_owned();
-        feed(&relative, &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?);
+        feed(
+            &relative,
+            &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+        );
     }
     Ok(hex(&hasher.finalize()))
 }
@@ -411,7 +478,15 @@ fn affects_build(name: &str) -> bool {
         "CXXFLAGS",
         "LDFLAGS",
     ];
-    const PREFIXES: &[&str] = &["CARGO_BUILD_", "CARGO_PROFILE_", "CC_", "CFLAGS_", "AR_", "CXX_", "LIBSQLITE3_"];
+    const PREFIXES: &[&str] = &[
+        "CARGO_BUILD_",
+        "CARGO_PROFILE_",
+        "CC_",
+        "CFLAGS_",
+        "AR_",
+        "CXX_",
+        "LIBSQLITE3_",
+    ];
     let target_specific = name.starts_with("CARGO_TARGET_") && name != "CARGO_TARGET_DIR";
     EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)) || target_specific
 }
@@ -419,11 +494,17 @@ fn affects_build(name: &str) -> bool {
 /// The workspace files a build of the server reads: manifests, the lockfile, cargo's
 /// configuration and the server's sources (not its tests, benches or examples).
 fn input_files(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = ["Cargo.toml", "Cargo.lock", ".cargo/config.toml", "rust-toolchain.toml", "rust-toolchain"]
-        .iter()
-        .map(|name| root.join(name))
-        .filter(|path| path.is_file())
-        .collect();
+    let mut files: Vec<PathBuf> = [
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo/config.toml",
+        "rust-toolchain.toml",
+        "rust-toolchain",
+    ]
+    .iter()
+    .map(|name| root.join(name))
+    .filter(|path| path.is_file())
+    .collect();
     let package = root.join("plexichat");
     let mut pending = vec![package.clone()];
     while let Some(dir) = pending.pop() {
@@ -493,11 +574,20 @@ mod tests {
         let arm = &targets::TARGETS[1];
         assert_eq!(key(&build, x86), key(&build, x86));
         assert_ne!(key(&build, x86), key(&build, arm));
-        let only_x86 = BuildSection { targets: vec!["x86_64".into()], ..build.clone() };
+        let only_x86 = BuildSection {
+            targets: vec!["x86_64".into()],
+            ..build.clone()
+        };
         assert_eq!(key(&build, x86), key(&only_x86, x86));
-        let with_lto = BuildSection { lto: Some(crate::profile::Lto::Fat), ..build.clone() };
+        let with_lto = BuildSection {
+            lto: Some(crate::profile::Lto::Fat),
+            ..build.clone()
+        };
         assert_ne!(key(&build, x86), key(&with_lto, x86));
-        assert_ne!(key(&build, x86), cache_key(&root, &build, x86, "rustc 2", "gcc 1").unwrap());
+        assert_ne!(
+            key(&build, x86),
+            cache_key(&root, &build, x86, "rustc 2", "gcc 1").unwrap()
+        );
     }
 
     #[test]
@@ -513,7 +603,12 @@ mod tests {
 
     #[test]
     fn build_environment_is_recognised() {
-        for name in ["RUSTFLAGS", "CARGO_PROFILE_RELEASE_LTO", "CC_aarch64_unknown_linux_gnu", "CARGO_TARGET_X_LINKER"] {
+        for name in [
+            "RUSTFLAGS",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "CC_aarch64_unknown_linux_gnu",
+            "CARGO_TARGET_X_LINKER",
+        ] {
             assert!(affects_build(name), "{name}");
         }
         for name in ["HOME", "CARGO_TARGET_DIR", "PATH", "CARGO_HOME"] {
@@ -522,11 +617,34 @@ mod tests {
     }
 
     #[test]
+    fn the_host_target_keeps_the_default_linker_so_host_artefacts_are_shared() {
+        let host = targets::TARGETS
+            .iter()
+            .find(|t| !t.is_foreign())
+            .expect("the host is a supported target");
+        let env = cargo_env(&BuildSection::default(), host);
+        assert!(
+            env.iter()
+                .all(|(name, _)| !name.ends_with("_LINKER") && !name.starts_with("CC_")),
+            "{env:?}"
+        );
+        assert!(env
+            .iter()
+            .any(|(name, value)| name.ends_with("_RUSTFLAGS") && value.contains("crt-static")));
+    }
+
+    #[test]
     fn cargo_env_links_statically_with_the_targets_gcc() {
         let env = cargo_env(&BuildSection::default(), &targets::TARGETS[1]);
         let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        assert_eq!(get("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER"), Some("aarch64-linux-gnu-gcc"));
-        assert_eq!(get("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS"), Some("-C target-feature=+crt-static"));
+        assert_eq!(
+            get("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER"),
+            Some("aarch64-linux-gnu-gcc")
+        );
+        assert_eq!(
+            get("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS"),
+            Some("-C target-feature=+crt-static")
+        );
         assert_eq!(get("CC_aarch64_unknown_linux_gnu"), Some("aarch64-linux-gnu-gcc"));
     }
 }

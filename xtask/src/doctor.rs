@@ -156,7 +156,11 @@ pub fn run(args: Args) -> Result<Report> {
             Status::Missing => "MISSING",
             Status::Unusable => "unusable",
         };
-        let detail = check.version.clone().or_else(|| check.detail.clone()).unwrap_or_default();
+        let detail = check
+            .version
+            .clone()
+            .or_else(|| check.detail.clone())
+            .unwrap_or_default();
         let fix = check.fix.as_ref().map(ToString::to_string).unwrap_or_default();
         table.row(vec![check.item.clone(), status.into(), detail, fix]);
     }
@@ -169,7 +173,10 @@ pub fn run(args: Args) -> Result<Report> {
         format!("{missing} item(s) missing: `cargo xtask doctor --fix` installs what it can")
     };
     for item in &not_fixed {
-        summary.push_str(&format!("\n  could not fix {}: {} ({})", item.item, item.reason, item.fix));
+        summary.push_str(&format!(
+            "\n  could not fix {}: {} ({})",
+            item.item, item.reason, item.fix
+        ));
     }
     let report = DoctorReport {
         ok,
@@ -251,7 +258,12 @@ fn installed_rust_targets() -> BTreeSet<String> {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect())
+        .map(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -311,7 +323,10 @@ fn binfmt(target: &Target) -> Check {
             if flags.contains('F') {
                 check.found(Some(format!("enabled, flags {flags}")))
             } else {
-                check.missing(format!("registered without the F flag ({flags}): fails inside containers"), fix)
+                check.missing(
+                    format!("registered without the F flag ({flags}): fails inside containers"),
+                    fix,
+                )
             }
         }
         Ok(_) => check.missing("registered but disabled", fix),
@@ -336,9 +351,14 @@ fn register_binfmt(arch: &str) -> Result<()> {
         std::fs::write(&entry, "-1").with_context(|| format!("removing {}", entry.display()))?;
     }
     let conf = PathBuf::from(format!("/usr/lib/binfmt.d/qemu-{arch}.conf"));
-    let line = std::fs::read_to_string(&conf).with_context(|| format!("reading {} (from {QEMU_USER_PACKAGE})", conf.display()))?;
-    let mut register = std::fs::OpenOptions::new().write(true).open(Path::new(BINFMT_DIR).join("register"))?;
-    register.write_all(line.trim().as_bytes()).context("writing the binfmt entry")?;
+    let line = std::fs::read_to_string(&conf)
+        .with_context(|| format!("reading {} (from {QEMU_USER_PACKAGE})", conf.display()))?;
+    let mut register = std::fs::OpenOptions::new()
+        .write(true)
+        .open(Path::new(BINFMT_DIR).join("register"))?;
+    register
+        .write_all(line.trim().as_bytes())
+        .context("writing the binfmt entry")?;
     Ok(())
 }
 
@@ -403,7 +423,10 @@ fn docker_version(socket: &Path) -> Result<String> {
     stream.write_all(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
     let version: serde_json::Value = serde_json::from_str(body)?;
     Ok(format!(
         "engine {}, API {}",
@@ -430,9 +453,9 @@ pub fn postgres_bin_dir() -> Option<PathBuf> {
 fn postgres() -> Check {
     let check = Check::new("postgres (initdb, pg_ctl)", "services");
     match postgres_bin_dir() {
-        Some(bin) if bin.join("pg_ctl").is_file() && bin.join("postgres").is_file() => {
-            check.found(system::version_line(&bin.join("postgres").to_string_lossy(), &["--version"]))
-        }
+        Some(bin) if bin.join("pg_ctl").is_file() && bin.join("postgres").is_file() => check.found(
+            system::version_line(&bin.join("postgres").to_string_lossy(), &["--version"]),
+        ),
         _ => check.missing(
             "the scale-out store",
             Fix::Apt {
@@ -467,18 +490,42 @@ mod tests {
     fn fixes_run_rustup_then_one_apt_call_then_binfmt() {
         let checks = vec![
             missing("binfmt", Fix::Binfmt { arch: "aarch64".into() }),
-            missing("a", Fix::Apt { packages: vec!["qemu-user-static".into()] }),
-            missing("b", Fix::Apt { packages: vec!["nats-server".into(), "qemu-user-static".into()] }),
-            missing("t", Fix::RustupTarget { target: "aarch64-unknown-linux-gnu".into() }),
-            missing("m", Fix::Manual { instruction: "ask".into() }),
+            missing(
+                "a",
+                Fix::Apt {
+                    packages: vec!["qemu-user-static".into()],
+                },
+            ),
+            missing(
+                "b",
+                Fix::Apt {
+                    packages: vec!["nats-server".into(), "qemu-user-static".into()],
+                },
+            ),
+            missing(
+                "t",
+                Fix::RustupTarget {
+                    target: "aarch64-unknown-linux-gnu".into(),
+                },
+            ),
+            missing(
+                "m",
+                Fix::Manual {
+                    instruction: "ask".into(),
+                },
+            ),
             Check::new("present", "test").found(None),
         ];
         let fixes = fixes_for(&checks);
         assert_eq!(
             fixes,
             vec![
-                Fix::RustupTarget { target: "aarch64-unknown-linux-gnu".into() },
-                Fix::Apt { packages: vec!["nats-server".into(), "qemu-user-static".into()] },
+                Fix::RustupTarget {
+                    target: "aarch64-unknown-linux-gnu".into()
+                },
+                Fix::Apt {
+                    packages: vec!["nats-server".into(), "qemu-user-static".into()]
+                },
                 Fix::Binfmt { arch: "aarch64".into() },
             ]
         );
@@ -486,7 +533,9 @@ mod tests {
 
     #[test]
     fn fixes_are_spelled_as_commands() {
-        let apt = Fix::Apt { packages: vec!["a".into(), "b".into()] };
+        let apt = Fix::Apt {
+            packages: vec!["a".into(), "b".into()],
+        };
         assert_eq!(apt.to_string(), "apt-get install a b");
         let rustup = Fix::RustupTarget { target: "x".into() };
         assert_eq!(rustup.to_string(), "rustup target add x");

@@ -26,7 +26,9 @@ pub fn inspect(bytes: &[u8]) -> Result<ElfInfo> {
     let mut is_static = true;
     for index in 0..header_count {
         let at = header_offset + index * header_size;
-        let kind = bytes.get(at..at + 4).context("program header past the end of the file")?;
+        let kind = bytes
+            .get(at..at + 4)
+            .context("program header past the end of the file")?;
         if u32::from_le_bytes(kind.try_into()?) == PT_INTERP {
             is_static = false;
         }

@@ -6,7 +6,12 @@
 pub struct UsageError(pub String);
 
 impl UsageError {
-    pub fn at(place: impl std::fmt::Display, field: &str, problem: impl std::fmt::Display, fix: impl std::fmt::Display) -> Self {
+    pub fn at(
+        place: impl std::fmt::Display,
+        field: &str,
+        problem: impl std::fmt::Display,
+        fix: impl std::fmt::Display,
+    ) -> Self {
         Self(format!("{place}: field `{field}`: {problem}\n  fix: {fix}"))
     }
 }

@@ -25,7 +25,12 @@ use crate::report::Report;
 /// The PlexiChat toolchain: provision the host, cross-compile, and (in later releases)
 /// benchmark, containerise and emulate PlexiChat.
 #[derive(Parser)]
-#[command(name = "cargo xtask", version, about, after_help = "Example: cargo xtask doctor --fix")]
+#[command(
+    name = "cargo xtask",
+    version,
+    about,
+    after_help = "Example: cargo xtask doctor --fix"
+)]
 struct Cli {
     /// Print one JSON report on stdout (human output still goes to stderr).
     #[arg(long, global = true)]

@@ -78,9 +78,15 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// Loads `profiles/NAME.yaml`; every mistake names the file, the field and the fix.
+    /// Loads `profiles/NAME.yaml`, or the file NAME when it is a path (it contains a `/`
+    /// or ends in `.yaml`); every mistake names the file, the field and the fix.
     pub fn load(profiles_dir: &Path, name: &str) -> Result<Self, UsageError> {
-        let path = profiles_dir.join(format!("{name}.yaml"));
+        let path = if name.contains('/') || name.ends_with(".yaml") {
+            PathBuf::from(name)
+        } else {
+            profiles_dir.join(format!("{name}.yaml"))
+        };
+        let name = path.file_stem().and_then(|stem| stem.to_str()).unwrap_or(name);
         let text = std::fs::read_to_string(&path).map_err(|err| {
             UsageError(format!(
                 "profile `{name}`: cannot read {}: {err}\n  fix: use one of {}",
@@ -107,18 +113,38 @@ impl Profile {
         let mut chosen = Vec::new();
         for (index, name) in build.targets.iter().enumerate() {
             let targets = targets::parse(name).map_err(|problem| {
-                UsageError::at(&place, &format!("build.targets[{index}]"), problem, format!("use one of {}", targets::allowed()))
+                UsageError::at(
+                    &place,
+                    &format!("build.targets[{index}]"),
+                    problem,
+                    format!("use one of {}", targets::allowed()),
+                )
             })?;
             chosen.extend(targets);
         }
         if chosen.is_empty() {
-            return Err(UsageError::at(&place, "build.targets", "no targets", "list at least one, e.g. [x86_64]"));
+            return Err(UsageError::at(
+                &place,
+                "build.targets",
+                "no targets",
+                "list at least one, e.g. [x86_64]",
+            ));
         }
         if build.cargo_profile.is_empty() {
-            return Err(UsageError::at(&place, "build.cargo_profile", "empty", "use release, dev or a profile of Cargo.toml"));
+            return Err(UsageError::at(
+                &place,
+                "build.cargo_profile",
+                "empty",
+                "use release, dev or a profile of Cargo.toml",
+            ));
         }
         if build.codegen_units == Some(0) {
-            return Err(UsageError::at(&place, "build.codegen_units", "must be at least 1", "use e.g. 1 or 16"));
+            return Err(UsageError::at(
+                &place,
+                "build.codegen_units",
+                "must be at least 1",
+                "use e.g. 1 or 16",
+            ));
         }
         Ok(Self {
             name: name.to_string(),
@@ -134,7 +160,14 @@ fn available(dir: &Path) -> Vec<String> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|entry| entry.path().file_name()?.to_str()?.strip_suffix(".yaml").map(str::to_string))
+        .filter_map(|entry| {
+            entry
+                .path()
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".yaml")
+                .map(str::to_string)
+        })
         .collect();
     names.sort();
     names

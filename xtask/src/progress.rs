@@ -72,6 +72,10 @@ impl Task {
     }
 
     fn line(&self, message: &str) {
-        eprintln!("[{:>7.1}s] {:<10} {message}", self.started.elapsed().as_secs_f64(), self.name);
+        eprintln!(
+            "[{:>7.1}s] {:<10} {message}",
+            self.started.elapsed().as_secs_f64(),
+            self.name
+        );
     }
 }

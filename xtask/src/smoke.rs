@@ -81,11 +81,17 @@ fn command(binary: &Path, target: &Target) -> Command {
 }
 
 fn check_version(binary: &Path, target: &Target, version: &str) -> Result<String> {
-    let output = command(binary, target).arg("--version").output().context("running --version")?;
+    let output = command(binary, target)
+        .arg("--version")
+        .output()
+        .context("running --version")?;
     let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
     let expected = format!("plexichat {version}");
     if !output.status.success() || printed != expected {
-        bail!("--version printed {printed:?} ({}), expected {expected:?}", output.status);
+        bail!(
+            "--version printed {printed:?} ({}), expected {expected:?}",
+            output.status
+        );
     }
     Ok(printed)
 }
@@ -96,7 +102,10 @@ fn healthcheck(binary: &Path, target: &Target, url: &str) -> Result<String> {
         .output()
         .context("running plexichat healthcheck")?;
     if !output.status.success() {
-        bail!("healthcheck of {url} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "healthcheck of {url} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
@@ -136,7 +145,14 @@ fn start_server(binary: &Path, target: &Target, profile: &Path) -> Result<SmokeS
         .arg("serve")
         .arg("--config")
         .arg(profile)
-        .args(["--listen", "127.0.0.1:0", "--database-url", &database, "--node-id", &node_id])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &database,
+            "--node-id",
+            &node_id,
+        ])
         .current_dir(dir.path())
         .env("PLEXICHAT_LOG", "info")
         .stdin(Stdio::null())
@@ -166,7 +182,10 @@ fn start_server(binary: &Path, target: &Target, profile: &Path) -> Result<SmokeS
                 }
                 seen.push(line);
             }
-            Err(_) => bail!("the server did not start within {START_TIMEOUT:?}; it said:\n{}", seen.join("\n")),
+            Err(_) => bail!(
+                "the server did not start within {START_TIMEOUT:?}; it said:\n{}",
+                seen.join("\n")
+            ),
         }
     };
     Ok(SmokeServer {
@@ -189,7 +208,8 @@ fn resolve_from_bare_root(binary: &Path, target: &Target, port: u16) -> Result<S
     let mut chroot = Command::new("chroot");
     chroot.arg(root.path());
     if target.is_foreign() {
-        let emulator = system::which(&target.qemu_user()).with_context(|| format!("{} not found", target.qemu_user()))?;
+        let emulator =
+            system::which(&target.qemu_user()).with_context(|| format!("{} not found", target.qemu_user()))?;
         std::fs::copy(emulator, root.path().join("qemu"))?;
         chroot.arg("/qemu");
     }
@@ -199,7 +219,10 @@ fn resolve_from_bare_root(binary: &Path, target: &Target, port: u16) -> Result<S
         .output()
         .context("running chroot")?;
     if !output.status.success() {
-        bail!("{url} from a bare root: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "{url} from a bare root: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(format!("{SMOKE_HOST} resolved from /etc/hosts alone"))
 }

@@ -17,8 +17,15 @@ pub fn which(program: &str) -> Option<PathBuf> {
 /// The first line `program args` prints (stdout, else stderr), if it runs at all.
 pub fn version_line(program: &str, args: &[&str]) -> Option<String> {
     let output = Command::new(program).args(args).output().ok()?;
-    let text = if output.stdout.is_empty() { output.stderr } else { output.stdout };
-    String::from_utf8_lossy(&text).lines().next().map(|line| line.trim().to_string())
+    let text = if output.stdout.is_empty() {
+        output.stderr
+    } else {
+        output.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .map(|line| line.trim().to_string())
 }
 
 pub fn is_root() -> bool {
@@ -39,7 +46,11 @@ pub fn apt_install(packages: &[String]) -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!("installing {} needs root: run `sudo apt-get install {}`", packages.join(" "), packages.join(" "));
+        bail!(
+            "installing {} needs root: run `sudo apt-get install {}`",
+            packages.join(" "),
+            packages.join(" ")
+        );
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")

@@ -101,7 +101,8 @@ pub fn allowed() -> String {
 pub fn from_flags(names: &[String]) -> Result<Vec<&'static Target>, UsageError> {
     let mut chosen = Vec::new();
     for name in names {
-        let targets = parse(name).map_err(|problem| UsageError(format!("--target: {problem}\n  fix: use one of {}", allowed())))?;
+        let targets = parse(name)
+            .map_err(|problem| UsageError(format!("--target: {problem}\n  fix: use one of {}", allowed())))?;
         chosen.extend(targets);
     }
     Ok(TARGETS.iter().filter(|t| chosen.contains(t)).collect())

@@ -1,0 +1,203 @@
+//! `cargo xtask` driven as its users drive it: doctor's report, the cross-compile
+//! matrix with its cache and smoke runs, and the errors for bad profiles and flags.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use plexichat_e2e::{binary, workspace_root};
+use serde_json::Value;
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(binary("xtask", "xtask").unwrap())
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap()
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is not one JSON document ({err}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn doctor_reports_every_item_with_a_fix_for_each_gap() {
+    let output = xtask(&["doctor", "--json"]);
+    let report = json_of(&output);
+    let checks = report["checks"].as_array().expect("checks");
+    let items: Vec<&str> = checks.iter().map(|c| c["item"].as_str().unwrap()).collect();
+    for expected in [
+        "rust target aarch64-unknown-linux-gnu",
+        "linker riscv64-linux-gnu-gcc",
+        "qemu-aarch64-static",
+        "binfmt qemu-riscv64",
+        "qemu-system-x86_64",
+        "qemu-system-riscv64",
+        "kvm",
+        "docker engine",
+        "postgres (initdb, pg_ctl)",
+        "nats-server",
+    ] {
+        assert!(items.contains(&expected), "{expected} missing from {items:?}");
+    }
+    for check in checks {
+        let status = check["status"].as_str().unwrap();
+        assert!(["found", "missing", "unusable"].contains(&status), "{check}");
+        if status == "missing" {
+            assert!(check["fix"]["kind"].is_string(), "a missing item needs a fix: {check}");
+        }
+    }
+    let required_missing = checks.iter().any(|c| c["status"] == "missing" && c["required"] == true);
+    assert_eq!(report["ok"], !required_missing);
+    assert_eq!(output.status.code(), Some(if required_missing { 1 } else { 0 }));
+}
+
+/// ELF e_machine, and whether a program interpreter is named (dynamic linking).
+fn elf_machine_and_interpreter(path: &Path) -> (u16, bool) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF", "{} is not ELF", path.display());
+    let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
+    let offset = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+    let size = u16::from_le_bytes([bytes[54], bytes[55]]) as usize;
+    let count = u16::from_le_bytes([bytes[56], bytes[57]]) as usize;
+    let interpreter = (0..count).any(|i| {
+        let at = offset + i * size;
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) == 3
+    });
+    (machine, interpreter)
+}
+
+#[test]
+fn build_native_makes_a_static_aarch64_binary_that_runs_and_caches_it() {
+    let first = xtask(&["build-native", "--target", "aarch64", "--json"]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr_of(&first));
+    let report = json_of(&first);
+    let artefact = &report["artefacts"][0];
+    assert_eq!(artefact["target"], "aarch64-unknown-linux-gnu");
+    assert_eq!(artefact["is_static"], true);
+    let steps: Vec<(&str, bool)> = artefact["smoke"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("version", true),
+            ("health", true),
+            ("resolve", true),
+            ("sigterm", true)
+        ]
+    );
+
+    // Checked here independently of the tool: machine, static, and it runs.
+    let path = Path::new(artefact["path"].as_str().unwrap());
+    assert_eq!(
+        path,
+        workspace_root().join("target/dist/aarch64-unknown-linux-gnu/plexichat")
+    );
+    assert_eq!(elf_machine_and_interpreter(path), (183, false));
+    let version = Command::new("qemu-aarch64-static")
+        .arg(path)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("plexichat {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(workspace_root().join("target/dist/manifest.json")).unwrap()).unwrap();
+    let listed = manifest["artefacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["target"] == artefact["target"])
+        .unwrap();
+    for field in [
+        "path",
+        "sha256",
+        "bytes",
+        "profile",
+        "git_revision",
+        "cache_key",
+        "seconds",
+        "cache_hit",
+    ] {
+        assert!(!listed[field].is_null(), "manifest lacks {field}: {listed}");
+    }
+
+    let second = xtask(&["build-native", "--target", "aarch64", "--json"]);
+    assert_eq!(second.status.code(), Some(0), "{}", stderr_of(&second));
+    let again = &json_of(&second)["artefacts"][0];
+    assert_eq!(again["cache_hit"], true, "an unchanged input must not be rebuilt");
+    assert_eq!(again["seconds"], 0.0);
+    assert_eq!(again["sha256"], artefact["sha256"]);
+    assert_eq!(again["cache_key"], artefact["cache_key"]);
+}
+
+fn profile_file(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    file
+}
+
+#[test]
+fn a_profile_with_an_unknown_field_exits_2_naming_it() {
+    let profile = profile_file("build:\n  targets: [x86_64]\n  optimise: true\n");
+    let output = xtask(&["build-native", "--profile", profile.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains(profile.path().to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("build.optimise"), "{stderr}");
+    assert!(stderr.contains("fix:") && stderr.contains("`targets`"), "{stderr}");
+}
+
+#[test]
+fn a_profile_with_an_unknown_target_exits_2_listing_the_allowed_ones() {
+    let profile = profile_file("build:\n  targets: [x86_64, sparc64]\n");
+    let output = xtask(&["build-native", "--profile", profile.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("build.targets[1]") && stderr.contains("sparc64"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("riscv64gc-unknown-linux-gnu"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_target_flag_or_profile_exits_2() {
+    let output = xtask(&["build-native", "--target", "mips"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr_of(&output).contains("--target"), "{}", stderr_of(&output));
+    let output = xtask(&["build-native", "--profile", "no-such-profile"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("no-such-profile") && stderr.contains("release"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_has_an_example_for_every_subcommand() {
+    for subcommand in ["doctor", "build-native"] {
+        let output = xtask(&[subcommand, "--help"]);
+        assert!(output.status.success());
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains(&format!("Example: cargo xtask {subcommand}")), "{help}");
+        assert!(help.contains("--json"), "{help}");
+    }
+}
