@@ -201,3 +201,61 @@ fn help_has_an_example_for_every_subcommand() {
         assert!(help.contains("--json"), "{help}");
     }
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(needle))
+        .collect()
+}
+
+#[test]
+fn sigint_during_a_smoke_run_leaves_no_process_or_temp_dir() {
+    use std::io::BufRead;
+
+    // Build first, so the interrupted run goes straight to its smoke run.
+    let built = xtask(&["build-native", "--target", "aarch64"]);
+    assert_eq!(built.status.code(), Some(0), "{}", stderr_of(&built));
+    let mut run = Command::new(binary("xtask", "xtask").unwrap())
+        .args(["build-native", "--target", "aarch64"])
+        .current_dir(workspace_root())
+        .env("CI", "true")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = run.id();
+    let marker = format!("xtask-smoke-{pid}-");
+    let stderr = std::io::BufReader::new(run.stderr.take().unwrap());
+    let mut lines = stderr.lines().map_while(Result::ok);
+    // The server is being started under qemu-user once the version step is through.
+    assert!(
+        lines.any(|line| line.contains("smoke version: ok")),
+        "the smoke run never started"
+    );
+    let interrupted = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    let rest: Vec<String> = lines.collect();
+    let status = run.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "expected the interrupted exit status; stderr:\n{}",
+        rest.join("\n")
+    );
+    assert!(rest.iter().any(|line| line.contains("tearing down")), "{rest:?}");
+    assert_eq!(
+        processes_mentioning(&marker),
+        Vec::<String>::new(),
+        "a smoke server outlived the run"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().contains(&format!("-{pid}-")))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary directories left: {leftovers:?}");
+}

@@ -56,6 +56,12 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(args),
         Command::BuildNative(args) => build_native::run(args),
     };
+    if teardown::interrupted() {
+        // The signal handler is tearing down and exits with 130 when it is done.
+        loop {
+            std::thread::park();
+        }
+    }
     match result {
         Ok(report) => finish(&report, cli.json),
         Err(err) => {

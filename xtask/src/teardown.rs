@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 type Action = Box<dyn FnOnce() + Send>;
 
 static ACTIONS: Mutex<BTreeMap<u64, Action>> = Mutex::new(BTreeMap::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn actions() -> MutexGuard<'static, BTreeMap<u64, Action>> {
     ACTIONS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -47,9 +48,16 @@ pub fn run_all() {
     }
 }
 
+/// Whether a signal asked the run to stop. What fails after that (a server killed by
+/// the teardown) is a consequence of the interruption, not a result to report.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 /// On SIGINT or SIGTERM: tear down, then exit with 130 as shells expect.
 pub fn install_signal_handler() {
     let installed = ctrlc::set_handler(|| {
+        INTERRUPTED.store(true, Ordering::SeqCst);
         eprintln!("interrupted: tearing down what was started");
         run_all();
         std::process::exit(130);
