@@ -1,26 +1,12 @@
-//! `cargo xtask`: the PlexiChat toolchain. One module per subcommand, each with a
-//! `run(args) -> Result<Report>`; the pieces they share live once beside them.
-
-mod build_native;
-mod doctor;
-mod elf;
-mod error;
-mod kvm;
-mod profile;
-mod progress;
-mod report;
-mod smoke;
-mod system;
-mod targets;
-mod teardown;
-mod workspace;
+//! `cargo xtask`: the command line of the PlexiChat toolchain (the library beside it).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::error::UsageError;
-use crate::report::Report;
+use xtask::error::UsageError;
+use xtask::report::Report;
+use xtask::{build_native, doctor, teardown};
 
 /// The PlexiChat toolchain: provision the host, cross-compile, and (in later releases)
 /// benchmark, containerise and emulate PlexiChat.

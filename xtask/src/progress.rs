@@ -18,6 +18,12 @@ pub struct Task {
     started: Instant,
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Progress {
     pub fn new() -> Self {
         let interactive = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();

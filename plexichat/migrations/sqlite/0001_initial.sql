@@ -1,10 +1,12 @@
 -- Times are milliseconds since the Unix epoch.
 CREATE TABLE users (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    username      TEXT    NOT NULL UNIQUE COLLATE NOCASE,
+    username      TEXT    NOT NULL,
     password_hash TEXT    NOT NULL,
     created_at    INTEGER NOT NULL
 );
+-- Names are unique regardless of case; queries compare lower() against lower().
+CREATE UNIQUE INDEX users_by_name ON users (lower(username));
 
 -- Only a hash of each token is kept: a leaked database yields no usable session.
 CREATE TABLE sessions (
@@ -17,10 +19,11 @@ CREATE INDEX sessions_by_expiry ON sessions (expires_at);
 
 CREATE TABLE channels (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    name       TEXT    NOT NULL UNIQUE COLLATE NOCASE,
+    name       TEXT    NOT NULL,
     created_by INTEGER NOT NULL REFERENCES users (id),
     created_at INTEGER NOT NULL
 );
+CREATE UNIQUE INDEX channels_by_name ON channels (lower(name));
 
 CREATE TABLE memberships (
     channel_id INTEGER NOT NULL REFERENCES channels (id) ON DELETE CASCADE,

@@ -1,5 +1,7 @@
 //! Persistence behind one interface, so handlers never know which database they use.
 
+mod postgres;
+mod sql;
 mod sqlite;
 
 use std::borrow::Cow;
@@ -10,6 +12,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 
+pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 use crate::config::DatabaseSettings;
 use crate::model::{Channel, ChannelId, Message, MessageId, NewMessage, NodeRecord, Session, Timestamp, User, UserId};
@@ -40,6 +43,14 @@ impl From<sqlx::Error> for StoreError {
             // SQLITE_BUSY / SQLITE_LOCKED: another writer held the database past the busy
             // timeout. Like an unreachable server, it is worth retrying later.
             sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6")) => {
+                StoreError::Unavailable(err)
+            }
+            // PostgreSQL: connection exceptions (08…) and shutdowns (57P0…).
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")) =>
+            {
                 StoreError::Unavailable(err)
             }
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
@@ -104,8 +115,10 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Arc<dyn Stor
     let url = settings.url.as_str();
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(settings).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(settings).await?))
     } else {
-        anyhow::bail!("database URL `{url}`: this build supports sqlite://PATH only")
+        anyhow::bail!("database URL `{url}`: use sqlite://PATH or postgres://USER@HOST/DB")
     }
 }
 

@@ -6,7 +6,7 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, rfc3339, spawn_app, spawn_app_with, TestApp};
+use super::helpers::{assert_error, rfc3339, spawn_app, spawn_app_with, TestApp};
 
 const PASSWORD: &str = "long-enough-password";
 

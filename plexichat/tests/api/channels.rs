@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, rfc3339, spawn_app, TestApp, TestUser};
+use super::helpers::{assert_error, rfc3339, spawn_app, TestApp, TestUser};
 
 async fn create(app: &TestApp, user: &TestUser, body: Value) -> (StatusCode, Value) {
     app.post("/api/v1/channels", &user.token, body).await

@@ -1,6 +1,7 @@
 //! `spawn_app()` and a thin client for the API, shared by every test module.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use plexichat::config::{AuthSettings, DatabaseSettings, Settings};
 use plexichat::Server;
@@ -8,12 +9,22 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use xtask::services::{Durability, Postgres};
+
+/// Which store the suite runs against; each test target names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each test target constructs only its own
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
 
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     stop: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    postgres: Option<Postgres>,
     _dir: tempfile::TempDir,
 }
 
@@ -40,10 +51,26 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Where the PostgreSQL template (an initdb'd data directory) is kept between runs.
+fn postgres_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("services")
+}
+
 /// Spawns a server after `configure` has adjusted the test settings.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings(dir.path());
+    let postgres = match crate::BACKEND {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let postgres = tokio::task::spawn_blocking(|| Postgres::start(&postgres_cache(), Durability::Fast))
+                .await
+                .expect("postgres start-up task")
+                .expect("PostgreSQL starts (fix: cargo xtask doctor --fix)");
+            settings.database.url = postgres.url("postgres");
+            Some(postgres)
+        }
+    };
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
     let server = Server::bind(settings).await.expect("server binds");
@@ -56,6 +83,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         client: reqwest::Client::builder().no_proxy().build().unwrap(),
         stop,
         server: Some(server),
+        postgres,
         _dir: dir,
     }
 }
@@ -74,9 +102,22 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// The SQLite file this app's server uses.
-    pub fn database_path(&self) -> std::path::PathBuf {
-        self._dir.path().join("test.db")
+    /// Makes the database unreachable until the returned outage is ended: SQLite's write
+    /// lock is held by another connection; PostgreSQL's processes are frozen.
+    pub async fn database_outage(&self) -> Outage {
+        match &self.postgres {
+            Some(postgres) => {
+                postgres.freeze().expect("freezing postgres");
+                Outage::Frozen(postgres.pid())
+            }
+            None => {
+                use sqlx::Connection as _;
+                let url = format!("sqlite://{}", self._dir.path().join("test.db").display());
+                let mut intruder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query("BEGIN EXCLUSIVE").execute(&mut intruder).await.unwrap();
+                Outage::Locked(intruder)
+            }
+        }
     }
 
     pub fn ws_url(&self, token: &str) -> String {
@@ -179,6 +220,22 @@ impl TestApp {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.cancel();
         self.server.take().expect("running").await?
+    }
+}
+
+pub enum Outage {
+    Locked(sqlx::SqliteConnection),
+    Frozen(u32),
+}
+
+impl Outage {
+    pub async fn end(self) {
+        match self {
+            Outage::Locked(mut intruder) => {
+                sqlx::query("ROLLBACK").execute(&mut intruder).await.unwrap();
+            }
+            Outage::Frozen(group) => xtask::services::thaw(group).expect("thawing postgres"),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{assert_error, spawn_app, spawn_app_with, TestApp, TestUser};
+use super::helpers::{assert_error, spawn_app, spawn_app_with, TestApp, TestUser};
 
 /// A small body limit for the body-limit tests, so that bodies stay small too.
 const BODY_LIMIT: usize = 2048;

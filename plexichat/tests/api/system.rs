@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use crate::helpers::{assert_error, rfc3339, spawn_app, spawn_app_with, TestApp};
+use super::helpers::{assert_error, rfc3339, spawn_app, spawn_app_with, TestApp};
 
 /// Every route of API.md's Operations table, as method and path template.
 const DOCUMENTED_ROUTES: &[(&str, &str)] = &[

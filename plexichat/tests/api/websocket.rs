@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
-use crate::helpers::{assert_error, spawn_app, TestApp, TestUser};
+use super::helpers::{assert_error, spawn_app, TestApp, TestUser};
 
 /// The longest any single expected frame may take to arrive.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);

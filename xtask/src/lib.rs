@@ -1,0 +1,18 @@
+//! The PlexiChat toolchain. One module per subcommand, each with a
+//! `run(args) -> Result<Report>`; the pieces they share live once beside them, and the
+//! services module is also used by the tests of the server and of the toolchain.
+
+pub mod build_native;
+pub mod doctor;
+pub mod elf;
+pub mod error;
+pub mod kvm;
+pub mod profile;
+pub mod progress;
+pub mod report;
+pub mod services;
+pub mod smoke;
+pub mod system;
+pub mod targets;
+pub mod teardown;
+pub mod workspace;
