@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Passwords;
-use crate::bus::{ClusterEvent, EventBus, InProcessBus, LocalEffects};
+use crate::bus::{ClusterEvent, EventBus, InProcessBus, LocalEffects, NatsBus, Sequencer};
 use crate::cache::Caches;
 use crate::config::Settings;
 use crate::error::ApiError;
@@ -26,6 +26,8 @@ pub struct App {
     pub caches: Arc<Caches>,
     pub hub: Arc<Hub>,
     pub bus: Arc<dyn EventBus>,
+    /// Orders commit-and-publish per channel.
+    pub sequencer: Sequencer,
     pub passwords: Passwords,
     pub rate_limits: RateLimits,
     pub metrics: Option<PrometheusHandle>,
@@ -50,19 +52,27 @@ impl App {
             hub: hub.clone(),
             caches: caches.clone(),
         });
+        let node_id = settings.node_id();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let bus: Arc<dyn EventBus> = match &settings.cluster.nats_url {
+            Some(url) => Arc::new(NatsBus::start(url, &node_id, effects, shutdown.clone(), &tasks).await?),
+            None => Arc::new(InProcessBus::new(effects)),
+        };
         Ok(Arc::new(Self {
-            node_id: settings.node_id(),
+            node_id,
             generation: Timestamp::now().0,
             store,
             caches,
             hub,
-            bus: Arc::new(InProcessBus::new(effects)),
+            bus,
+            sequencer: Sequencer::default(),
             passwords: Passwords::new(&settings.auth)?,
             rate_limits: RateLimits::new(&settings.rate_limits),
             metrics,
-            shutdown: CancellationToken::new(),
+            shutdown,
             draining: AtomicBool::new(false),
-            tasks: TaskTracker::new(),
+            tasks,
             settings,
         }))
     }

@@ -47,6 +47,7 @@ pub async fn post(
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
     app.require_member(channel_id, auth.user.id).await?;
     let body = validate_message_body(&posted.body, &app.settings.limits)?;
+    let _turn = app.sequencer.turn(channel_id).await;
     let message = app
         .store
         .insert_message(&NewMessage {

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use plexichat::config::{AuthSettings, DatabaseSettings, Settings};
 use plexichat::Server;
@@ -9,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use xtask::services::{Durability, Postgres};
+use xtask::services::{Durability, Nats, Postgres};
 
 /// Which store the suite runs against; each test target names one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,15 +64,23 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let postgres = match crate::BACKEND {
         Backend::Sqlite => None,
         Backend::Postgres => {
-            let postgres = tokio::task::spawn_blocking(|| Postgres::start(&postgres_cache(), Durability::Fast))
-                .await
-                .expect("postgres start-up task")
-                .expect("PostgreSQL starts (fix: cargo xtask doctor --fix)");
+            let postgres = start_postgres().await;
             settings.database.url = postgres.url("postgres");
             Some(postgres)
         }
     };
     configure(&mut settings);
+    start(settings, dir, postgres).await
+}
+
+async fn start_postgres() -> Postgres {
+    tokio::task::spawn_blocking(|| Postgres::start(&postgres_cache(), Durability::Fast))
+        .await
+        .expect("postgres start-up task")
+        .expect("PostgreSQL starts (fix: cargo xtask doctor --fix)")
+}
+
+async fn start(settings: Settings, dir: tempfile::TempDir, postgres: Option<Postgres>) -> TestApp {
     settings.validate().expect("test settings are valid");
     let server = Server::bind(settings).await.expect("server binds");
     let addr = server.local_addr();
@@ -84,6 +93,52 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         stop,
         server: Some(server),
         postgres,
+        _dir: dir,
+    }
+}
+
+/// Nodes sharing one database and one NATS server, as a cluster does.
+pub struct Cluster {
+    pub nodes: Vec<TestApp>,
+    pub nats: Option<Nats>,
+    pub lease: Duration,
+    _postgres: Option<Postgres>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts `size` nodes named node-0, node-1, … with a short membership lease.
+pub async fn spawn_cluster(size: usize) -> Cluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (postgres, database_url) = match crate::BACKEND {
+        // Several nodes may share one SQLite file, as long as they share one machine.
+        Backend::Sqlite => (None, format!("sqlite://{}", dir.path().join("cluster.db").display())),
+        Backend::Postgres => {
+            let postgres = start_postgres().await;
+            let url = postgres.url("postgres");
+            (Some(postgres), url)
+        }
+    };
+    let nats = tokio::task::spawn_blocking(Nats::start)
+        .await
+        .expect("nats start-up task")
+        .expect("nats-server starts (fix: cargo xtask doctor --fix)");
+    let lease = Duration::from_secs(1);
+    let mut nodes = Vec::new();
+    for index in 0..size {
+        let node_dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = test_settings(node_dir.path());
+        settings.database.url = database_url.clone();
+        settings.cluster.nats_url = Some(nats.url());
+        settings.cluster.heartbeat_interval = Duration::from_millis(200);
+        settings.cluster.lease = lease;
+        settings.node_id = Some(format!("node-{index}"));
+        nodes.push(start(settings, node_dir, None).await);
+    }
+    Cluster {
+        nodes,
+        nats: Some(nats),
+        lease,
+        _postgres: postgres,
         _dir: dir,
     }
 }

@@ -1,5 +1,12 @@
 //! Cluster events and the bus that carries them. Every node applies every event to its
-//! own state (WebSocket subscribers, caches); a single node uses the in-process bus.
+//! own state (WebSocket subscribers, caches); a single node uses the in-process bus, a
+//! cluster the NATS bus.
+
+mod nats;
+mod sequencer;
+
+pub use self::nats::NatsBus;
+pub use self::sequencer::Sequencer;
 
 use std::sync::Arc;
 
