@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use plexichat_e2e::{binary, workspace_root};
+use plexichat_e2e::{binary, processes_mentioning, temp_dirs_of, workspace_root};
 use serde_json::Value;
 
 fn xtask(args: &[&str]) -> Output {
@@ -202,17 +202,6 @@ fn help_has_an_example_for_every_subcommand() {
     }
 }
 
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
-        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
-        .filter(|cmdline| cmdline.contains(needle))
-        .collect()
-}
-
 #[test]
 fn sigint_during_a_smoke_run_leaves_no_process_or_temp_dir() {
     use std::io::BufRead;
@@ -252,10 +241,9 @@ fn sigint_during_a_smoke_run_leaves_no_process_or_temp_dir() {
         Vec::<String>::new(),
         "a smoke server outlived the run"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().contains(&format!("-{pid}-")))
-        .collect();
-    assert!(leftovers.is_empty(), "temporary directories left: {leftovers:?}");
+    assert_eq!(
+        temp_dirs_of(pid),
+        Vec::<std::path::PathBuf>::new(),
+        "temporary directories left"
+    );
 }

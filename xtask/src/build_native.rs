@@ -364,8 +364,19 @@ fn cargo_env(build: &BuildSection, target: &Target) -> Vec<(String, String)> {
     env
 }
 
+/// The server for this host, as the profile builds it (not static: it runs here only).
+/// Cargo rebuilds what is stale and nothing else.
+pub fn host_binary(workspace: &Workspace, build: &BuildSection, task: &Task) -> Result<PathBuf> {
+    run_cargo(workspace, build, None, task)
+}
+
 /// Runs cargo for one target; returns the executable it produced.
 fn cargo_build(workspace: &Workspace, build: &BuildSection, target: &Target, task: &Task) -> Result<PathBuf> {
+    run_cargo(workspace, build, Some(target), task)
+}
+
+/// `cargo build` of the server, for `target` or (with `None`) the host.
+fn run_cargo(workspace: &Workspace, build: &BuildSection, target: Option<&Target>, task: &Task) -> Result<PathBuf> {
     if build.sccache && system::which("sccache").is_none() {
         bail!("the profile asks for sccache, which is not installed (fix: apt-get install sccache)");
     }
@@ -374,18 +385,21 @@ fn cargo_build(workspace: &Workspace, build: &BuildSection, target: &Target, tas
     command
         .current_dir(&workspace.root)
         .args(["build", "--locked", "--package", "plexichat", "--bin", "plexichat"])
-        .args(["--target", target.triple, "--profile", &build.cargo_profile])
+        .args(["--profile", &build.cargo_profile])
         .arg("--message-format=json-render-diagnostics")
-        .envs(cargo_env(build, target))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(target) = target {
+        command.args(["--target", target.triple]).envs(cargo_env(build, target));
+    }
     if !build.features.is_empty() {
         command.args(["--features", &build.features.join(",")]);
     }
+    let destination = target.map_or("the host", |t| t.triple);
     task.step(format!(
-        "cargo build --target {} --profile {}",
-        target.triple, build.cargo_profile
+        "cargo build for {destination} --profile {}",
+        build.cargo_profile
     ));
     let mut child = command.spawn().context("starting cargo")?;
     let mut stderr = child.stderr.take().context("no stderr")?;

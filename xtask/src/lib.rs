@@ -3,10 +3,13 @@
 //! services module is also used by the tests of the server and of the toolchain.
 
 pub mod build_native;
+pub mod cluster_local;
 pub mod doctor;
 pub mod elf;
 pub mod error;
+pub mod http;
 pub mod kvm;
+pub mod node;
 pub mod profile;
 pub mod progress;
 pub mod report;

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use xtask::error::UsageError;
 use xtask::report::Report;
-use xtask::{build_native, doctor, teardown};
+use xtask::{build_native, cluster_local, doctor, teardown};
 
 /// The PlexiChat toolchain: provision the host, cross-compile, and (in later releases)
 /// benchmark, containerise and emulate PlexiChat.
@@ -33,6 +33,9 @@ enum Command {
     /// Static plexichat binaries for x86_64, aarch64 and riscv64 Linux, smoke-tested.
     #[command(after_help = "Example: cargo xtask build-native --target aarch64")]
     BuildNative(build_native::Args),
+    /// N server processes on loopback sharing PostgreSQL and NATS, verified as one server.
+    #[command(after_help = "Example: cargo xtask cluster-local 3 --hold")]
+    ClusterLocal(cluster_local::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Doctor(args) => doctor::run(args),
         Command::BuildNative(args) => build_native::run(args),
+        Command::ClusterLocal(args) => cluster_local::run(args),
     };
     if teardown::interrupted() {
         // The signal handler is tearing down and exits with 130 when it is done.

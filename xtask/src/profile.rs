@@ -3,6 +3,7 @@
 //! server's own and is checked by the server when it starts.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +15,7 @@ use crate::targets::{self, Target};
 struct ProfileFile {
     #[allow(dead_code)] // documentation for people; read so that it is allowed
     description: Option<String>,
-    #[allow(dead_code)] // the server's section: validated by `plexichat serve --config`
+    /// The server's section: validated by `plexichat serve --config`.
     server: Option<serde_yaml::Value>,
     #[serde(default)]
     build: BuildSection,
@@ -75,6 +76,7 @@ pub struct Profile {
     pub path: PathBuf,
     pub build: BuildSection,
     pub targets: Vec<&'static Target>,
+    server: Option<serde_yaml::Value>,
 }
 
 impl Profile {
@@ -151,7 +153,18 @@ impl Profile {
             path: path.to_path_buf(),
             targets: targets::TARGETS.iter().filter(|t| chosen.contains(t)).collect(),
             build,
+            server: file.server,
         })
+    }
+
+    /// The membership lease the nodes run with (`server.cluster.lease`, default 5 s):
+    /// how long a dead node may still be listed as up.
+    pub fn cluster_lease(&self) -> Duration {
+        self.server
+            .as_ref()
+            .and_then(|server| server.get("cluster")?.get("lease")?.as_str().map(str::to_string))
+            .and_then(|lease| humantime::parse_duration(&lease).ok())
+            .unwrap_or(Duration::from_secs(5))
     }
 }
 
@@ -218,6 +231,18 @@ mod tests {
         let err = parse("build:\n  lto: maximum\n").unwrap_err().to_string();
         assert!(err.contains("build.lto"), "{err}");
         assert!(err.contains("`thin`"), "{err}");
+    }
+
+    #[test]
+    fn the_cluster_lease_comes_from_the_server_section() {
+        assert_eq!(
+            parse("server:\n  cluster:\n    lease: 2s\n").unwrap().cluster_lease(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            parse("build:\n  targets: [x86_64]\n").unwrap().cluster_lease(),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

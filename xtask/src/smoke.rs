@@ -3,20 +3,18 @@
 //! /etc/hosts (as in a FROM-scratch image or a VM's initramfs), and stops on SIGTERM.
 //! Foreign binaries run under qemu-user.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::node::ServerProcess;
 use crate::progress::Task;
 use crate::system;
 use crate::targets::Target;
-use crate::teardown::{ProcessGuard, TempDir};
+use crate::teardown::TempDir;
 
 /// Emulated binaries start slowly; a real failure still shows well within this.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -52,11 +50,18 @@ pub fn run(binary: &Path, target: &Target, profile: &Path, version: &str, task: 
     };
     if record("version", check_version(binary, target, version)) {
         match start_server(binary, target, profile) {
-            Ok(mut server) => {
-                let url = format!("http://127.0.0.1:{}/health", server.addr.port());
-                record("health", healthcheck(binary, target, &url));
-                record("resolve", resolve_from_bare_root(binary, target, server.addr.port()));
-                record("sigterm", server.stop());
+            Ok(smoke) => {
+                let port = smoke.server.addr.port();
+                record(
+                    "health",
+                    healthcheck(binary, target, &format!("http://127.0.0.1:{port}/health")),
+                );
+                record("resolve", resolve_from_bare_root(binary, target, port));
+                let stopped = smoke
+                    .server
+                    .terminate(STOP_TIMEOUT)
+                    .map(|()| "exited 0 after SIGTERM".to_string());
+                record("sigterm", stopped);
             }
             Err(err) => {
                 record("serve", Err(err));
@@ -110,38 +115,18 @@ fn healthcheck(binary: &Path, target: &Target, url: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
+/// The smoke server and the directory holding its database.
 struct SmokeServer {
-    process: ProcessGuard,
-    addr: SocketAddr,
+    server: ServerProcess,
     _dir: TempDir,
-}
-
-impl SmokeServer {
-    fn stop(&mut self) -> Result<String> {
-        let pid = self.process.child().id();
-        system::run(Command::new("kill").args(["-TERM", &pid.to_string()]))?;
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = self.process.child().try_wait()? {
-                return if status.success() {
-                    Ok("exited 0 after SIGTERM".into())
-                } else {
-                    Err(anyhow::anyhow!("exited with {status} after SIGTERM"))
-                };
-            }
-            if Instant::now() > deadline {
-                bail!("still running {STOP_TIMEOUT:?} after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 fn start_server(binary: &Path, target: &Target, profile: &Path) -> Result<SmokeServer> {
     let dir = TempDir::new("smoke")?;
     let database = format!("sqlite://{}", dir.path().join("smoke.db").display());
     let node_id = format!("smoke-{}", target.arch);
-    let mut child = command(binary, target)
+    let mut command = command(binary, target);
+    command
         .arg("serve")
         .arg("--config")
         .arg(profile)
@@ -153,44 +138,9 @@ fn start_server(binary: &Path, target: &Target, profile: &Path) -> Result<SmokeS
             "--node-id",
             &node_id,
         ])
-        .current_dir(dir.path())
-        .env("PLEXICHAT_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the server")?;
-    let stderr = child.stderr.take().context("no stderr")?;
-    let process = ProcessGuard::new(child);
-    let (lines, log) = mpsc::channel();
-    // Read to the end even after startup: a server whose stderr pipe closes gets
-    // EPIPE on every log line.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let deadline = Instant::now() + START_TIMEOUT;
-    let mut seen = Vec::new();
-    let addr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match log.recv_timeout(left) {
-            Ok(line) => {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    break addr.parse().with_context(|| format!("address in {line:?}"))?;
-                }
-                seen.push(line);
-            }
-            Err(_) => bail!(
-                "the server did not start within {START_TIMEOUT:?}; it said:\n{}",
-                seen.join("\n")
-            ),
-        }
-    };
+        .current_dir(dir.path());
     Ok(SmokeServer {
-        process,
-        addr,
+        server: ServerProcess::start(command, START_TIMEOUT)?,
         _dir: dir,
     })
 }

@@ -13,6 +13,9 @@ type Action = Box<dyn FnOnce() + Send>;
 static ACTIONS: Mutex<BTreeMap<u64, Action>> = Mutex::new(BTreeMap::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The exit status after a signal: 130 (interrupted) unless a command that waits for
+/// signals (`--hold`) says the signal is its normal end.
+static SIGNAL_EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(130);
 
 fn actions() -> MutexGuard<'static, BTreeMap<u64, Action>> {
     ACTIONS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -54,13 +57,18 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// On SIGINT or SIGTERM: tear down, then exit with 130 as shells expect.
+/// From now on a signal is the expected end: tear down and exit with `code`.
+pub fn exit_on_signal_with(code: i32) {
+    SIGNAL_EXIT_CODE.store(code, Ordering::SeqCst);
+}
+
+/// On SIGINT or SIGTERM: tear down, then exit (with 130, as shells expect, by default).
 pub fn install_signal_handler() {
     let installed = ctrlc::set_handler(|| {
         INTERRUPTED.store(true, Ordering::SeqCst);
         eprintln!("interrupted: tearing down what was started");
         run_all();
-        std::process::exit(130);
+        std::process::exit(SIGNAL_EXIT_CODE.load(Ordering::SeqCst));
     });
     if let Err(err) = installed {
         eprintln!("warning: cannot watch Ctrl-C ({err}); an interrupted run may leave processes behind");
