@@ -15,6 +15,24 @@ use crate::teardown::{self, ProcessGuard, TempDir};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Installs Debian's `package` when `present` says it is missing, as `doctor --fix`
+/// would: root is needed, and one installation at a time (apt holds a lock).
+fn provision(package: &str, present: impl Fn() -> bool) -> Result<()> {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALLING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if present() {
+        return Ok(());
+    }
+    if !system::is_root() {
+        bail!("{package} is not installed (fix: sudo apt-get install {package}, or sudo cargo xtask doctor --fix)");
+    }
+    system::apt_install(&[package.to_string()]).with_context(|| format!("installing {package}"))?;
+    if !present() {
+        bail!("{package} was installed but is still not usable");
+    }
+    Ok(())
+}
+
 /// A free TCP port on loopback (free when asked; services bind it right after).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -41,7 +59,8 @@ impl Postgres {
     /// Starts a server whose data directory is a copy of an initdb'd template kept in
     /// `cache_dir` (made on first use: initdb is the slow part of starting).
     pub fn start(cache_dir: &Path, durability: Durability) -> Result<Self> {
-        let bin = postgres_bin_dir().context("PostgreSQL is not installed (fix: apt-get install postgresql)")?;
+        provision("postgresql", || postgres_bin_dir().is_some())?;
+        let bin = postgres_bin_dir().context("PostgreSQL's binaries are missing after installing it")?;
         let template = template(&bin, cache_dir)?;
         let dir = TempDir::new("postgres")?;
         let data = dir.path().join("data");
@@ -267,8 +286,8 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Result<Self> {
-        let program =
-            system::which("nats-server").context("nats-server is not installed (fix: apt-get install nats-server)")?;
+        provision("nats-server", || system::which("nats-server").is_some())?;
+        let program = system::which("nats-server").context("nats-server is missing after installing it")?;
         Self::start_on(&program, free_port()?)
     }
 
