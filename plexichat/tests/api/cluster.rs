@@ -195,3 +195,36 @@ async fn fan_out_resumes_after_nats_restarts() {
         "the message posted during the outage is in history"
     );
 }
+
+#[tokio::test]
+async fn a_restarted_node_rejoins_as_a_new_generation() {
+    let mut cluster = spawn_cluster(2).await;
+    let alice = cluster.nodes[0].user("alice").await;
+    let generation_of = |nodes: &Value, id: &str| {
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == id)
+            .map(|n| n["generation"].as_i64().unwrap())
+    };
+    let (_, before) = cluster.nodes[0].get("/api/v1/cluster/nodes", &alice.token).await;
+    let first = generation_of(&before, "node-1").expect("node-1 is listed");
+
+    cluster.nodes.pop().unwrap().shutdown().await.unwrap();
+    let restarted = cluster.start_node("node-1").await;
+    let rejoined = eventually(Duration::from_secs(5), || async {
+        let (_, nodes) = cluster.nodes[0].get("/api/v1/cluster/nodes", &alice.token).await;
+        generation_of(&nodes, "node-1").is_some_and(|generation| generation > first)
+    })
+    .await;
+    assert!(rejoined, "node-1 must come back under a new generation");
+    assert!(node_statuses(&cluster.nodes[0], &alice.token)
+        .await
+        .contains(&("node-1".into(), "up".into())));
+    assert_eq!(
+        restarted.get("/api/v1/me", &alice.token).await.0,
+        StatusCode::OK,
+        "sessions outlive nodes"
+    );
+}

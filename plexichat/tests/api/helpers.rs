@@ -102,6 +102,7 @@ pub struct Cluster {
     pub nodes: Vec<TestApp>,
     pub nats: Option<Nats>,
     pub lease: Duration,
+    database_url: String,
     _postgres: Option<Postgres>,
     _dir: tempfile::TempDir,
 }
@@ -122,24 +123,32 @@ pub async fn spawn_cluster(size: usize) -> Cluster {
         .await
         .expect("nats start-up task")
         .expect("nats-server starts (fix: cargo xtask doctor --fix)");
-    let lease = Duration::from_secs(1);
-    let mut nodes = Vec::new();
-    for index in 0..size {
-        let node_dir = tempfile::tempdir().expect("temp dir");
-        let mut settings = test_settings(node_dir.path());
-        settings.database.url = database_url.clone();
-        settings.cluster.nats_url = Some(nats.url());
-        settings.cluster.heartbeat_interval = Duration::from_millis(200);
-        settings.cluster.lease = lease;
-        settings.node_id = Some(format!("node-{index}"));
-        nodes.push(start(settings, node_dir, None).await);
-    }
-    Cluster {
-        nodes,
+    let mut cluster = Cluster {
+        nodes: Vec::new(),
         nats: Some(nats),
-        lease,
+        lease: Duration::from_secs(1),
+        database_url,
         _postgres: postgres,
         _dir: dir,
+    };
+    for index in 0..size {
+        let node = cluster.start_node(&format!("node-{index}")).await;
+        cluster.nodes.push(node);
+    }
+    cluster
+}
+
+impl Cluster {
+    /// Starts a node with `node_id` on the cluster's database and NATS.
+    pub async fn start_node(&self, node_id: &str) -> TestApp {
+        let node_dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = test_settings(node_dir.path());
+        settings.database.url = self.database_url.clone();
+        settings.cluster.nats_url = self.nats.as_ref().map(Nats::url);
+        settings.cluster.heartbeat_interval = Duration::from_millis(200);
+        settings.cluster.lease = self.lease;
+        settings.node_id = Some(node_id.into());
+        start(settings, node_dir, None).await
     }
 }
 
