@@ -456,6 +456,18 @@ impl Settings {
                 "make the lease a few heartbeats long, e.g. heartbeat_interval: 1s, lease: 5s",
             );
         }
+        if let Some(url) = &self.cluster.nats_url {
+            let well_formed = ["nats://", "tls://"]
+                .iter()
+                .any(|scheme| url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()));
+            if !well_formed {
+                return fail(
+                    "cluster.nats_url",
+                    format!("`{url}` is not a NATS URL"),
+                    "use nats://HOST:PORT, e.g. nats://127.0.0.1:4222, or leave it unset for one node",
+                );
+            }
+        }
         if self.node_id.as_deref().is_some_and(|id| id.is_empty() || id.len() > 64) {
             return fail(
                 "node_id",
@@ -723,6 +735,18 @@ mod tests {
         let env = [("PLEXICHAT_LISTN".to_string(), "x".to_string())];
         let err = Settings::load(None, env).unwrap_err();
         assert!(err.problem.contains("unknown variable PLEXICHAT_LISTN"), "{err}");
+    }
+
+    #[test]
+    fn a_nats_url_must_name_a_nats_server() {
+        for bad in ["localhost:4222", "http://nats:4222", "nats://"] {
+            let env = [("PLEXICHAT_NATS_URL".to_string(), bad.to_string())];
+            let err = Settings::load(None, env).unwrap_err();
+            assert_eq!(err.field, "server.cluster.nats_url", "{bad}");
+            assert_eq!(err.origin, Origin::Env("PLEXICHAT_NATS_URL".into()));
+        }
+        let env = [("PLEXICHAT_NATS_URL".to_string(), "nats://127.0.0.1:4222".to_string())];
+        assert!(Settings::load(None, env).is_ok());
     }
 
     #[test]

@@ -8,13 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 
+use crate::kernels::{GuestKernel, KERNELS};
 use crate::kvm;
 use crate::report::{Report, Table};
 use crate::system::{self, which};
 use crate::targets::{Target, QEMU_USER_PACKAGE, TARGETS};
+use crate::workspace::Workspace;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,6 +41,7 @@ pub enum Fix {
     RustupTarget { target: String },
     Apt { packages: Vec<String> },
     Binfmt { arch: String },
+    GuestKernel { arch: String },
     Manual { instruction: String },
 }
 
@@ -51,6 +54,7 @@ impl std::fmt::Display for Fix {
                 f,
                 "mount -t binfmt_misc binfmt_misc {BINFMT_DIR}; cat /usr/lib/binfmt.d/qemu-{arch}.conf > {BINFMT_DIR}/register"
             ),
+            Fix::GuestKernel { arch } => write!(f, "cargo xtask doctor --fix (downloads the {arch} kernel package)"),
             Fix::Manual { instruction } => f.write_str(instruction),
         }
     }
@@ -203,6 +207,11 @@ pub fn check_all() -> Vec<Check> {
     for target in &TARGETS {
         checks.push(qemu_system(target));
     }
+    if let Ok(workspace) = Workspace::discover() {
+        for kernel in &KERNELS {
+            checks.push(guest_kernel(kernel, &workspace.target_dir));
+        }
+    }
     checks.push(kvm_check());
     checks.push(docker_engine());
     checks.push(postgres());
@@ -214,12 +223,12 @@ pub fn check_all() -> Vec<Check> {
 pub fn fixes_for(checks: &[Check]) -> Vec<Fix> {
     let mut rustup = Vec::new();
     let mut packages = BTreeSet::new();
-    let mut binfmt = Vec::new();
+    let mut after_apt = Vec::new();
     for fix in checks.iter().filter(|c| c.is_missing()).filter_map(|c| c.fix.clone()) {
         match fix {
             Fix::RustupTarget { .. } => rustup.push(fix),
             Fix::Apt { packages: names } => packages.extend(names),
-            Fix::Binfmt { .. } => binfmt.push(fix),
+            Fix::Binfmt { .. } | Fix::GuestKernel { .. } => after_apt.push(fix),
             Fix::Manual { .. } => {}
         }
     }
@@ -230,7 +239,7 @@ pub fn fixes_for(checks: &[Check]) -> Vec<Fix> {
         });
     }
     // binfmt entries need qemu-user-static's files, so they come after apt.
-    ordered.extend(binfmt);
+    ordered.extend(after_apt);
     ordered
 }
 
@@ -250,6 +259,13 @@ fn apply(fix: &Fix) -> Result<()> {
         Fix::RustupTarget { target } => system::run(Command::new("rustup").args(["target", "add", target])),
         Fix::Apt { packages } => system::apt_install(packages),
         Fix::Binfmt { arch } => register_binfmt(arch),
+        Fix::GuestKernel { arch } => {
+            let kernel = KERNELS
+                .iter()
+                .find(|k| k.arch == arch)
+                .context("a known architecture")?;
+            kernel.fetch(&Workspace::discover()?.target_dir).map(drop)
+        }
         Fix::Manual { instruction } => anyhow::bail!("needs a person: {instruction}"),
     }
 }
@@ -338,7 +354,6 @@ fn binfmt(target: &Target) -> Check {
 /// entries carry the F flag, so the kernel opens the emulator at registration and
 /// containers and chroots need no copy of it.
 fn register_binfmt(arch: &str) -> Result<()> {
-    use anyhow::Context as _;
     if !system::is_root() {
         anyhow::bail!("registering binfmt entries needs root");
     }
@@ -370,6 +385,19 @@ fn qemu_system(target: &Target) -> Check {
             format!("boots {} guests", target.arch),
             Fix::Apt {
                 packages: vec![target.qemu_system_package.into()],
+            },
+        ),
+    }
+}
+
+fn guest_kernel(kernel: &GuestKernel, target_dir: &Path) -> Check {
+    let check = Check::new(format!("guest kernel {}", kernel.arch), "emulation");
+    match kernel.cached(target_dir) {
+        Some(deb) => check.found(deb.file_name().map(|name| name.to_string_lossy().into_owned())),
+        None => check.missing(
+            format!("{} ({}) for {} guests", kernel.metapackage, kernel.suite, kernel.arch),
+            Fix::GuestKernel {
+                arch: kernel.arch.into(),
             },
         ),
     }

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod elf;
 pub mod error;
 pub mod http;
+pub mod kernels;
 pub mod kvm;
 pub mod node;
 pub mod profile;
