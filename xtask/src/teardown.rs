@@ -13,6 +13,8 @@ type Action = Box<dyn FnOnce() + Send>;
 static ACTIONS: Mutex<BTreeMap<u64, Action>> = Mutex::new(BTreeMap::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Teardowns running outside the registry (registered after an interruption).
+static TEARING_DOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// The exit status after a signal: 130 (interrupted) unless a command that waits for
 /// signals (`--hold`) says the signal is its normal end.
 static SIGNAL_EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(130);
@@ -28,8 +30,18 @@ pub struct Guard {
 
 impl Guard {
     pub fn new(action: impl FnOnce() + Send + 'static) -> Self {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        actions().insert(id, Box::new(action));
+        let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+        let mut registered = actions();
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            // The run is stopping: whatever is started now is torn down on the spot.
+            TEARING_DOWN.fetch_add(1, Ordering::SeqCst);
+            drop(registered);
+            action();
+            TEARING_DOWN.fetch_sub(1, Ordering::SeqCst);
+            NEXT_ID.fetch_add(1, Ordering::SeqCst);
+        } else {
+            registered.insert(id, Box::new(action));
+        }
         Self { id }
     }
 }
@@ -65,9 +77,22 @@ pub fn exit_on_signal_with(code: i32) {
 /// On SIGINT or SIGTERM: tear down, then exit (with 130, as shells expect, by default).
 pub fn install_signal_handler() {
     let installed = ctrlc::set_handler(|| {
+        // Under the registry's lock: every later registration sees the flag.
         INTERRUPTED.store(true, Ordering::SeqCst);
+        drop(actions());
         eprintln!("interrupted: tearing down what was started");
         run_all();
+        // The main thread may still be starting things for a moment; each is torn down
+        // as it registers. Exit once that has settled.
+        let mut seen = NEXT_ID.load(Ordering::SeqCst);
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let now = NEXT_ID.load(Ordering::SeqCst);
+            if now == seen && TEARING_DOWN.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            seen = now;
+        }
         std::process::exit(SIGNAL_EXIT_CODE.load(Ordering::SeqCst));
     });
     if let Err(err) = installed {
