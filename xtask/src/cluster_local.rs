@@ -511,6 +511,7 @@ impl Listeners {
             socket.send(tungstenite::Message::text(
                 json!({"type": "subscribe", "channel_id": channel}).to_string(),
             ))?;
+            await_subscribed(&mut socket).with_context(|| format!("subscribing on {}", node.id))?;
             let (sender, stop) = (sender.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -577,6 +578,34 @@ impl Listeners {
         }
         self.duplicates + self.arrivals.try_iter().count()
     }
+}
+
+type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+/// Reads until the server confirms the subscription: only then does a post count as
+/// one the socket must see.
+fn await_subscribed(socket: &mut Socket) -> Result<()> {
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    while Instant::now() < deadline {
+        match socket.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                match frame["type"].as_str() {
+                    Some("subscribed") => return Ok(()),
+                    Some("error") => bail!("the server refused: {frame}"),
+                    _ => {}
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(err))
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    bail!("no subscription confirmed within {DELIVERY_TIMEOUT:?}")
 }
 
 fn percentiles(samples: &mut [Duration]) -> Percentiles {
