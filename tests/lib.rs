@@ -1,15 +1,14 @@
 //! Helpers for driving the workspace's binaries from outside, as a user would.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+pub use xtask::node::ServerProcess;
 
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,121 +44,16 @@ pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A server process that is killed if the test ends without stopping it.
-pub struct ServerProcess {
-    pub child: Child,
-    pub addr: SocketAddr,
-    /// Everything the server wrote to stderr after its listening line.
-    pub log: mpsc::Receiver<String>,
-    stop_reading: Arc<AtomicBool>,
+/// Starts `plexichat serve ARGS` in `dir` through the toolchain's own server runner.
+pub fn start_server(dir: &Path, args: &[&str]) -> Result<ServerProcess> {
+    let mut command = Command::new(binary("plexichat", "plexichat")?);
+    command.arg("serve").args(args).current_dir(dir);
+    ServerProcess::start(command, Duration::from_secs(30))
 }
 
-impl ServerProcess {
-    /// Starts `plexichat serve` with `args` in `dir` and waits for its listening line.
-    pub fn start(dir: &Path, args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(binary("plexichat", "plexichat")?)
-            .arg("serve")
-            .args(args)
-            .current_dir(dir)
-            .env("PLEXICHAT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting plexichat")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let (lines, log) = mpsc::channel();
-        let stop_reading = Arc::new(AtomicBool::new(false));
-        let stop = stop_reading.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = String::new();
-            // Dropping the reader closes the pipe's read end.
-            while !stop.load(Ordering::Relaxed) && reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                let _ = lines.send(std::mem::take(&mut line));
-            }
-        });
-        let mut server = Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            log,
-            stop_reading,
-        };
-        let line = server.wait_for_log("listening on http://", Duration::from_secs(30))?;
-        let addr = line.split("listening on http://").nth(1).unwrap_or_default();
-        let addr = addr.split_whitespace().next().unwrap_or_default();
-        server.addr = addr.parse().with_context(|| format!("listening address in {line:?}"))?;
-        Ok(server)
-    }
-
-    /// Waits for a log line containing `needle`.
-    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(_) => continue,
-                Err(_) => bail!("no log line containing {needle:?} within {timeout:?}"),
-            }
-        }
-    }
-
-    /// Stops reading the server's stderr and closes the pipe after its next line.
-    pub fn close_log(&self) {
-        self.stop_reading.store(true, Ordering::Relaxed);
-    }
-
-    /// Sends SIGTERM, as a service manager would.
-    pub fn terminate(&self) -> Result<()> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed: {status}");
-        }
-        Ok(())
-    }
-
-    /// Waits for the process to exit, up to `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("server still running after {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A minimal HTTP/1.0 GET, so these tests depend on no HTTP client.
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .context("no status line")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+/// GET `path`: the status and the JSON body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, serde_json::Value)> {
+    xtask::http::request(addr, "GET", path, None, None)
 }
 
 /// Processes whose command line mentions `needle`.

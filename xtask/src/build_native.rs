@@ -139,7 +139,7 @@ pub fn run(args: Args) -> Result<Report> {
                     }));
                 }
                 Err(err) => {
-                    task.finish(format!("FAILED: {}", first_line(&err)));
+                    task.finish(format!("FAILED: {}", first_line(&format!("{err:#}"))));
                     failures.insert(target.triple.to_string(), format!("{err:#}"));
                 }
             }
@@ -183,10 +183,7 @@ pub fn run(args: Args) -> Result<Report> {
                     .join(" "),
             ]);
         } else {
-            let error = failures
-                .get(target.triple)
-                .map(|e| first_line_of(e))
-                .unwrap_or_default();
+            let error = failures.get(target.triple).map(|e| first_line(e)).unwrap_or_default();
             table.row(vec![
                 target.triple.into(),
                 "FAILED".into(),
@@ -563,11 +560,7 @@ fn smoke_failure(smoke: &Smoke) -> String {
         .join("; ")
 }
 
-fn first_line(err: &anyhow::Error) -> String {
-    first_line_of(&format!("{err:#}"))
-}
-
-fn first_line_of(text: &str) -> String {
+fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_string()
 }
 

@@ -5,7 +5,8 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -18,6 +19,9 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// From spawning to the server's listening line.
     pub started_in: Duration,
+    /// What the server logs after its listening line.
+    log: mpsc::Receiver<String>,
+    stop_reading: Arc<AtomicBool>,
 }
 
 impl ServerProcess {
@@ -34,11 +38,15 @@ impl ServerProcess {
         let stderr = child.stderr.take().context("no stderr")?;
         let process = ProcessGuard::new(child);
         let (lines, log) = mpsc::channel();
-        // Read to the end even after start-up: a server whose stderr pipe closes gets
-        // EPIPE on every log line.
+        let stop_reading = Arc::new(AtomicBool::new(false));
+        let stop = stop_reading.clone();
+        // Read to the end even after start-up (unless told to stop): a server whose
+        // stderr pipe closes gets EPIPE on every log line.
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
+            let mut reader = BufReader::new(stderr);
+            let mut line = String::new();
+            while !stop.load(Ordering::Relaxed) && reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let _ = lines.send(std::mem::take(&mut line).trim_end().to_string());
             }
         });
         let deadline = started + timeout;
@@ -54,6 +62,8 @@ impl ServerProcess {
                             process,
                             addr,
                             started_in: started.elapsed(),
+                            log,
+                            stop_reading,
                         });
                     }
                     seen.push(line);
@@ -72,6 +82,27 @@ impl ServerProcess {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self
+                .log
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => continue,
+                Err(_) => bail!("no log line containing {needle:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// Stops reading the server's stderr: the pipe closes after its next line, as when
+    /// whoever collected the logs goes away.
+    pub fn close_log(&self) {
+        self.stop_reading.store(true, Ordering::Relaxed);
     }
 
     /// SIGKILL: the node dies on the spot, as in a crash.
