@@ -72,6 +72,7 @@ impl Postgres {
         let port = free_port()?;
         let mut command = Command::new(bin.join("postgres"));
         command
+            .current_dir(dir.path())
             .arg("-D")
             .arg(&data)
             .args([
@@ -222,16 +223,17 @@ fn template(bin: &Path, cache_dir: &Path) -> Result<PathBuf> {
         return Ok(template);
     }
     std::fs::create_dir_all(cache_dir)?;
-    // initdb into a scratch directory, then rename: a concurrent run never sees half a template.
-    let scratch = cache_dir.join(format!("postgres-{version}-template.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch)?;
+    // initdb runs as the server's user, who may not be able to reach the workspace (a
+    // clone in a private directory): it writes into a staging directory under the
+    // system's temporary directory, and the result is copied into the cache.
+    let staging = TempDir::new("postgres-initdb")?;
     let owner = server_user()?;
     if let Some((uid, gid)) = owner {
-        chown_tree(&scratch, uid, gid)?;
+        chown_tree(staging.path(), uid, gid)?;
     }
+    let fresh = staging.path().join("data");
     let mut initdb = Command::new(bin.join("initdb"));
-    initdb.arg("-D").arg(&scratch).args([
+    initdb.arg("-D").arg(&fresh).current_dir(staging.path()).args([
         "-U",
         "postgres",
         "--auth=trust",
@@ -242,6 +244,10 @@ fn template(bin: &Path, cache_dir: &Path) -> Result<PathBuf> {
     ]);
     run_as(&mut initdb, owner);
     system::run(&mut initdb).context("initdb")?;
+    // Copy under a scratch name, then rename: a concurrent run never sees half a template.
+    let scratch = cache_dir.join(format!("postgres-{version}-template.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    system::run(Command::new("cp").arg("-a").arg(&fresh).arg(&scratch))?;
     match std::fs::rename(&scratch, &template) {
         Ok(()) => Ok(template),
         // Another process finished first; its template is as good as ours.
