@@ -4,51 +4,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
-use plexichat_e2e::{binary, http_get, is_running, processes_mentioning, temp_dirs_of, workspace_root};
+use plexichat_e2e::{assert_nothing_left, assert_sigint_leaves_nothing, http_get, signal, spawn_xtask, workspace_root};
 use serde_json::Value;
 
 fn cluster_local(args: &[&str]) -> Child {
-    Command::new(binary("xtask", "xtask").unwrap())
-        .arg("cluster-local")
-        .args(args)
-        .current_dir(workspace_root())
-        .env("CI", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Asserts that the run with `pid` left nothing: no process it started, no temp dir.
-fn assert_nothing_left(pid: u32, node_pids: &[u32]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let leftovers = || {
-        let mut found: Vec<String> = node_pids
-            .iter()
-            .filter(|p| is_running(**p))
-            .map(|p| format!("node pid {p}"))
-            .collect();
-        found.extend(processes_mentioning(&format!("xtask-postgres-{pid}-")));
-        found.extend(processes_mentioning(&format!("xtask-nats-{pid}-")));
-        found.extend(temp_dirs_of(pid).into_iter().map(|d| d.display().to_string()));
-        found
-    };
-    while !leftovers().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(leftovers(), Vec::<String>::new(), "left behind by the run");
-}
-
-fn signal(child: &Child, name: &str) {
-    let sent = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    spawn_xtask("cluster-local", args)
 }
 
 #[test]
@@ -86,20 +48,8 @@ fn three_nodes_pass_every_check_and_are_torn_down() {
 
 #[test]
 fn sigint_during_boot_leaves_nothing_behind() {
-    let mut run = cluster_local(&["3"]);
-    let pid = run.id();
-    let stderr = BufReader::new(run.stderr.take().unwrap());
-    let mut lines = stderr.lines().map_while(Result::ok);
     // PostgreSQL is up and NATS is starting: the middle of the boot.
-    assert!(
-        lines.any(|line| line.contains("starting NATS")),
-        "the boot never reached NATS"
-    );
-    signal(&run, "INT");
-    let rest: Vec<String> = lines.collect();
-    let status = run.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{rest:?}");
-    assert_nothing_left(pid, &[]);
+    assert_sigint_leaves_nothing("cluster-local", &["3"], "starting NATS");
 }
 
 #[test]

@@ -1,11 +1,12 @@
 //! Helpers for driving the workspace's binaries from outside, as a user would.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 pub use xtask::node::ServerProcess;
@@ -87,4 +88,78 @@ pub fn temp_dirs_of(pid: u32) -> Vec<PathBuf> {
 
 pub fn is_running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| !status.contains("State:\tZ"))
+}
+
+/// Starts `cargo xtask SUBCOMMAND ARGS` as CI would (no terminal, `CI` set), with
+/// stdout and stderr piped.
+pub fn spawn_xtask(subcommand: &str, args: &[&str]) -> Child {
+    Command::new(binary("xtask", "xtask").expect("xtask builds"))
+        .arg(subcommand)
+        .args(args)
+        .current_dir(workspace_root())
+        .env("CI", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xtask starts")
+}
+
+/// Sends the signal `name` (INT, TERM, …) to `child`.
+pub fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -{name} {}", child.id());
+}
+
+/// Asserts that the toolchain run with `pid` left nothing behind: none of `pids`, no
+/// PostgreSQL, NATS or QEMU it started (each names the run's temporary directory on its
+/// command line), no temporary directory.
+pub fn assert_nothing_left(pid: u32, pids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leftovers = || {
+        let mut found: Vec<String> = pids
+            .iter()
+            .filter(|p| is_running(**p))
+            .map(|p| format!("pid {p}"))
+            .collect();
+        for service in ["postgres", "nats", "qemu-cluster"] {
+            found.extend(processes_mentioning(&format!("xtask-{service}-{pid}-")));
+        }
+        found.extend(temp_dirs_of(pid).into_iter().map(|d| d.display().to_string()));
+        found
+    };
+    while !leftovers().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(leftovers(), Vec::<String>::new(), "left behind by the run");
+}
+
+/// Runs `cargo xtask ARGS` to completion.
+pub fn run_xtask(args: &[&str]) -> Output {
+    Command::new(binary("xtask", "xtask").expect("xtask builds"))
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .expect("xtask runs")
+}
+
+/// Starts `cargo xtask SUBCOMMAND ARGS`, sends SIGINT once it logs a line containing
+/// `marker`, and asserts that it exits 130 leaving nothing behind.
+pub fn assert_sigint_leaves_nothing(subcommand: &str, args: &[&str], marker: &str) {
+    let mut run = spawn_xtask(subcommand, args);
+    let pid = run.id();
+    let stderr = BufReader::new(run.stderr.take().expect("stderr is piped"));
+    let mut lines = stderr.lines().map_while(Result::ok);
+    assert!(
+        lines.any(|line| line.contains(marker)),
+        "the run never logged {marker:?}"
+    );
+    signal(&run, "INT");
+    let rest: Vec<String> = lines.collect();
+    let status = run.wait().expect("xtask exits");
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert_nothing_left(pid, &[]);
 }

@@ -4,16 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use plexichat_e2e::{binary, processes_mentioning, temp_dirs_of, workspace_root};
+use plexichat_e2e::{binary, processes_mentioning, run_xtask, temp_dirs_of, workspace_root};
 use serde_json::Value;
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(binary("xtask", "xtask").unwrap())
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .unwrap()
-}
 
 fn json_of(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
@@ -31,7 +23,7 @@ fn stderr_of(output: &Output) -> String {
 
 #[test]
 fn doctor_reports_every_item_with_a_fix_for_each_gap() {
-    let output = xtask(&["doctor", "--json"]);
+    let output = run_xtask(&["doctor", "--json"]);
     let report = json_of(&output);
     let checks = report["checks"].as_array().expect("checks");
     let items: Vec<&str> = checks.iter().map(|c| c["item"].as_str().unwrap()).collect();
@@ -81,7 +73,7 @@ fn elf_machine_and_interpreter(path: &Path) -> (u16, bool) {
 
 #[test]
 fn build_native_makes_a_static_aarch64_binary_that_runs_and_caches_it() {
-    let first = xtask(&["build-native", "--target", "aarch64", "--json"]);
+    let first = run_xtask(&["build-native", "--target", "aarch64", "--json"]);
     assert_eq!(first.status.code(), Some(0), "{}", stderr_of(&first));
     let report = json_of(&first);
     let artefact = &report["artefacts"][0];
@@ -141,7 +133,7 @@ fn build_native_makes_a_static_aarch64_binary_that_runs_and_caches_it() {
         assert!(!listed[field].is_null(), "manifest lacks {field}: {listed}");
     }
 
-    let second = xtask(&["build-native", "--target", "aarch64", "--json"]);
+    let second = run_xtask(&["build-native", "--target", "aarch64", "--json"]);
     assert_eq!(second.status.code(), Some(0), "{}", stderr_of(&second));
     let again = &json_of(&second)["artefacts"][0];
     assert_eq!(again["cache_hit"], true, "an unchanged input must not be rebuilt");
@@ -159,7 +151,7 @@ fn profile_file(text: &str) -> tempfile::NamedTempFile {
 #[test]
 fn a_profile_with_an_unknown_field_exits_2_naming_it() {
     let profile = profile_file("build:\n  targets: [x86_64]\n  optimise: true\n");
-    let output = xtask(&["build-native", "--profile", profile.path().to_str().unwrap()]);
+    let output = run_xtask(&["build-native", "--profile", profile.path().to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = stderr_of(&output);
     assert!(stderr.contains(profile.path().to_str().unwrap()), "{stderr}");
@@ -170,7 +162,7 @@ fn a_profile_with_an_unknown_field_exits_2_naming_it() {
 #[test]
 fn a_profile_with_an_unknown_target_exits_2_listing_the_allowed_ones() {
     let profile = profile_file("build:\n  targets: [x86_64, sparc64]\n");
-    let output = xtask(&["build-native", "--profile", profile.path().to_str().unwrap()]);
+    let output = run_xtask(&["build-native", "--profile", profile.path().to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = stderr_of(&output);
     assert!(
@@ -182,10 +174,10 @@ fn a_profile_with_an_unknown_target_exits_2_listing_the_allowed_ones() {
 
 #[test]
 fn an_unknown_target_flag_or_profile_exits_2() {
-    let output = xtask(&["build-native", "--target", "mips"]);
+    let output = run_xtask(&["build-native", "--target", "mips"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr_of(&output).contains("--target"), "{}", stderr_of(&output));
-    let output = xtask(&["build-native", "--profile", "no-such-profile"]);
+    let output = run_xtask(&["build-native", "--profile", "no-such-profile"]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = stderr_of(&output);
     assert!(
@@ -196,8 +188,19 @@ fn an_unknown_target_flag_or_profile_exits_2() {
 
 #[test]
 fn help_has_an_example_for_every_subcommand() {
-    for subcommand in ["doctor", "build-native"] {
-        let output = xtask(&[subcommand, "--help"]);
+    let output = run_xtask(&["--help"]);
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    let subcommands: Vec<&str> = help
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .collect();
+    assert!(subcommands.contains(&"qemu-cluster"), "{help}");
+    for subcommand in subcommands {
+        let output = run_xtask(&[subcommand, "--help"]);
         assert!(output.status.success());
         let help = String::from_utf8_lossy(&output.stdout);
         assert!(help.contains(&format!("Example: cargo xtask {subcommand}")), "{help}");
@@ -210,7 +213,7 @@ fn sigint_during_a_smoke_run_leaves_no_process_or_temp_dir() {
     use std::io::BufRead;
 
     // Build first, so the interrupted run goes straight to its smoke run.
-    let built = xtask(&["build-native", "--target", "aarch64"]);
+    let built = run_xtask(&["build-native", "--target", "aarch64"]);
     assert_eq!(built.status.code(), Some(0), "{}", stderr_of(&built));
     let mut run = Command::new(binary("xtask", "xtask").unwrap())
         .args(["build-native", "--target", "aarch64"])

@@ -15,7 +15,12 @@ struct Fixture {
 }
 
 fn fixture(history: usize) -> Fixture {
-    let runtime = Runtime::new().expect("tokio runtime");
+    // One thread: the work of an iteration happens on the thread that measures it (and
+    // SQLite's own), so instruction counts barely vary from run to run.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let settings = DatabaseSettings {
         url: format!("sqlite://{}", dir.path().join("bench.db").display()),

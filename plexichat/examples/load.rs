@@ -1,10 +1,11 @@
 //! A load generator for a running PlexiChat server, run as a second process.
 //!
 //! ```text
-//! cargo run --release -p plexichat --example load -- post --url http://127.0.0.1:8000 --workers 32 --seconds 10
+//! cargo run --release -p plexichat --example load -- post --url http://127.0.0.1:8000 --workers 32 --seconds 10 --subscribers 4
 //! cargo run --release -p plexichat --example load -- idle-ws --url http://127.0.0.1:8000 --count 1000 --server-pid PID
 //! ```
-//! `post` reports messages/s and latency percentiles; `idle-ws` opens subscribed,
+//! `post` reports messages/s and latency percentiles, and with `--subscribers` the
+//! WebSocket delivery latency (post sent → message received); `idle-ws` opens subscribed,
 //! idle WebSockets and reports the server's resident memory before and after.
 //! Both are bounded in time and count. Point them at a server running the bench
 //! profile: the default rate limits would otherwise be what is measured.
@@ -33,6 +34,9 @@ enum Mode {
         workers: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// WebSockets subscribed to the channel that time each message's delivery.
+        #[arg(long, default_value_t = 0)]
+        subscribers: usize,
     },
     /// Hold idle, subscribed WebSocket connections.
     IdleWs {
@@ -52,7 +56,12 @@ enum Mode {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().mode {
-        Mode::Post { url, workers, seconds } => post(&url, workers, Duration::from_secs(seconds)).await,
+        Mode::Post {
+            url,
+            workers,
+            seconds,
+            subscribers,
+        } => post(&url, workers, Duration::from_secs(seconds), subscribers).await,
         Mode::IdleWs {
             url,
             count,
@@ -72,7 +81,11 @@ struct Session {
 
 impl Session {
     async fn open(url: &str) -> Result<Self> {
-        let client = reqwest::Client::builder().no_proxy().build()?;
+        // Bounded even against a server that stops answering.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()?;
         let name = format!("load{}", std::process::id() ^ rand_suffix());
         let credentials = json!({"username": name, "password": "load-test-password"});
         let registered = client
@@ -116,10 +129,40 @@ fn rand_suffix() -> u32 {
         .map_or(0, |d| d.subsec_nanos())
 }
 
-async fn post(url: &str, workers: usize, duration: Duration) -> Result<()> {
+async fn post(url: &str, workers: usize, duration: Duration, subscribers: usize) -> Result<()> {
     let session = std::sync::Arc::new(Session::open(url).await?);
-    let deadline = Instant::now() + duration;
+    // One clock for posters and subscribers: a body carries its send time on it.
+    let clock = Instant::now();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let delivered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut listeners = Vec::new();
+    for _ in 0..subscribers {
+        let mut socket = subscribe(&session).await?;
+        let mut stopped = stopped.clone();
+        let delivered = delivered.clone();
+        listeners.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    frame = socket.next() => match frame {
+                        Some(Ok(WsMessage::Text(text))) => {
+                            if let Some(sent) = sent_at(&text) {
+                                latencies.push(clock.elapsed().saturating_sub(sent));
+                                delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                }
+            }
+            latencies
+        }));
+    }
+
     let started = Instant::now();
+    let deadline = started + duration;
     let mut handles = Vec::new();
     for worker in 0..workers {
         let session = session.clone();
@@ -131,11 +174,12 @@ async fn post(url: &str, workers: usize, duration: Duration) -> Result<()> {
             while Instant::now() < deadline {
                 n += 1;
                 let sent = Instant::now();
+                let body = format!("{} worker {worker} message {n}", clock.elapsed().as_micros());
                 let response = session
                     .client
                     .post(&endpoint)
                     .bearer_auth(&session.token)
-                    .json(&json!({"body": format!("worker {worker} message {n}")}))
+                    .json(&json!({ "body": body }))
                     .send()
                     .await;
                 match response {
@@ -154,43 +198,84 @@ async fn post(url: &str, workers: usize, duration: Duration) -> Result<()> {
         failures += worker_failures;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+
+    // Fan-out is best effort: wait a bounded time for what is still in flight.
+    let expected = latencies.len() * subscribers;
+    let drain_deadline = Instant::now() + Duration::from_secs(5);
+    while delivered.load(std::sync::atomic::Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    let mut deliveries = Vec::new();
+    for listener in listeners {
+        deliveries.extend(listener.await?);
+    }
+
     let report = json!({
         "mode": "post",
         "workers": workers,
+        "subscribers": subscribers,
         "seconds": elapsed,
         "messages": latencies.len(),
         "failures": failures,
         "messages_per_second": latencies.len() as f64 / elapsed,
-        "latency_ms": {"p50": percentile(0.50), "p99": percentile(0.99)},
+        "latency_ms": percentiles_ms(&mut latencies),
+        "deliveries": deliveries.len(),
+        "deliveries_expected": expected,
+        "delivery_ms": percentiles_ms(&mut deliveries),
     });
     println!("{report}");
     Ok(())
 }
 
+/// The send time a load message's body starts with (microseconds on the run's clock).
+fn sent_at(frame: &str) -> Option<Duration> {
+    let frame: Value = serde_json::from_str(frame).ok()?;
+    if frame["type"] != "message" {
+        return None;
+    }
+    let micros = frame["message"]["body"].as_str()?.split(' ').next()?.parse().ok()?;
+    Some(Duration::from_micros(micros))
+}
+
+fn percentiles_ms(samples: &mut [Duration]) -> Value {
+    samples.sort();
+    let percentile = |p: f64| {
+        let index = ((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1));
+        samples.get(index).map(|d| d.as_secs_f64() * 1000.0)
+    };
+    json!({"p50": percentile(0.50), "p99": percentile(0.99)})
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket of the session's user, subscribed to its channel.
+async fn subscribe(session: &Session) -> Result<Socket> {
+    let ws_url = format!(
+        "{}/api/v1/ws?token={}",
+        session.url.replacen("http", "ws", 1),
+        session.token
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .context("opening a WebSocket")?;
+    let subscribe = json!({"type": "subscribe", "channel_id": session.channel}).to_string();
+    socket.send(WsMessage::text(subscribe)).await?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .context("no reply to subscribe")?;
+    match reply {
+        Some(Ok(WsMessage::Text(text))) if text.contains("subscribed") => Ok(socket),
+        other => bail!("unexpected reply to subscribe: {other:?}"),
+    }
+}
+
 async fn idle_ws(url: &str, count: usize, hold: Duration, server_pid: Option<u32>) -> Result<()> {
     let session = Session::open(url).await?;
     let before = server_pid.map(resident_kib).transpose()?;
-    let ws_url = format!("{}/api/v1/ws?token={}", url.replacen("http", "ws", 1), session.token);
-    let subscribe = json!({"type": "subscribe", "channel_id": session.channel}).to_string();
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count {
-        let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url)
-            .await
-            .context("opening a WebSocket")?;
-        socket.send(WsMessage::text(subscribe.clone())).await?;
-        let reply = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await
-            .context("no reply to subscribe")?;
-        match reply {
-            Some(Ok(WsMessage::Text(text))) if text.contains("subscribed") => sockets.push(socket),
-            other => bail!("unexpected reply to subscribe: {other:?}"),
-        }
+        sockets.push(subscribe(&session).await?);
     }
     // Let the server settle before reading its memory.
     tokio::time::sleep(hold).await;

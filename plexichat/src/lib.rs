@@ -8,6 +8,8 @@ pub mod bus;
 pub mod cache;
 pub mod config;
 pub mod error;
+#[cfg(target_os = "linux")]
+pub mod guest;
 pub mod healthcheck;
 pub mod http;
 pub mod hub;

@@ -87,6 +87,12 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // As a VM's /init there are no arguments to parse: the kernel command line configures
+    // the server, and the process must power the machine off instead of exiting.
+    #[cfg(target_os = "linux")]
+    if plexichat::guest::is_vm_init() {
+        plexichat::guest::run();
+    }
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,

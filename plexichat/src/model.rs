@@ -98,14 +98,24 @@ pub struct Session {
     pub expires_at: Timestamp,
 }
 
-/// A cluster member as recorded by its heartbeats.
+/// What a node says about itself in each heartbeat.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NodeRecord {
+pub struct NodeHeartbeat {
     pub node_id: String,
     pub generation: i64,
     pub addr: String,
     pub version: String,
+}
+
+/// A cluster member as recorded by its heartbeats. `last_seen` and `up` come from the
+/// database's clock, the one clock every node shares: the nodes' own clocks may
+/// disagree (VMs resumed after a pause, edge boxes without NTP).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub heartbeat: NodeHeartbeat,
     pub last_seen: Timestamp,
+    /// The last heartbeat is within the lease.
+    pub up: bool,
 }
 
 /// Why a value was refused: becomes a 422 `validation_failed`.

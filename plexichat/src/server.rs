@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::Settings;
-use crate::model::{NodeRecord, Timestamp};
+use crate::model::{NodeHeartbeat, Timestamp};
 
 /// How long shutdown waits for WebSockets to close and loops to stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +47,18 @@ impl Server {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self { app, listener } = self;
         let addr = listener.local_addr()?;
-        spawn_background_loops(&app, addr);
+        let heartbeat = NodeHeartbeat {
+            node_id: app.node_id.clone(),
+            generation: app.generation,
+            addr: addr.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        // Joined before the first request is served: a node that answers is listed.
+        app.store
+            .heartbeat(&heartbeat)
+            .await
+            .context("joining the cluster (first membership heartbeat)")?;
+        spawn_background_loops(&app, heartbeat);
         tracing::info!(node_id = %app.node_id, "plexichat listening on http://{addr}");
         let router = crate::http::router(app.clone());
         let draining = app.clone();
@@ -71,21 +82,11 @@ impl Server {
     }
 }
 
-fn spawn_background_loops(app: &Arc<App>, addr: SocketAddr) {
+fn spawn_background_loops(app: &Arc<App>, heartbeat: NodeHeartbeat) {
     let settings = &app.settings;
     every(app, settings.cluster.heartbeat_interval, {
-        let node = NodeRecord {
-            node_id: app.node_id.clone(),
-            generation: app.generation,
-            addr: addr.to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            last_seen: Timestamp::now(),
-        };
         move |app| {
-            let node = NodeRecord {
-                last_seen: Timestamp::now(),
-                ..node.clone()
-            };
+            let node = heartbeat.clone();
             async move {
                 if let Err(err) = app.store.heartbeat(&node).await {
                     tracing::warn!(error = %err, "membership heartbeat failed");
@@ -105,7 +106,7 @@ fn spawn_background_loops(app: &Arc<App>, addr: SocketAddr) {
     });
 }
 
-/// Runs `tick` now and then every `period` until shutdown.
+/// Runs `tick` every `period`, the first one period from now, until shutdown.
 fn every<F, Fut>(app: &Arc<App>, period: Duration, tick: F)
 where
     F: Fn(Arc<App>) -> Fut + Send + 'static,
@@ -114,7 +115,7 @@ where
     let app = app.clone();
     let tasks = app.tasks.clone();
     tasks.spawn(async move {
-        let mut interval = tokio::time::interval(period);
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -211,44 +211,14 @@ pub fn run(args: Args) -> Result<Report> {
 
 /// Installs what the chosen targets need, as `doctor --fix` would. Returns the targets
 /// that still lack something, with what.
-fn provision(targets: &[&'static Target], progress: &Progress) -> BTreeMap<String, String> {
-    let relevant = |checks: Vec<Check>| -> Vec<Check> {
-        checks
-            .into_iter()
-            .filter(|check| check.is_missing() && targets.iter().any(|t| needs(t, check)))
-            .collect()
-    };
-    let missing = relevant(doctor::check_all());
-    if !missing.is_empty() {
-        let task = progress.task("provision");
-        task.step(format!(
-            "installing: {}",
-            doctor::fixes_for(&missing)
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
-        for (fix, result) in doctor::apply_fixes(&missing) {
-            if let Err(reason) = result {
-                task.step(format!("could not `{fix}`: {reason}"));
-            }
-        }
-        task.finish("done");
-    }
-    let still_missing = relevant(doctor::check_all());
+pub fn provision(targets: &[&'static Target], progress: &Progress) -> BTreeMap<String, String> {
+    let still_missing = doctor::install_missing(|check| targets.iter().any(|t| needs(t, check)), progress);
     let mut failures = BTreeMap::new();
     for target in targets {
         let lacking: Vec<String> = still_missing
             .iter()
             .filter(|check| needs(target, check))
-            .map(|check| {
-                format!(
-                    "{} (fix: {})",
-                    check.item,
-                    check.fix.as_ref().map(ToString::to_string).unwrap_or_default()
-                )
-            })
+            .map(Check::describe_gap)
             .collect();
         if !lacking.is_empty() {
             failures.insert(target.triple.to_string(), format!("missing {}", lacking.join(", ")));
@@ -274,41 +244,25 @@ fn produce(
     task: &Task,
 ) -> Result<Artefact> {
     task.step("computing cache key");
-    let linker = system::version_line(target.linker, &["--version"]).unwrap_or_default();
-    let key = cache_key(&workspace.root, &profile.build, target, toolchain, &linker)?;
-    let dest = workspace.dist_dir().join(target.triple).join("plexichat");
-    if let Some(cached) = manifest.find(target.triple) {
-        if cached.cache_key == key && file_sha256(&dest).ok().as_deref() == Some(cached.sha256.as_str()) {
-            task.step("cache hit: nothing to build");
-            return Ok(Artefact {
-                cache_hit: true,
-                seconds: 0.0,
-                path: dest,
-                profile: profile.name.clone(),
-                ..cached.clone()
-            });
-        }
+    let key = artefact_key(workspace, &profile.build, target, toolchain)?;
+    if let Some((cached, path)) = cached_artefact(workspace, manifest, target, &key) {
+        task.step("cache hit: nothing to build");
+        return Ok(Artefact {
+            cache_hit: true,
+            seconds: 0.0,
+            path,
+            profile: profile.name.clone(),
+            ..cached.clone()
+        });
     }
+    let dest = workspace.dist_dir().join(target.triple).join("plexichat");
     let started = Instant::now();
     let executable = cargo_build(workspace, &profile.build, target, task)?;
     std::fs::create_dir_all(dest.parent().context("dist path has a parent")?)?;
     std::fs::copy(&executable, &dest).with_context(|| format!("copying to {}", dest.display()))?;
     let seconds = started.elapsed().as_secs_f64();
     let bytes = std::fs::read(&dest)?;
-    let info = elf::inspect(&bytes).with_context(|| format!("inspecting {}", dest.display()))?;
-    if info.machine != target.elf_machine {
-        bail!(
-            "built a {} binary, expected {}",
-            elf::machine_name(info.machine),
-            elf::machine_name(target.elf_machine)
-        );
-    }
-    if !info.is_static {
-        bail!(
-            "{} is dynamically linked (it has a program interpreter)",
-            dest.display()
-        );
-    }
+    let info = check_static(&bytes, target, &dest)?;
     Ok(Artefact {
         target: target.triple.into(),
         arch: target.arch.into(),
@@ -327,6 +281,67 @@ fn produce(
             steps: Vec::new(),
         },
     })
+}
+
+/// The static server for `target` as `build` makes it: build-native's artefact when its
+/// cache key says it was built from exactly these inputs, else cargo's own output
+/// (cargo rebuilds what is stale and nothing else). Checked to be a static binary of
+/// the target's machine either way.
+pub fn target_binary(workspace: &Workspace, build: &BuildSection, target: &Target, task: &Task) -> Result<PathBuf> {
+    task.step("computing the server's cache key");
+    let key = artefact_key(workspace, build, target, &rustc_version()?)?;
+    if let Some((_, path)) = cached_artefact(workspace, &Manifest::load(workspace), target, &key) {
+        task.step(format!(
+            "server: build-native's artefact is current ({})",
+            target.triple
+        ));
+        return Ok(path);
+    }
+    let executable = cargo_build(workspace, build, target, task)?;
+    let bytes = std::fs::read(&executable).with_context(|| format!("reading {}", executable.display()))?;
+    check_static(&bytes, target, &executable)?;
+    Ok(executable)
+}
+
+/// build-native's cache key of the artefact for `target`.
+fn artefact_key(workspace: &Workspace, build: &BuildSection, target: &Target, toolchain: &str) -> Result<String> {
+    let linker = system::version_line(target.linker, &["--version"]).unwrap_or_default();
+    cache_key(&workspace.root, build, target, toolchain, &linker)
+}
+
+/// The manifest's artefact for `target` and its path, if it was built with `key` and
+/// the file is still the one recorded.
+fn cached_artefact<'m>(
+    workspace: &Workspace,
+    manifest: &'m Manifest,
+    target: &Target,
+    key: &str,
+) -> Option<(&'m Artefact, PathBuf)> {
+    let path = workspace.dist_dir().join(target.triple).join("plexichat");
+    manifest
+        .find(target.triple)
+        .filter(|cached| cached.cache_key == key)
+        .filter(|cached| file_sha256(&path).ok().as_deref() == Some(cached.sha256.as_str()))
+        .map(|cached| (cached, path))
+}
+
+/// A binary of the target's machine with no program interpreter, or an error.
+fn check_static(bytes: &[u8], target: &Target, path: &Path) -> Result<elf::ElfInfo> {
+    let info = elf::inspect(bytes).with_context(|| format!("inspecting {}", path.display()))?;
+    if info.machine != target.elf_machine {
+        bail!(
+            "built a {} binary, expected {}",
+            elf::machine_name(info.machine),
+            elf::machine_name(target.elf_machine)
+        );
+    }
+    if !info.is_static {
+        bail!(
+            "{} is dynamically linked (it has a program interpreter)",
+            path.display()
+        );
+    }
+    Ok(info)
 }
 
 /// The one place that says how a target is compiled and linked. The same values every
@@ -542,11 +557,11 @@ fn rustc_version() -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn file_sha256(path: &Path) -> Result<String> {
+pub(crate) fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex(&Sha256::digest(std::fs::read(path)?)))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -11,8 +11,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use crate::kernels::{GuestKernel, KERNELS};
+use crate::kernels::GuestKernel;
 use crate::kvm;
+use crate::progress::Progress;
+use crate::qemu_image;
 use crate::report::{Report, Table};
 use crate::system::{self, which};
 use crate::targets::{Target, QEMU_USER_PACKAGE, TARGETS};
@@ -101,6 +103,15 @@ impl Check {
 
     pub fn is_missing(&self) -> bool {
         self.status == Status::Missing
+    }
+
+    /// "ITEM (fix: HOW)", for a report of what is still missing.
+    pub fn describe_gap(&self) -> String {
+        format!(
+            "{} (fix: {})",
+            self.item,
+            self.fix.as_ref().map(ToString::to_string).unwrap_or_default()
+        )
     }
 }
 
@@ -208,14 +219,15 @@ pub fn check_all() -> Vec<Check> {
         checks.push(qemu_system(target));
     }
     if let Ok(workspace) = Workspace::discover() {
-        for kernel in &KERNELS {
-            checks.push(guest_kernel(kernel, &workspace.target_dir));
+        for target in &TARGETS {
+            checks.push(guest_kernel(&workspace, target.arch));
         }
     }
     checks.push(kvm_check());
     checks.push(docker_engine());
     checks.push(postgres());
     checks.push(nats_server());
+    checks.push(valgrind());
     checks
 }
 
@@ -243,9 +255,20 @@ pub fn fixes_for(checks: &[Check]) -> Vec<Fix> {
     ordered
 }
 
-/// Runs every fix it can; each comes back with its outcome.
+/// Runs every fix it can; each comes back with its outcome. One run provisions at a
+/// time; a run that waited for another fixes only what that one left missing.
 pub fn apply_fixes(checks: &[Check]) -> Vec<(Fix, Result<(), String>)> {
-    fixes_for(checks)
+    let lock = system::machine_lock("provision");
+    let still_missing: Vec<Check> = check_all()
+        .into_iter()
+        .filter(|now| now.is_missing() && checks.iter().any(|before| before.item == now.item))
+        .collect();
+    let fixes = fixes_for(&still_missing);
+    if let Err(err) = lock {
+        // Without the lock, fixing is still better than not: say why it may collide.
+        eprintln!("warning: provisioning unlocked ({err:#}); a concurrent install may fail");
+    }
+    fixes
         .into_iter()
         .map(|fix| {
             let result = apply(&fix).map_err(|err| format!("{err:#}"));
@@ -254,17 +277,56 @@ pub fn apply_fixes(checks: &[Check]) -> Vec<(Fix, Result<(), String>)> {
         .collect()
 }
 
+/// Installs, as `--fix` would, whatever `needed` selects and is missing; returns what
+/// is still missing afterwards (with its fix), for the caller to report.
+pub fn install_missing(needed: impl Fn(&Check) -> bool, progress: &Progress) -> Vec<Check> {
+    let relevant = |checks: Vec<Check>| -> Vec<Check> {
+        checks
+            .into_iter()
+            .filter(|check| check.is_missing() && needed(check))
+            .collect()
+    };
+    let missing = relevant(check_all());
+    if missing.is_empty() {
+        return missing;
+    }
+    let task = progress.task("provision");
+    task.step(format!(
+        "installing: {}",
+        fixes_for(&missing)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    for (fix, result) in apply_fixes(&missing) {
+        if let Err(reason) = result {
+            task.step(format!("could not `{fix}`: {reason}"));
+        }
+    }
+    task.finish("done");
+    relevant(check_all())
+}
+
+/// `install_missing`, failing with the fixes still to make if anything is left.
+pub fn provision(needed: impl Fn(&Check) -> bool, progress: &Progress) -> Result<()> {
+    let still_missing = install_missing(needed, progress);
+    if still_missing.is_empty() {
+        return Ok(());
+    }
+    let lacking: Vec<String> = still_missing.iter().map(Check::describe_gap).collect();
+    anyhow::bail!("this host lacks {}", lacking.join(", "))
+}
+
 fn apply(fix: &Fix) -> Result<()> {
     match fix {
         Fix::RustupTarget { target } => system::run(Command::new("rustup").args(["target", "add", target])),
         Fix::Apt { packages } => system::apt_install(packages),
         Fix::Binfmt { arch } => register_binfmt(arch),
         Fix::GuestKernel { arch } => {
-            let kernel = KERNELS
-                .iter()
-                .find(|k| k.arch == arch)
-                .context("a known architecture")?;
-            kernel.fetch(&Workspace::discover()?.target_dir).map(drop)
+            let workspace = Workspace::discover()?;
+            let definition = qemu_image::load_definition(&workspace, arch)?;
+            GuestKernel::of(&definition).fetch(&workspace.target_dir).map(drop)
         }
         Fix::Manual { instruction } => anyhow::bail!("needs a person: {instruction}"),
     }
@@ -390,15 +452,26 @@ fn qemu_system(target: &Target) -> Check {
     }
 }
 
-fn guest_kernel(kernel: &GuestKernel, target_dir: &Path) -> Check {
-    let check = Check::new(format!("guest kernel {}", kernel.arch), "emulation");
-    match kernel.cached(target_dir) {
+/// The kernel package that qemu-images/<arch>.yaml pins, downloaded or not.
+fn guest_kernel(workspace: &Workspace, arch: &str) -> Check {
+    let check = Check::new(format!("guest kernel {arch}"), "emulation");
+    let definition = match qemu_image::load_definition(workspace, arch) {
+        Ok(definition) => definition,
+        Err(err) => {
+            return check.missing(
+                "the image definition cannot be read",
+                Fix::Manual {
+                    instruction: err.to_string(),
+                },
+            )
+        }
+    };
+    let kernel = GuestKernel::of(&definition);
+    match kernel.cached(&workspace.target_dir) {
         Some(deb) => check.found(deb.file_name().map(|name| name.to_string_lossy().into_owned())),
         None => check.missing(
-            format!("{} ({}) for {} guests", kernel.metapackage, kernel.suite, kernel.arch),
-            Fix::GuestKernel {
-                arch: kernel.arch.into(),
-            },
+            format!("{} ({}) for {arch} guests", kernel.package, kernel.suite),
+            Fix::GuestKernel { arch: arch.into() },
         ),
     }
 }
@@ -434,6 +507,13 @@ fn docker_engine() -> Check {
             check.missing(format!("{}: {err}", socket.display()), fix)
         }
     }
+}
+
+/// "engine VERSION, API VERSION" when the Docker Engine answers on its socket; else
+/// why not, naming the socket.
+pub fn docker_engine_version() -> Result<String> {
+    let socket = docker_socket();
+    docker_version(&socket).with_context(|| format!("no Docker Engine answers on {}", socket.display()))
 }
 
 /// The engine's socket: DOCKER_HOST when it names a unix socket, else the default.
@@ -501,6 +581,19 @@ fn nats_server() -> Check {
             "cross-node fan-out",
             Fix::Apt {
                 packages: vec!["nats-server".into()],
+            },
+        ),
+    }
+}
+
+fn valgrind() -> Check {
+    let check = Check::new("valgrind (callgrind)", "bench");
+    match which("valgrind") {
+        Some(_) => check.found(system::version_line("valgrind", &["--version"])),
+        None => check.missing(
+            "bench-compare's instruction counts (its default when CI is set)",
+            Fix::Apt {
+                packages: vec!["valgrind".into()],
             },
         ),
     }

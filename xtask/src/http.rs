@@ -18,9 +18,22 @@ pub fn request(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> Result<(u16, Value)> {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
+    request_within(TIMEOUT, addr, method, path, token, body)
+}
+
+/// `request`, giving up after `timeout` for each of connecting, sending and receiving —
+/// a paused VM's port forward accepts the connection and then never answers.
+pub fn request_within(
+    timeout: Duration,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<(u16, Value)> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     let body = body.map(Value::to_string).unwrap_or_default();
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use xtask::error::UsageError;
 use xtask::report::Report;
-use xtask::{build_native, cluster_local, doctor, teardown};
+use xtask::{bench_compare, build_native, cluster_local, docker_build, doctor, qemu_cluster, qemu_image, teardown};
 
 /// The PlexiChat toolchain: provision the host, cross-compile, and (in later releases)
 /// benchmark, containerise and emulate PlexiChat.
@@ -33,9 +33,24 @@ enum Command {
     /// Static plexichat binaries for x86_64, aarch64 and riscv64 Linux, smoke-tested.
     #[command(after_help = "Example: cargo xtask build-native --target aarch64")]
     BuildNative(build_native::Args),
+    /// Criterion benches of a baseline git ref against the working tree, with a verdict
+    /// per bench; exit 1 on a regression.
+    #[command(after_help = "Example: cargo xtask bench-compare --baseline main --mode instructions")]
+    BenchCompare(bench_compare::Args),
     /// N server processes on loopback sharing PostgreSQL and NATS, verified as one server.
     #[command(after_help = "Example: cargo xtask cluster-local 3 --hold")]
     ClusterLocal(cluster_local::Args),
+    /// Guest images (kernel + initramfs with the static server as /init) per architecture.
+    #[command(after_help = "Example: cargo xtask qemu-image --arch x86_64 --json")]
+    QemuImage(qemu_image::Args),
+    /// N nodes in QEMU VMs sharing PostgreSQL and NATS, verified and failed over QMP.
+    #[command(after_help = "Example: cargo xtask qemu-cluster 3 --arch mixed")]
+    QemuCluster(qemu_cluster::Args),
+    /// Images per architecture from the static binaries, through the Docker Engine API.
+    #[command(
+        after_help = "Example: cargo xtask docker-build --arch all --smoke --export target/plexichat-images.tar"
+    )]
+    DockerBuild(docker_build::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,7 +59,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Doctor(args) => doctor::run(args),
         Command::BuildNative(args) => build_native::run(args),
+        Command::BenchCompare(args) => bench_compare::run(args),
         Command::ClusterLocal(args) => cluster_local::run(args),
+        Command::QemuImage(args) => qemu_image::run(args),
+        Command::QemuCluster(args) => qemu_cluster::run(args),
+        Command::DockerBuild(args) => docker_build::run(args),
     };
     if teardown::interrupted() {
         // The signal handler is tearing down and exits with 130 when it is done.

@@ -93,7 +93,7 @@ impl Profile {
             UsageError(format!(
                 "profile `{name}`: cannot read {}: {err}\n  fix: use one of {}",
                 path.display(),
-                available(profiles_dir).join(", ")
+                crate::workspace::yaml_names(profiles_dir).join(", ")
             ))
         })?;
         Self::parse(name, &path, &text)
@@ -102,15 +102,8 @@ impl Profile {
     fn parse(name: &str, path: &Path, text: &str) -> Result<Self, UsageError> {
         let place = path.display();
         let document = serde_yaml::Deserializer::from_str(text);
-        let file: ProfileFile = serde_path_to_error::deserialize(document).map_err(|err| {
-            let field = err.path().to_string();
-            let problem = err.into_inner().to_string();
-            let fix = match problem.split_once("expected ") {
-                Some((_, expected)) => format!("use {expected}"),
-                None => "see profiles/release.yaml for a valid example".into(),
-            };
-            UsageError::at(&place, &field, problem, fix)
-        })?;
+        let file: ProfileFile = serde_path_to_error::deserialize(document)
+            .map_err(|err| UsageError::yaml(&place, err, "profiles/release.yaml"))?;
         let build = file.build;
         let mut chosen = Vec::new();
         for (index, name) in build.targets.iter().enumerate() {
@@ -166,24 +159,6 @@ impl Profile {
             .and_then(|lease| humantime::parse_duration(&lease).ok())
             .unwrap_or(Duration::from_secs(5))
     }
-}
-
-fn available(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            entry
-                .path()
-                .file_name()?
-                .to_str()?
-                .strip_suffix(".yaml")
-                .map(str::to_string)
-        })
-        .collect();
-    names.sort();
-    names
 }
 
 #[cfg(test)]

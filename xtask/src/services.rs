@@ -16,10 +16,12 @@ use crate::teardown::{self, ProcessGuard, TempDir};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Installs Debian's `package` when `present` says it is missing, as `doctor --fix`
-/// would: root is needed, and one installation at a time (apt holds a lock).
+/// would: root is needed, and one installation at a time on the machine (apt holds a lock).
 fn provision(package: &str, present: impl Fn() -> bool) -> Result<()> {
-    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _installing = INSTALLING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if present() {
+        return Ok(());
+    }
+    let _installing = system::machine_lock("provision")?;
     if present() {
         return Ok(());
     }
@@ -124,7 +126,12 @@ impl Postgres {
 
     /// A URL for `database` as the `postgres` superuser (trust authentication on loopback).
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        self.url_via("127.0.0.1", database)
+    }
+
+    /// The URL as seen from elsewhere, e.g. a VM that reaches this host as `host`.
+    pub fn url_via(&self, host: &str, database: &str) -> String {
+        format!("postgres://postgres@{host}:{}/{database}", self.port)
     }
 
     pub fn create_database(&self, name: &str) -> Result<String> {
@@ -329,7 +336,12 @@ impl Nats {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.url_via("127.0.0.1")
+    }
+
+    /// The URL as seen from elsewhere, e.g. a VM that reaches this host as `host`.
+    pub fn url_via(&self, host: &str) -> String {
+        format!("nats://{host}:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {

@@ -40,6 +40,22 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// An exclusive lock on this machine named `name`, held until the file is dropped (or the
+/// process dies: the kernel releases it). Toolchain runs go on side by side (tests in
+/// parallel, a developer beside CI), and apt, dpkg and rustup refuse or break on
+/// concurrent installs; whoever waits re-checks what is still missing once it holds it.
+pub fn machine_lock(name: &str) -> Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("plexichat-xtask-{name}.lock"));
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock().with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
 /// Installs Debian packages (root only), refreshing the package lists first.
 pub fn apt_install(packages: &[String]) -> Result<()> {
     if packages.is_empty() {

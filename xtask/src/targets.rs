@@ -23,6 +23,8 @@ pub struct Target {
     pub elf_machine: u16,
     pub qemu_system: &'static str,
     pub qemu_system_package: &'static str,
+    /// Debian's name for the architecture (kernel packages, apt).
+    pub deb_arch: &'static str,
 }
 
 pub const TARGETS: [Target; 3] = [
@@ -35,6 +37,7 @@ pub const TARGETS: [Target; 3] = [
         elf_machine: 62,
         qemu_system: "qemu-system-x86_64",
         qemu_system_package: "qemu-system-x86",
+        deb_arch: "amd64",
     },
     Target {
         arch: "aarch64",
@@ -45,6 +48,7 @@ pub const TARGETS: [Target; 3] = [
         elf_machine: 183,
         qemu_system: "qemu-system-aarch64",
         qemu_system_package: "qemu-system-arm",
+        deb_arch: "arm64",
     },
     Target {
         arch: "riscv64",
@@ -55,6 +59,7 @@ pub const TARGETS: [Target; 3] = [
         elf_machine: 243,
         qemu_system: "qemu-system-riscv64",
         qemu_system_package: "qemu-system-misc",
+        deb_arch: "riscv64",
     },
 ];
 

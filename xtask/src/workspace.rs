@@ -1,6 +1,6 @@
 //! Where things are: the workspace root, its target directory, the server's version.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -8,6 +8,10 @@ pub struct Workspace {
     pub root: PathBuf,
     pub target_dir: PathBuf,
     pub server_version: String,
+    /// The server package's manifest fields that images and reports carry.
+    pub server_description: Option<String>,
+    pub server_license: Option<String>,
+    pub server_repository: Option<String>,
 }
 
 impl Workspace {
@@ -25,6 +29,9 @@ impl Workspace {
             root: metadata.workspace_root.into_std_path_buf(),
             target_dir: metadata.target_directory.into_std_path_buf(),
             server_version: server.version.to_string(),
+            server_description: server.description.clone(),
+            server_license: server.license.clone(),
+            server_repository: server.repository.clone(),
         })
     }
 
@@ -56,4 +63,24 @@ impl Workspace {
             None => "unknown".into(),
         }
     }
+}
+
+/// The names (without `.yaml`) of the YAML files in `dir`, sorted: what a bad name in a
+/// flag could have been.
+pub fn yaml_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .path()
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".yaml")
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
 }

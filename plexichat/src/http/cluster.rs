@@ -17,7 +17,7 @@ pub struct NodeStatus {
     node_id: String,
     addr: String,
     version: String,
-    /// `up` while the node's heartbeat is within the lease, else `down`.
+    /// `up` while the node's last heartbeat is within the lease (by the database's clock), else `down`.
     status: &'static str,
     generation: i64,
     #[schema(value_type = String, format = DateTime)]
@@ -29,22 +29,16 @@ pub struct NodeStatus {
     (status = 200, body = [NodeStatus]), (status = 401, body = ErrorBody),
 ))]
 pub async fn nodes(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<Vec<NodeStatus>>, ApiError> {
-    let now = Timestamp::now();
-    let lease = app.settings.cluster.lease;
-    let nodes = app.store.nodes().await?;
+    let nodes = app.store.nodes(app.settings.cluster.lease).await?;
     Ok(Json(
         nodes
             .into_iter()
             .map(|node| NodeStatus {
-                status: if node.last_seen.plus(lease) >= now {
-                    "up"
-                } else {
-                    "down"
-                },
-                node_id: node.node_id,
-                addr: node.addr,
-                version: node.version,
-                generation: node.generation,
+                status: if node.up { "up" } else { "down" },
+                node_id: node.heartbeat.node_id,
+                addr: node.heartbeat.addr,
+                version: node.heartbeat.version,
+                generation: node.heartbeat.generation,
                 last_seen: node.last_seen,
             })
             .collect(),

@@ -6,7 +6,7 @@ mod sqlite;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
@@ -15,7 +15,9 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 use crate::config::DatabaseSettings;
-use crate::model::{Channel, ChannelId, Message, MessageId, NewMessage, NodeRecord, Session, Timestamp, User, UserId};
+use crate::model::{
+    Channel, ChannelId, Message, MessageId, NewMessage, NodeHeartbeat, NodeRecord, Session, Timestamp, User, UserId,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -105,9 +107,11 @@ pub trait Store: Send + Sync + 'static {
     async fn messages(&self, channel_id: ChannelId, before: Option<MessageId>, limit: u32)
         -> StoreResult<Vec<Message>>;
 
-    /// Inserts or refreshes this node's membership row.
-    async fn heartbeat(&self, node: &NodeRecord) -> StoreResult<()>;
-    async fn nodes(&self) -> StoreResult<Vec<NodeRecord>>;
+    /// Inserts or refreshes this node's membership row, stamped with the database's clock.
+    async fn heartbeat(&self, node: &NodeHeartbeat) -> StoreResult<()>;
+    /// Every node that has joined, up if its last heartbeat is within `lease` by the
+    /// database's clock.
+    async fn nodes(&self, lease: Duration) -> StoreResult<Vec<NodeRecord>>;
 }
 
 /// Opens the store a database URL names, migrated to the current schema.

@@ -55,7 +55,12 @@ fn redact(url: &str) -> String {
     }
 }
 
-super::sql::sql_store!(PostgresStore, sqlx::postgres::PgRow);
+// clock_timestamp(), not now(): now() is frozen at the start of the transaction.
+super::sql::sql_store!(
+    PostgresStore,
+    sqlx::postgres::PgRow,
+    "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+);
 
 #[cfg(test)]
 mod tests {

@@ -8,16 +8,19 @@ pub(super) const CHANNEL_COLUMNS: &str = "c.id, c.name, c.created_by, c.created_
 
 pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.channel_id, m.author_id, u.username, m.body, m.created_at, m.node_id";
 
-/// `sql_store!(StoreType, RowType)`: `StoreType` has a `pool` field of the matching pool.
+/// `sql_store!(StoreType, RowType, NOW)`: `StoreType` has a `pool` field of the matching
+/// pool; `NOW` is the dialect's expression for the database's clock in Unix milliseconds,
+/// the one clock all nodes share for membership leases.
 macro_rules! sql_store {
-    ($store:ident, $row:ty) => {
+    ($store:ident, $row:ty, $now_millis:literal) => {
         use async_trait::async_trait;
         use sqlx::Row;
 
         use super::sql::{CHANNEL_COLUMNS, MESSAGE_COLUMNS};
         use super::{Credentials, QueryTimer, Store, StoreError, StoreResult};
         use crate::model::{
-            Channel, ChannelId, Message, MessageId, NewMessage, NodeRecord, Session, Timestamp, User, UserId,
+            Channel, ChannelId, Message, MessageId, NewMessage, NodeHeartbeat, NodeRecord, Session, Timestamp, User,
+            UserId,
         };
 
 fn user_from(row: &$row) -> Result<User, sqlx::Error> {
@@ -52,11 +55,14 @@ fn message_from(row: &$row) -> Result<Message, sqlx::Error> {
 
 fn node_from(row: &$row) -> Result<NodeRecord, sqlx::Error> {
     Ok(NodeRecord {
-        node_id: row.try_get("node_id")?,
-        generation: row.try_get("generation")?,
-        addr: row.try_get("addr")?,
-        version: row.try_get("version")?,
+        heartbeat: NodeHeartbeat {
+            node_id: row.try_get("node_id")?,
+            generation: row.try_get("generation")?,
+            addr: row.try_get("addr")?,
+            version: row.try_get("version")?,
+        },
         last_seen: Timestamp(row.try_get("last_seen")?),
+        up: row.try_get("up")?,
     })
 }
 
@@ -280,28 +286,35 @@ impl Store for $store {
         Ok(rows.iter().map(message_from).collect::<Result<_, _>>()?)
     }
 
-    async fn heartbeat(&self, node: &NodeRecord) -> StoreResult<()> {
+    async fn heartbeat(&self, node: &NodeHeartbeat) -> StoreResult<()> {
         let _timer = QueryTimer::start("heartbeat");
-        sqlx::query(
-            "INSERT INTO nodes (node_id, generation, addr, version, last_seen) VALUES ($1, $2, $3, $4, $5)
+        sqlx::query(concat!(
+            "INSERT INTO nodes (node_id, generation, addr, version, last_seen) VALUES ($1, $2, $3, $4, ",
+            $now_millis,
+            ")
              ON CONFLICT (node_id) DO UPDATE SET generation = excluded.generation, addr = excluded.addr,
-                 version = excluded.version, last_seen = excluded.last_seen",
-        )
+                 version = excluded.version, last_seen = excluded.last_seen"
+        ))
         .bind(&node.node_id)
         .bind(node.generation)
         .bind(&node.addr)
         .bind(&node.version)
-        .bind(node.last_seen.0)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+    async fn nodes(&self, lease: std::time::Duration) -> StoreResult<Vec<NodeRecord>> {
         let _timer = QueryTimer::start("nodes");
-        let rows = sqlx::query("SELECT node_id, generation, addr, version, last_seen FROM nodes ORDER BY node_id")
-            .fetch_all(&self.pool)
-            .await?;
+        let lease_millis = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let rows = sqlx::query(concat!(
+            "SELECT node_id, generation, addr, version, last_seen, last_seen + $1 >= ",
+            $now_millis,
+            " AS up FROM nodes ORDER BY node_id"
+        ))
+        .bind(lease_millis)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(node_from).collect::<Result<_, _>>()?)
     }
 }

@@ -49,4 +49,9 @@ impl SqliteStore {
     }
 }
 
-super::sql::sql_store!(SqliteStore, sqlx::sqlite::SqliteRow);
+// julianday('now') has millisecond resolution (unixepoch() only whole seconds before 3.42).
+super::sql::sql_store!(
+    SqliteStore,
+    sqlx::sqlite::SqliteRow,
+    "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+);

@@ -1,0 +1,275 @@
+//! `cargo xtask bench-compare` against a fixture: a tiny workspace in a temporary git
+//! repository with a baseline commit and a commit that does twice the work.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use plexichat_e2e::{binary, run_xtask, workspace_root};
+use serde_json::Value;
+
+const MANIFEST: &str = r#"[package]
+name = "spin"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[dev-dependencies]
+criterion = { version = "0.5", default-features = false }
+
+[[bench]]
+name = "spin"
+harness = false
+
+[workspace]
+"#;
+
+const BENCH: &str = r#"use criterion::{black_box, criterion_group, criterion_main, Criterion};
+
+fn spin(c: &mut Criterion) {
+    c.bench_function("spin/work", |b| b.iter(|| spin::spin(black_box(spin::WORK))));
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(1));
+    targets = spin
+}
+criterion_main!(benches);
+"#;
+
+fn lib(work: u64) -> String {
+    format!(
+        "pub const WORK: u64 = {work};\n\n\
+         pub fn spin(n: u64) -> u64 {{\n    \
+             let mut x = 0u64;\n    \
+             for i in 0..n {{\n        \
+                 x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(i));\n    \
+             }}\n    \
+             x\n\
+         }}\n"
+    )
+}
+
+/// A git repository whose HEAD does twice the work of HEAD~1.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::create_dir_all(root.join("benches")).unwrap();
+        std::fs::write(root.join("Cargo.toml"), MANIFEST).unwrap();
+        std::fs::write(root.join("benches/spin.rs"), BENCH).unwrap();
+        // The workspace's lock pins criterion and its dependencies: no resolution, and
+        // the crates are already in cargo's cache.
+        std::fs::copy(workspace_root().join("Cargo.lock"), root.join("Cargo.lock")).unwrap();
+        let fixture = Self { dir };
+        fixture.git(&["init", "--quiet", "--initial-branch=main"]);
+        fixture.commit(20_000, "baseline");
+        fixture.commit(40_000, "twice the work");
+        fixture
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn commit(&self, work: u64, message: &str) {
+        std::fs::write(self.root().join("src/lib.rs"), lib(work)).unwrap();
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "-m", message]);
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let output = Command::new("git")
+            .args(["-c", "user.name=fixture", "-c", "user.email=fixture@example.invalid"])
+            .args(args)
+            .current_dir(self.root())
+            .output()
+            .expect("git runs");
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `cargo xtask bench-compare ARGS --json` run inside the fixture.
+    fn compare(&self, args: &[&str]) -> Output {
+        let output = Command::new(binary("xtask", "xtask").expect("xtask builds"))
+            .arg("bench-compare")
+            .args(args)
+            .arg("--json")
+            .current_dir(self.root())
+            // Shared by every fixture and run: criterion is compiled once.
+            .env("CARGO_TARGET_DIR", fixture_target_dir())
+            .env_remove("CI")
+            .output()
+            .expect("xtask runs");
+        // Whatever the outcome, the baseline's worktree is gone.
+        let worktrees = self.git(&["worktree", "list"]);
+        assert_eq!(worktrees.lines().count(), 1, "a worktree was left behind:\n{worktrees}");
+        output
+    }
+}
+
+fn fixture_target_dir() -> PathBuf {
+    workspace_root().join("target").join("bench-compare-fixture")
+}
+
+fn report(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is not one JSON document ({err}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn verdict_of(report: &Value, id: &str) -> String {
+    report["benches"]
+        .as_array()
+        .expect("benches")
+        .iter()
+        .find(|bench| bench["id"] == id)
+        .unwrap_or_else(|| panic!("{id} missing from {report}"))["verdict"]
+        .as_str()
+        .expect("a verdict")
+        .to_string()
+}
+
+fn assert_regressed(mode: &str) {
+    let fixture = Fixture::new();
+    let output = fixture.compare(&["--baseline", "HEAD~1", "--mode", mode]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let report = report(&output);
+    assert_eq!(report["mode"], mode);
+    assert_eq!(verdict_of(&report, "spin/work"), "regressed", "{report}");
+    let change = report["benches"][0]["change_pct"].as_f64().expect("a change");
+    // A count doubles with the work; a time, on a busy machine, at least clears the threshold.
+    let least = if mode == "instructions" { 90.0 } else { 5.0 };
+    assert!(change > least, "twice the work, yet {change:+.1}%: {report}");
+    assert!(stderr.contains("spin/work") && stderr.contains("REGRESSED"), "{stderr}");
+}
+
+#[test]
+fn a_slower_commit_is_regressed_in_instructions_mode() {
+    assert_regressed("instructions");
+}
+
+#[test]
+fn a_slower_commit_is_regressed_in_time_mode() {
+    assert_regressed("time");
+}
+
+#[test]
+fn a_revision_compared_with_itself_has_no_regression() {
+    let fixture = Fixture::new();
+    let output = fixture.compare(&["--baseline", "HEAD", "--mode", "instructions"]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = report(&output);
+    assert_eq!(verdict_of(&report, "spin/work"), "no_change", "{report}");
+    assert_eq!(report["regressed"], 0);
+}
+
+#[test]
+fn a_bad_ref_exits_2_naming_it() {
+    let output = run_xtask(&["bench-compare", "--baseline", "no-such-ref-anywhere"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no-such-ref-anywhere") && stderr.contains("fix:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn instructions_mode_without_valgrind_exits_2_with_the_fix() {
+    let output = Command::new(binary("xtask", "xtask").expect("xtask builds"))
+        .args(["bench-compare", "--mode", "instructions"])
+        .current_dir(workspace_root())
+        .env("PATH", "")
+        .output()
+        .expect("xtask runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("apt-get install valgrind"), "{stderr}");
+}
+
+#[test]
+fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load() {
+    // The committed tree against itself: the verdict must not call it a regression, and
+    // a threshold this wide keeps one short round on a shared machine from doing so.
+    let output = run_xtask(&[
+        "bench-compare",
+        "--e2e",
+        "--baseline",
+        "HEAD",
+        "--rounds",
+        "1",
+        "--seconds",
+        "2",
+        "--threshold",
+        "50",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let report = report(&output);
+    assert_eq!(report["kind"], "e2e");
+    let servers = report["report"]["servers"].as_array().expect("servers");
+    let names: Vec<&str> = servers.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "baseline · native · SQLite",
+            "current · native · SQLite",
+            "current · native · PostgreSQL",
+            "current · aarch64 qemu-user · SQLite",
+        ]
+    );
+    for server in servers {
+        let rate = server["messages_per_second"].as_f64().expect("a rate");
+        assert!(rate > 0.0 && server["failures"] == 0, "{server}");
+        let (delivered, expected) = (
+            server["deliveries"].as_u64().expect("deliveries"),
+            server["deliveries_expected"].as_u64().expect("expected deliveries"),
+        );
+        // Fan-out is best effort (a slow socket's queue may overflow), but nearly all arrive.
+        assert!(expected > 0 && delivered * 10 >= expected * 9, "{server}");
+        let (p50, p99) = (
+            server["delivery_ms"]["p50"].as_f64().expect("delivery p50"),
+            server["delivery_ms"]["p99"].as_f64().expect("delivery p99"),
+        );
+        assert!(0.0 < p50 && p50 <= p99, "{server}");
+    }
+    let comparisons = report["report"]["comparisons"].as_array().expect("comparisons");
+    assert_eq!(comparisons.len(), 3, "{report}");
+    assert_eq!(comparisons[0]["verdict"], "no_change", "{report}");
+    assert!(comparisons[1..]
+        .iter()
+        .all(|c| c["verdict"].is_null() && c["throughput_ratio"].as_f64() > Some(0.0)));
+    assert!(
+        stderr.contains("delivery p99") && stderr.contains("emulated against native"),
+        "{stderr}"
+    );
+    assert_eq!(
+        plexichat_e2e::processes_mentioning("bench-e2e"),
+        Vec::<String>::new(),
+        "a server outlived the run"
+    );
+}

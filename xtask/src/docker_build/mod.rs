@@ -1,0 +1,538 @@
+//! `cargo xtask docker-build`: one image per architecture from build-native's static
+//! binaries, built through the Docker Engine API (bollard; never the `docker` CLI), from
+//! a build context assembled in memory. `--smoke` runs each image and talks to it as a
+//! client would; `--export` writes the images to a docker-archive for hosts without a
+//! registry.
+//!
+//! Everything the run creates in the engine besides the images it means to keep — the
+//! smoke containers — carries the labels `org.plexichat.xtask=docker-build` and
+//! `org.plexichat.xtask.run=<pid>`. A cleanup pass removes this run's containers at the
+//! end (also after an error, a panic or Ctrl-C, through a teardown guard) and, at the
+//! start, any left behind by runs whose process is gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use bollard::models::{ContainerCreateBody, HealthStatusEnum, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    PruneImagesOptionsBuilder, RemoveContainerOptionsBuilder, TagImageOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::build_native;
+use crate::doctor;
+use crate::error::UsageError;
+use crate::http;
+use crate::profile::Profile;
+use crate::progress::{Progress, Task};
+use crate::report::{Report, Table};
+use crate::smoke::Step;
+use crate::targets::{self, Target};
+use crate::teardown::Guard;
+use crate::workspace::Workspace;
+
+/// The label on everything docker-build creates, and its value.
+pub const LABEL: &str = "org.plexichat.xtask";
+pub const LABEL_VALUE: &str = "docker-build";
+/// The label naming the run (its process id) that created a container.
+pub const RUN_LABEL: &str = "org.plexichat.xtask.run";
+
+/// The numeric user and group the server runs as: no name needs resolving in an image
+/// with no /etc/passwd, and it is nobody's on the host (distroless's "nonroot").
+pub const USER: &str = "65532:65532";
+/// Where the binary, the baked-in profile and the database live in the image.
+const BINARY: &str = "/usr/local/bin/plexichat";
+const PROFILE: &str = "/etc/plexichat/profile.yaml";
+const DATA: &str = "/data";
+
+/// How long an image may take to report healthy: an emulated server starts in seconds,
+/// a broken one never does.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(180);
+/// Register and login hash a password with the profile's argon2 cost: seconds under
+/// qemu-user emulation.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// x86_64, aarch64, riscv64 or all; repeatable. Default: this host's architecture.
+    #[arg(long = "arch", value_name = "ARCH")]
+    arches: Vec<String>,
+    /// Profile: NAME for profiles/NAME.yaml, or a path. Its build section makes the
+    /// binary; its server section is baked into the image.
+    #[arg(long, default_value = "release")]
+    profile: String,
+    /// Image name and tag, NAME[:TAG]; each image is tagged NAME:TAG-ARCH, and the host's
+    /// also NAME:TAG. Default: plexichat:<server version>.
+    #[arg(long, value_name = "NAME[:TAG]")]
+    tag: Option<String>,
+    /// Run each image (foreign ones through binfmt qemu-user), wait for it to be healthy
+    /// and do a register → login → post round trip against it.
+    #[arg(long)]
+    smoke: bool,
+    /// Also write the images to FILE, a docker-archive tar (`docker load -i FILE`).
+    #[arg(long, value_name = "FILE")]
+    export: Option<PathBuf>,
+}
+
+/// One image, as the report gives it.
+#[derive(Debug, Serialize)]
+pub struct Image {
+    pub arch: String,
+    pub tags: Vec<String>,
+    pub id: String,
+    pub size_bytes: i64,
+    /// `os/architecture[/variant]` as the engine records it.
+    pub platform: String,
+    pub user: String,
+    pub labels: BTreeMap<String, String>,
+    /// Seconds the engine spent building the image (not compiling the binary).
+    pub build_seconds: f64,
+    pub binary: PathBuf,
+    pub smoke: Option<SmokeResult>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SmokeResult {
+    pub ok: bool,
+    pub seconds: f64,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Serialize)]
+struct DockerReport<'a> {
+    ok: bool,
+    profile: &'a str,
+    engine: &'a str,
+    api_version: &'a str,
+    images: &'a [Image],
+    export: Option<&'a Path>,
+    failures: &'a BTreeMap<String, String>,
+}
+
+pub fn run(args: Args) -> Result<Report> {
+    let workspace = Workspace::discover()?;
+    let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
+    let targets = chosen_targets(&args.arches)?;
+    let (repository, tag) = split_tag(args.tag.as_deref(), &workspace.server_version)?;
+    let server = ServerSettings::of(&profile)?;
+    let progress = Progress::new();
+
+    let engine = Engine::connect()?;
+    let engine_task = progress.task("engine");
+    engine_task.finish(format!("{} (API {})", engine.version, engine.api_version));
+    let removed = engine.block(remove_leftovers(engine.docker.clone()));
+    if removed > 0 {
+        progress
+            .task("cleanup")
+            .finish(format!("removed {removed} container(s) left by earlier runs"));
+    }
+    // This run's containers go however it ends.
+    let _cleanup = Guard::new(move || {
+        on_fresh_runtime(|docker| async move { remove_containers(&docker, Some(std::process::id())).await });
+    });
+
+    let mut failures = build_native::provision(&targets, &progress);
+    if args.smoke {
+        failures.extend(provision_binfmt(&targets, &progress));
+    }
+    let labels = image_labels(&workspace, &profile);
+    let mut images = Vec::new();
+    let buildable: Vec<&Target> = targets
+        .iter()
+        .copied()
+        .filter(|t| !failures.contains_key(t.triple))
+        .collect();
+    for target in buildable {
+        let task = progress.task(target.arch);
+        let outcome = build_one(
+            &engine,
+            &workspace,
+            &profile,
+            &server,
+            &labels,
+            target,
+            &repository,
+            &tag,
+            &task,
+        );
+        match outcome {
+            Ok(mut image) => {
+                task.finish(format!(
+                    "{} ({:.1} MB)",
+                    image.tags.join(", "),
+                    image.size_bytes as f64 / 1e6
+                ));
+                if args.smoke {
+                    let smoke_task = progress.task(&format!("{}-smoke", target.arch));
+                    let smoke = smoke_image(&engine, &image, target, &server, &smoke_task);
+                    smoke_task.finish(format!(
+                        "{} in {:.1} s",
+                        if smoke.ok { "ok" } else { "FAILED" },
+                        smoke.seconds
+                    ));
+                    if !smoke.ok {
+                        let failed = smoke
+                            .steps
+                            .iter()
+                            .find(|s| !s.ok)
+                            .map(|s| format!("{}: {}", s.name, s.detail));
+                        failures.insert(
+                            target.triple.to_string(),
+                            format!("smoke: {}", failed.unwrap_or_default()),
+                        );
+                    }
+                    image.smoke = Some(smoke);
+                }
+                images.push(image);
+            }
+            Err(err) => {
+                task.finish(format!("FAILED: {}", first_line(&format!("{err:#}"))));
+                failures.insert(target.triple.to_string(), format!("{err:#}"));
+            }
+        }
+    }
+
+    let export = match (&args.export, images.is_empty()) {
+        (Some(file), false) => {
+            let task = progress.task("export");
+            let names: Vec<String> = images.iter().flat_map(|i| i.tags.clone()).collect();
+            match engine.block(export_images(&engine.docker, &names, file)) {
+                Ok(bytes) => {
+                    task.finish(format!("{} ({:.1} MB)", file.display(), bytes as f64 / 1e6));
+                    Some(file.as_path())
+                }
+                Err(err) => {
+                    task.finish(format!("FAILED: {err:#}"));
+                    failures.insert("export".into(), format!("{err:#}"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    // Images a rebuild untagged are ours and of no further use.
+    engine.block(prune_untagged(&engine.docker));
+
+    let ok = failures.is_empty();
+    let mut table = Table::new(&["arch", "result", "tags", "size", "platform", "user", "build s", "smoke"]);
+    for target in &targets {
+        match images.iter().find(|i| i.arch == target.arch) {
+            Some(image) => table.row(vec![
+                target.arch.into(),
+                if failures.contains_key(target.triple) {
+                    "FAILED"
+                } else {
+                    "ok"
+                }
+                .into(),
+                image.tags.join(" "),
+                format!("{:.2} MB", image.size_bytes as f64 / 1e6),
+                image.platform.clone(),
+                image.user.clone(),
+                format!("{:.1}", image.build_seconds),
+                match &image.smoke {
+                    None => "-".into(),
+                    Some(smoke) => format!("{} ({:.1} s)", if smoke.ok { "ok" } else { "FAILED" }, smoke.seconds),
+                },
+            ]),
+            None => table.row(vec![
+                target.arch.into(),
+                "FAILED".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                failures.get(target.triple).map(|e| first_line(e)).unwrap_or_default(),
+            ]),
+        }
+    }
+    let mut summary = match export {
+        Some(file) => format!(
+            "images exported to {} (load with `docker load -i FILE`)",
+            file.display()
+        ),
+        None => format!("run one: docker run --rm -p 8000:8000 {repository}:{tag}"),
+    };
+    for (what, error) in &failures {
+        summary.push_str(&format!("\n{what}: {error}"));
+    }
+    let report = DockerReport {
+        ok,
+        profile: &profile.name,
+        engine: &engine.version,
+        api_version: &engine.api_version,
+        images: &images,
+        export,
+        failures: &failures,
+    };
+    Ok(Report::new(ok, table, &report).with_summary(summary))
+}
+
+/// `--arch` values in matrix order, de-duplicated; the host's architecture by default.
+fn chosen_targets(names: &[String]) -> Result<Vec<&'static Target>, UsageError> {
+    if names.is_empty() {
+        return Ok(targets::TARGETS.iter().filter(|t| !t.is_foreign()).collect());
+    }
+    let mut chosen = Vec::new();
+    for name in names {
+        chosen.extend(
+            targets::parse(name).map_err(|problem| {
+                UsageError(format!("--arch: {problem}\n  fix: use x86_64, aarch64, riscv64 or all"))
+            })?,
+        );
+    }
+    Ok(targets::TARGETS.iter().filter(|t| chosen.contains(t)).collect())
+}
+
+/// A foreign image runs only where the kernel hands its binaries to qemu-user (with the
+/// F flag, so that it works inside containers): registers that as `doctor --fix` would.
+/// Returns the targets that still lack it, with the fix.
+fn provision_binfmt(targets: &[&'static Target], progress: &Progress) -> BTreeMap<String, String> {
+    let item = |target: &Target| format!("binfmt qemu-{}", target.arch);
+    let foreign: Vec<&Target> = targets.iter().copied().filter(|t| t.is_foreign()).collect();
+    let missing = doctor::install_missing(|check| foreign.iter().any(|t| check.item == item(t)), progress);
+    foreign
+        .iter()
+        .filter_map(|target| {
+            let gap = missing.iter().find(|check| check.item == item(target))?;
+            Some((target.triple.to_string(), format!("missing {}", gap.describe_gap())))
+        })
+        .collect()
+}
+
+/// `NAME[:TAG]` → (NAME, TAG), the tag defaulting to `version`. A colon before the last
+/// `/` belongs to a registry's port, not to the tag.
+fn split_tag(given: Option<&str>, version: &str) -> Result<(String, String), UsageError> {
+    let given = given.unwrap_or("plexichat");
+    let (name, tag) = match given.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (given, version),
+    };
+    let valid_tag = !tag.is_empty()
+        && tag.len() <= 100
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && !tag.starts_with(['.', '-']);
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/:".contains(c));
+    if !valid_tag || !valid_name {
+        return Err(UsageError(format!(
+            "--tag `{given}`: not a valid image reference\n  fix: use NAME[:TAG], e.g. plexichat:dev or registry.local:5000/plexichat:1.0 (lower-case name; tag of letters, digits, _ . -)"
+        )));
+    }
+    Ok((name.to_string(), tag.to_string()))
+}
+
+mod context;
+mod engine;
+mod smoke;
+
+use context::*;
+use engine::*;
+use smoke::*;
+
+#[allow(clippy::too_many_arguments)]
+fn build_one(
+    engine: &Engine,
+    workspace: &Workspace,
+    profile: &Profile,
+    server: &ServerSettings,
+    labels: &BTreeMap<String, String>,
+    target: &Target,
+    repository: &str,
+    tag: &str,
+    task: &Task,
+) -> Result<Image> {
+    let binary = build_native::target_binary(workspace, &profile.build, target, task)?;
+    let bytes = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+    let profile_text = std::fs::read(&profile.path).with_context(|| format!("reading {}", profile.path.display()))?;
+    let context = build_context(server, labels, &bytes, &profile_text);
+    let arch_tag = format!("{repository}:{tag}-{}", target.arch);
+    task.step(format!(
+        "building {arch_tag} ({:.1} MB context)",
+        context.len() as f64 / 1e6
+    ));
+    let started = Instant::now();
+    let id = engine.block(build_image(&engine.docker, context, &arch_tag, &platform(target), task))?;
+    let build_seconds = started.elapsed().as_secs_f64();
+    let mut tags = vec![arch_tag];
+    if !target.is_foreign() {
+        engine
+            .block(engine.docker.tag_image(
+                &id,
+                Some(TagImageOptionsBuilder::new().repo(repository).tag(tag).build()),
+            ))
+            .with_context(|| format!("tagging {id} as {repository}:{tag}"))?;
+        tags.push(format!("{repository}:{tag}"));
+    }
+    let inspected = engine
+        .block(engine.docker.inspect_image(&id))
+        .with_context(|| format!("inspecting {id}"))?;
+    let config = inspected.config.unwrap_or_default();
+    let mut platform = format!(
+        "{}/{}",
+        inspected.os.unwrap_or_default(),
+        inspected.architecture.unwrap_or_default()
+    );
+    if let Some(variant) = inspected.variant.filter(|v| !v.is_empty()) {
+        platform.push_str(&format!("/{variant}"));
+    }
+    let expected = self::platform(target);
+    if platform != expected && !platform.starts_with(&format!("{expected}/")) {
+        bail!("the engine built a {platform} image, not {expected}: is binfmt/qemu-user registered?");
+    }
+    Ok(Image {
+        arch: target.arch.to_string(),
+        tags,
+        id: inspected.id.unwrap_or(id),
+        size_bytes: inspected.size.unwrap_or_default(),
+        platform,
+        user: config.user.unwrap_or_default(),
+        labels: config.labels.unwrap_or_default().into_iter().collect(),
+        build_seconds,
+        binary,
+        smoke: None,
+    })
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> ServerSettings {
+        ServerSettings {
+            port: 8000,
+            listen_override: None,
+            database_override: None,
+            sqlite: true,
+        }
+    }
+
+    #[test]
+    fn sqlite_files_outside_the_volume_move_into_it() {
+        assert_eq!(sqlite_outside_data("sqlite:///data/plexichat.db"), None);
+        assert_eq!(
+            sqlite_outside_data("sqlite://target/bench/chat.db?mode=rwc").as_deref(),
+            Some("sqlite:///data/chat.db")
+        );
+        assert_eq!(
+            sqlite_outside_data("sqlite:plexichat.db").as_deref(),
+            Some("sqlite:///data/plexichat.db")
+        );
+        assert_eq!(sqlite_outside_data("postgres://db/plexichat"), None);
+    }
+
+    #[test]
+    fn tags_default_to_the_version_and_keep_registry_ports() {
+        assert_eq!(split_tag(None, "0.1.0").unwrap(), ("plexichat".into(), "0.1.0".into()));
+        assert_eq!(
+            split_tag(Some("chat:dev"), "0.1.0").unwrap(),
+            ("chat".into(), "dev".into())
+        );
+        assert_eq!(
+            split_tag(Some("registry.local:5000/chat"), "0.1.0").unwrap(),
+            ("registry.local:5000/chat".into(), "0.1.0".into())
+        );
+        assert!(split_tag(Some("Chat:dev"), "0.1.0").is_err());
+        assert!(split_tag(Some("chat:"), "0.1.0").is_err());
+    }
+
+    #[test]
+    fn unknown_arches_are_usage_errors() {
+        let err = chosen_targets(&["mips".into()]).unwrap_err().to_string();
+        assert!(err.contains("--arch") && err.contains("riscv64"), "{err}");
+        let arches: Vec<&str> = chosen_targets(&["riscv64".into(), "x86_64".into()])
+            .unwrap()
+            .iter()
+            .map(|t| t.arch)
+            .collect();
+        assert_eq!(arches, ["x86_64", "riscv64"]);
+    }
+
+    fn labels() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("org.opencontainers.image.version".to_string(), "0.1.0".to_string()),
+            ("org.example.quoted".to_string(), "say \"hi\" for $5".to_string()),
+        ])
+    }
+
+    #[test]
+    fn the_dockerfile_needs_no_shell_and_runs_as_a_numeric_user() {
+        let text = dockerfile(&settings(), &labels());
+        assert!(text.starts_with("FROM scratch\nADD rootfs.tar /\n"));
+        assert!(text.contains("USER 65532:65532\n"));
+        assert!(text.contains("HEALTHCHECK") && text.contains("CMD [\"/usr/local/bin/plexichat\", \"healthcheck\""));
+        assert!(!text.contains("RUN "), "a scratch image has no shell to RUN with");
+        assert!(!text.contains("PLEXICHAT_LISTEN"));
+        assert!(text.contains("org.opencontainers.image.version=\"0.1.0\""), "{text}");
+        assert!(text.contains(r#"org.example.quoted="say \"hi\" for \$5""#), "{text}");
+        let wildcard = ServerSettings {
+            listen_override: Some("0.0.0.0:9000".into()),
+            port: 9000,
+            ..settings()
+        };
+        let text = dockerfile(&wildcard, &labels());
+        assert!(text.contains(" PLEXICHAT_LISTEN=0.0.0.0:9000\n") && text.contains("EXPOSE 9000/tcp"));
+    }
+
+    /// (name, mode, uid, data) of each entry; checks each header's checksum.
+    fn entries(tar: &[u8]) -> Vec<(String, u32, u32, Vec<u8>)> {
+        assert_eq!(tar.len() % 512, 0);
+        let field =
+            |bytes: &[u8]| u64::from_str_radix(std::str::from_utf8(bytes).unwrap().trim_end_matches('\0'), 8).unwrap();
+        let mut offset = 0;
+        let mut entries = Vec::new();
+        while tar[offset] != 0 {
+            let header = &tar[offset..offset + 512];
+            let name = String::from_utf8_lossy(&header[..100])
+                .trim_end_matches('\0')
+                .to_string();
+            let size = field(&header[124..136]) as usize;
+            let sum: u64 = header
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) })
+                .sum();
+            assert_eq!(field(&header[148..155]), sum, "{name}");
+            assert_eq!(&header[257..263], b"ustar\0");
+            let data = tar[offset + 512..offset + 512 + size].to_vec();
+            entries.push((
+                name,
+                field(&header[100..108]) as u32,
+                field(&header[108..116]) as u32,
+                data,
+            ));
+            offset += 512 + size.div_ceil(512) * 512;
+        }
+        assert_eq!(&tar[offset..], &[0u8; 1024][..]);
+        entries
+    }
+
+    #[test]
+    fn the_context_holds_the_dockerfile_and_the_root_file_system() {
+        let tar = build_context(&settings(), &labels(), b"\x7fELF binary", b"server: {}\n");
+        let context = entries(&tar);
+        let names: Vec<&str> = context.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["Dockerfile", "rootfs.tar"]);
+        let rootfs = entries(&context[1].3);
+        let find = |name: &str| rootfs.iter().find(|e| e.0 == name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(find("usr/local/bin/plexichat").1, 0o755);
+        assert_eq!(find("usr/local/bin/plexichat").3, b"\x7fELF binary");
+        assert_eq!(find("etc/plexichat/profile.yaml").3, b"server: {}\n");
+        assert_eq!((find("data/").1, find("data/").2), (0o755, 65532));
+        assert_eq!(find("tmp/").1, 0o1777);
+    }
+}
