@@ -4,6 +4,7 @@
 
 pub mod bench_compare;
 pub mod build_native;
+pub mod ci;
 pub mod cluster;
 pub mod cluster_local;
 pub mod cpio;

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use xtask::error::UsageError;
 use xtask::report::Report;
-use xtask::{bench_compare, build_native, cluster_local, docker_build, doctor, qemu_cluster, qemu_image, teardown};
+use xtask::{bench_compare, build_native, ci, cluster_local, docker_build, doctor, qemu_cluster, qemu_image, teardown};
 
 /// The PlexiChat toolchain: provision the host, cross-compile, and (in later releases)
 /// benchmark, containerise and emulate PlexiChat.
@@ -51,6 +51,10 @@ enum Command {
         after_help = "Example: cargo xtask docker-build --arch all --smoke --export target/plexichat-images.tar"
     )]
     DockerBuild(docker_build::Args),
+    /// Runs a pipeline from workflows/ (default: ci): steps with their needs, timeouts,
+    /// conditions and matrices, in CI log groups; exit 1 if a step failed.
+    #[command(after_help = "Example: cargo xtask ci --only fmt --only clippy")]
+    Ci(ci::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::QemuImage(args) => qemu_image::run(args),
         Command::QemuCluster(args) => qemu_cluster::run(args),
         Command::DockerBuild(args) => docker_build::run(args),
+        Command::Ci(args) => ci::run(args),
     };
     if teardown::interrupted() {
         // The signal handler is tearing down and exits with 130 when it is done.
