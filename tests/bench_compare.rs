@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use plexichat_e2e::{binary, run_xtask, workspace_root};
+use plexichat_e2e::{binary, json_of, run_xtask, workspace_root};
 use serde_json::Value;
 
 const MANIFEST: &str = r#"[package]
@@ -124,16 +124,6 @@ fn fixture_target_dir() -> PathBuf {
     workspace_root().join("target").join("bench-compare-fixture")
 }
 
-fn report(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "stdout is not one JSON document ({err}):\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
 fn verdict_of(report: &Value, id: &str) -> String {
     report["benches"]
         .as_array()
@@ -151,7 +141,7 @@ fn assert_regressed(mode: &str) {
     let output = fixture.compare(&["--baseline", "HEAD~1", "--mode", mode]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    let report = report(&output);
+    let report = json_of(&output);
     assert_eq!(report["mode"], mode);
     assert_eq!(verdict_of(&report, "spin/work"), "regressed", "{report}");
     let change = report["benches"][0]["change_pct"].as_f64().expect("a change");
@@ -181,7 +171,7 @@ fn a_revision_compared_with_itself_has_no_regression() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report = report(&output);
+    let report = json_of(&output);
     assert_eq!(verdict_of(&report, "spin/work"), "no_change", "{report}");
     assert_eq!(report["regressed"], 0);
 }
@@ -229,7 +219,7 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
-    let report = report(&output);
+    let report = json_of(&output);
     assert_eq!(report["kind"], "e2e");
     let servers = report["report"]["servers"].as_array().expect("servers");
     let names: Vec<&str> = servers.iter().filter_map(|s| s["name"].as_str()).collect();

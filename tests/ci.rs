@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use plexichat_e2e::{assert_sigint_leaves_nothing, binary, processes_mentioning, workspace_root};
+use plexichat_e2e::{assert_sigint_leaves_nothing, binary, json_of, processes_mentioning, stderr_of, workspace_root};
 use serde_json::Value;
 
 fn workflow_file(text: &str) -> tempfile::NamedTempFile {
@@ -30,20 +30,6 @@ fn run_workflow(file: &Path, args: &[&str], ci: bool) -> Output {
     let mut all = vec!["--workflow", file.to_str().unwrap(), "--json"];
     all.extend(args);
     xtask_ci(&all, ci)
-}
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn json_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "stdout is not one JSON document ({err}):\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            stderr_of(output)
-        )
-    })
 }
 
 /// Each reported step as (id, status, detail).

@@ -6,10 +6,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
-use plexichat_e2e::{signal, spawn_xtask};
+use plexichat_e2e::{signal, spawn_xtask, stderr_of};
 use serde_json::Value;
 
 /// The engine's socket, as DOCKER_HOST names it (the default socket otherwise).
@@ -73,10 +72,6 @@ fn remove_images(tags: &[String]) {
     for tag in tags {
         let _ = engine("DELETE", &format!("/images/{tag}?force=1"));
     }
-}
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// The file `name` inside a tar archive.

@@ -11,6 +11,23 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 pub use xtask::node::ServerProcess;
 
+/// What a run printed on stderr, for assertions and their messages.
+pub fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The one JSON document a `--json` run printed on stdout; a panic quoting both streams
+/// when stdout is anything else.
+pub fn json_of(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "stdout is not one JSON document ({err}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            stderr_of(output)
+        )
+    })
+}
+
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -5,27 +5,13 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use plexichat_e2e::{run_xtask, workspace_root};
+use plexichat_e2e::{json_of, run_xtask, stderr_of, workspace_root};
 use serde_json::Value;
 use xtask::progress::Progress;
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn json_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "stdout is not one JSON document ({err}):\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            stderr_of(output)
-        )
-    })
-}
 
 /// The x86_64 image, built (or reused) by the toolchain; its report.
 fn x86_64_image() -> Value {

@@ -2,24 +2,10 @@
 //! matrix with its cache and smoke runs, and the errors for bad profiles and flags.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use plexichat_e2e::{binary, processes_mentioning, run_xtask, temp_dirs_of, workspace_root};
+use plexichat_e2e::{binary, json_of, processes_mentioning, run_xtask, stderr_of, temp_dirs_of, workspace_root};
 use serde_json::Value;
-
-fn json_of(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-        panic!(
-            "stdout is not one JSON document ({err}):\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
-
-fn stderr_of(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 #[test]
 fn doctor_reports_every_item_with_a_fix_for_each_gap() {
