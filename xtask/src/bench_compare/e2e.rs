@@ -17,16 +17,16 @@ use serde::{Deserialize, Serialize};
 
 use super::build::{self, Checkout};
 use super::{verdict, Measurement, Verdict};
+use crate::build_native;
 use crate::error::UsageError;
 use crate::node::ServerProcess;
 use crate::profile::Profile;
-use crate::progress::Task;
+use crate::progress::{Progress, Task};
 use crate::report::Table;
 use crate::services::{Durability, Postgres};
 use crate::targets::{self, Target};
 use crate::teardown::TempDir;
 use crate::workspace::Workspace;
-use crate::{build_native, system};
 
 /// The load every server gets.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -118,8 +118,8 @@ pub struct Sides<'a> {
     pub current: Checkout<'a>,
 }
 
-pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, task: &Task) -> Result<Outcome> {
-    let emulated = emulated_target()?;
+pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, progress: &Progress, task: &Task) -> Result<Outcome> {
+    let emulated = emulated_target(progress)?;
     let baseline = build::release(&sides.baseline, &["--bin", "plexichat"], task)?;
     let current = build::release(&sides.current, &["--bin", "plexichat", "--example", "load"], task)?;
     let (base_rustc, current_rustc) = (
@@ -251,17 +251,18 @@ pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, task: &Task) -> Re
     })
 }
 
-fn emulated_target() -> Result<&'static Target> {
+/// The emulated side's target, with what building and emulating it needs (cross linker,
+/// qemu-user) installed as `doctor --fix` would.
+fn emulated_target(progress: &Progress) -> Result<&'static Target> {
     let target = targets::parse(EMULATED_ARCH)
         .ok()
         .and_then(|found| found.first().copied())
         .context("aarch64 is one of the toolchain's targets")?;
-    if system::which(&target.qemu_user()).is_none() {
+    if let Some(lacking) = build_native::provision(&[target], progress).get(target.triple) {
         return Err(UsageError(format!(
-            "--e2e runs the {} server under {}, which is not installed\n  fix: cargo xtask doctor --fix (or apt-get install {})",
+            "--e2e builds the {} server and runs it under {}, and this host is {lacking}\n  fix: cargo xtask doctor --fix (as root)",
             target.arch,
             target.qemu_user(),
-            targets::QEMU_USER_PACKAGE
         ))
         .into());
     }

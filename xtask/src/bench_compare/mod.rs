@@ -225,7 +225,7 @@ pub fn run(args: Args) -> Result<Report> {
             workers: args.workers,
             subscribers: args.subscribers,
         };
-        let outcome = e2e::compare(&sides, load, threshold, &task)?;
+        let outcome = e2e::compare(&sides, load, threshold, &progress, &task)?;
         drop(worktree);
         task.finish(format!("{} rounds of {} s per server", load.rounds, load.seconds));
         let [baseline, current] = sides_report;
