@@ -202,8 +202,9 @@ fn instructions_mode_without_valgrind_exits_2_with_the_fix() {
 
 #[test]
 fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load() {
-    // The committed tree against itself: the verdict must not call it a regression, and
-    // a threshold this wide keeps one short round on a shared machine from doing so.
+    // The checkout against its own commit (in CI a clean clone: one build serves both
+    // sides). The verdict must not call it a regression, and a threshold this wide keeps
+    // one short round on a shared machine from doing so.
     let output = run_xtask(&[
         "bench-compare",
         "--e2e",

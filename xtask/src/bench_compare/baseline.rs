@@ -97,6 +97,13 @@ fn remove(repo: &Path, path: &Path) {
         .output();
 }
 
+/// Whether the working tree is exactly `commit`: HEAD is it and nothing differs, not even
+/// an untracked file. Then one build is both sides' build.
+pub fn working_tree_is(repo: &Path, commit: &str) -> bool {
+    git(repo, &["rev-parse", "HEAD"]).as_deref() == Some(commit)
+        && git(repo, &["status", "--porcelain"]).is_some_and(|changes| changes.is_empty())
+}
+
 /// HEAD, with `-dirty` when the working tree differs from it.
 pub fn working_tree_revision(repo: &Path) -> String {
     match git(repo, &["rev-parse", "HEAD"]) {

@@ -116,12 +116,19 @@ pub struct Outcome {
 pub struct Sides<'a> {
     pub baseline: Checkout<'a>,
     pub current: Checkout<'a>,
+    /// The working tree is the baseline commit, unchanged: its build serves both sides.
+    pub same_sources: bool,
 }
 
 pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, progress: &Progress, task: &Task) -> Result<Outcome> {
     let emulated = emulated_target(progress)?;
-    let baseline = build::release(&sides.baseline, &["--bin", "plexichat"], task)?;
     let current = build::release(&sides.current, &["--bin", "plexichat", "--example", "load"], task)?;
+    let baseline = if sides.same_sources {
+        task.step("the working tree is the baseline commit, unchanged: one build serves both sides");
+        current.clone()
+    } else {
+        build::release(&sides.baseline, &["--bin", "plexichat"], task)?
+    };
     let (base_rustc, current_rustc) = (
         build::rustc_version(sides.baseline.root),
         build::rustc_version(sides.current.root),

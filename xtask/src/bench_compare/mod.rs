@@ -207,6 +207,7 @@ pub fn run(args: Args) -> Result<Report> {
             bin_dir: checkouts.run_dir.join("current-bin"),
             fresh_checkout: false,
         },
+        same_sources: baseline::working_tree_is(&checkouts.repo, &checkouts.commit),
     };
     let sides_report = [
         SideReport {
