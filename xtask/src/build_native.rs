@@ -228,7 +228,7 @@ pub fn provision(targets: &[&'static Target], progress: &Progress) -> BTreeMap<S
 }
 
 /// Whether building and smoke-testing `target` needs the item `check` is about.
-fn needs(target: &Target, check: &Check) -> bool {
+pub fn needs(target: &Target, check: &Check) -> bool {
     check.item == format!("rust target {}", target.triple)
         || check.item == format!("linker {}", target.linker)
         || (target.is_foreign() && check.item == target.qemu_user())

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 
+use crate::build_native;
 use crate::doctor::{self, Check};
 use crate::error::UsageError;
 use crate::progress::Progress;
@@ -30,11 +31,15 @@ pub fn arches(flag: &str, nodes: usize) -> Result<Vec<String>, UsageError> {
     Ok((0..nodes).map(|index| names[index % names.len()].to_string()).collect())
 }
 
-/// Installs what booting these images needs (QEMU's system emulators), as
-/// `doctor --fix` would; the images themselves fetch their kernels and build their
-/// binaries (with what those need) when they are built.
+/// Installs what building and booting these images needs (each target's rust target and
+/// cross linker, QEMU's system emulators), as `doctor --fix` would, in one go; the images
+/// fetch their kernels themselves when they are built.
 pub fn provision(definitions: &[ImageDefinition], progress: &Progress) -> Result<()> {
-    let needed = |check: &Check| definitions.iter().any(|d| check.item == d.qemu.binary);
+    let needed = |check: &Check| {
+        definitions
+            .iter()
+            .any(|d| check.item == d.qemu.binary || build_native::needs(d.target(), check))
+    };
     doctor::provision(needed, progress)
 }
 
