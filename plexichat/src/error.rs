@@ -119,7 +119,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Unavailable(source) => {
-                tracing::warn!(error = %source, "database unavailable");
+                tracing::error!(error = %source, "database unavailable");
                 ApiError::Unavailable("database unavailable".into())
             }
             StoreError::Conflict => ApiError::Conflict("already exists"),

@@ -40,14 +40,22 @@ pub struct Ready {
     status: &'static str,
 }
 
-/// Readiness: the database answers and the node is not draining.
+/// Readiness: the database answers, takes writes, and the node is not draining.
 #[utoipa::path(get, path = "/ready", tag = "system", responses(
     (status = 200, body = Ready),
-    (status = 503, description = "Database unreachable or node draining", body = crate::error::ErrorBody),
+    (status = 503, description = "Database unreachable or refusing writes, or node draining", body = crate::error::ErrorBody),
 ))]
 pub async fn ready(State(app): State<Arc<App>>) -> Result<Json<Ready>, ApiError> {
     if app.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Unavailable("node is draining".into()));
+    }
+    if let Some(failure) = app.store.write_failure() {
+        return Err(ApiError::Unavailable(format!(
+            "the database refuses writes since {} ({}: {})",
+            failure.since.to_rfc3339(),
+            failure.operation,
+            failure.cause
+        )));
     }
     match tokio::time::timeout(READY_PROBE_TIMEOUT, app.store.ping()).await {
         Ok(Ok(())) => Ok(Json(Ready { status: "ready" })),

@@ -1,5 +1,6 @@
 //! Persistence behind one interface, so handlers never know which database they use.
 
+mod health;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 
+pub use self::health::{WriteFailure, WriteWatch};
 pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 use crate::config::DatabaseSettings;
@@ -42,24 +44,59 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_) => StoreError::Unavailable(err),
-            // SQLITE_BUSY / SQLITE_LOCKED: another writer held the database past the busy
-            // timeout. Like an unreachable server, it is worth retrying later.
-            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6")) => {
-                StoreError::Unavailable(err)
-            }
-            // PostgreSQL: connection exceptions (08…) and shutdowns (57P0…).
-            sqlx::Error::Database(db)
-                if db
-                    .code()
-                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")) =>
-            {
-                StoreError::Unavailable(err)
-            }
+            sqlx::Error::Database(db) if refuses_service(db.as_ref()) => StoreError::Unavailable(err),
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
             _ => StoreError::Other(err),
         }
     }
+}
+
+/// Whether the database refused because of its own state (a full disk, an I/O error, a
+/// read-only or locked file, a lost connection) rather than because of what was asked:
+/// worth retrying later, and a reason to report the node not ready.
+fn refuses_service(err: &dyn sqlx::error::DatabaseError) -> bool {
+    if err.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLite reports extended codes (SQLITE_IOERR_WRITE is 778); the low byte is the
+        // primary one.
+        let primary = err
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .map(|code| code & 0xff);
+        return matches!(
+            primary,
+            Some(
+                sqlite_codes::BUSY
+                    | sqlite_codes::LOCKED
+                    | sqlite_codes::NOMEM
+                    | sqlite_codes::READONLY
+                    | sqlite_codes::IOERR
+                    | sqlite_codes::FULL
+                    | sqlite_codes::CANTOPEN
+                    | sqlite_codes::PROTOCOL
+            )
+        );
+    }
+    // PostgreSQL's SQLSTATE classes: connection exceptions (08), insufficient resources
+    // such as a full disk (53), system and I/O errors (58), shutdowns (57P0x), and a
+    // read-only transaction (25006) on a standby.
+    err.code().is_some_and(|code| {
+        ["08", "53", "58", "57P0", "25006"]
+            .iter()
+            .any(|class| code.starts_with(class))
+    })
+}
+
+/// SQLite's primary result codes that mean "not now" rather than "not this".
+mod sqlite_codes {
+    pub const BUSY: i32 = 5;
+    pub const LOCKED: i32 = 6;
+    pub const NOMEM: i32 = 7;
+    pub const READONLY: i32 = 8;
+    pub const IOERR: i32 = 10;
+    pub const FULL: i32 = 13;
+    pub const CANTOPEN: i32 = 14;
+    pub const PROTOCOL: i32 = 15;
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -75,6 +112,12 @@ pub struct Credentials {
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// The write the database refused last, while writes keep failing; `None` when the
+    /// last write went through (or nothing watches writes).
+    fn write_failure(&self) -> Option<WriteFailure> {
+        None
+    }
 
     /// Fails with `Conflict` when the name is taken (case-insensitively).
     async fn create_user(&self, username: &str, password_hash: &str, now: Timestamp) -> StoreResult<User>;
@@ -114,16 +157,18 @@ pub trait Store: Send + Sync + 'static {
     async fn nodes(&self, lease: Duration) -> StoreResult<Vec<NodeRecord>>;
 }
 
-/// Opens the store a database URL names, migrated to the current schema.
+/// Opens the store a database URL names, migrated to the current schema, its writes
+/// watched for readiness.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Arc<dyn Store>> {
     let url = settings.url.as_str();
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(settings).await?))
+    let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+        Arc::new(SqliteStore::connect(settings).await?)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(settings).await?))
+        Arc::new(PostgresStore::connect(settings).await?)
     } else {
         anyhow::bail!("database URL `{url}`: use sqlite://PATH or postgres://USER@HOST/DB")
-    }
+    };
+    Ok(Arc::new(WriteWatch::new(store)))
 }
 
 /// Migrations compiled into the binary, so a deployed server needs no files beside it.

@@ -23,6 +23,14 @@ macro_rules! sql_store {
             UserId,
         };
 
+/// The one row of an `INSERT … RETURNING`, read with `fetch_all`: `fetch_one` hands back
+/// the first row before the statement has finished, and so before its commit. A commit
+/// that fails after that (a full disk, an I/O error, a deferred constraint) went unseen,
+/// and a write that was rolled back was acknowledged with 201.
+fn inserted<T>(rows: Vec<T>) -> Result<T, sqlx::Error> {
+    rows.into_iter().next().ok_or(sqlx::Error::RowNotFound)
+}
+
 fn user_from(row: &$row) -> Result<User, sqlx::Error> {
     Ok(User {
         id: row.try_get("id")?,
@@ -76,16 +84,16 @@ impl Store for $store {
 
     async fn create_user(&self, username: &str, password_hash: &str, now: Timestamp) -> StoreResult<User> {
         let _timer = QueryTimer::start("create_user");
-        let row = sqlx::query(
+        let rows = sqlx::query(
             "INSERT INTO users (username, password_hash, created_at) VALUES ($1, $2, $3)
              RETURNING id, username, created_at",
         )
         .bind(username)
         .bind(password_hash)
         .bind(now.0)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(user_from(&row)?)
+        Ok(user_from(&inserted(rows)?)?)
     }
 
     async fn credentials(&self, username: &str) -> StoreResult<Option<Credentials>> {
@@ -167,8 +175,9 @@ impl Store for $store {
                 .bind(name)
                 .bind(created_by)
                 .bind(now.0)
-                .fetch_one(&mut *tx)
-                .await?;
+                .fetch_all(&mut *tx)
+                .await
+                .and_then(inserted)?;
         sqlx::query("INSERT INTO memberships (channel_id, user_id, joined_at) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(created_by)
@@ -254,8 +263,9 @@ impl Store for $store {
         .bind(&message.body)
         .bind(message.created_at.0)
         .bind(&message.node_id)
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_all(&self.pool)
+        .await
+        .and_then(inserted)?;
         Ok(Message {
             id,
             channel_id: message.channel_id,

@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
 use super::EmbeddedMigrations;
@@ -26,16 +26,22 @@ impl SqliteStore {
             // With WAL, NORMAL loses no committed transaction on a process crash.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(settings.busy_timeout)
-            .foreign_keys(true);
-        // Every connection to `:memory:` would be a database of its own.
-        let max_connections = if settings.url.contains(":memory:") {
-            1
-        } else {
-            settings.max_connections
-        };
+            .foreign_keys(true)
+            // WAL's index normally lives in `<db>-shm`, mapped into memory by every
+            // connection: when that file cannot be grown or written (a full disk, an
+            // immutable file), touching the mapping kills the process with SIGBUS. In
+            // exclusive locking mode, set before WAL is first used, SQLite keeps the index
+            // on the heap and never maps that file. The price: the file belongs to one
+            // connection of one process (others are refused as "database is locked").
+            .locking_mode(SqliteLockingMode::Exclusive);
+        // One connection, held for the server's life (see the locking mode above); SQLite
+        // takes one writer at a time anyway. `:memory:` needs one too: every connection
+        // to it would be a database of its own.
         let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            .min_connections(settings.min_connections.min(max_connections))
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
             .await

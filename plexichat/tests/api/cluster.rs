@@ -1,4 +1,4 @@
-//! Several nodes as one server: shared membership, cross-node fan-out through NATS,
+//! Several nodes as one server (on PostgreSQL: a SQLite file belongs to one process): shared membership, cross-node fan-out through NATS,
 //! logout everywhere, a lost node marked down, and fan-out surviving a NATS restart.
 
 use std::time::{Duration, Instant};
@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::helpers::{spawn_cluster, TestApp};
-use super::websocket::WsClient;
+use crate::api::helpers::{spawn_cluster, TestApp};
+use crate::api::websocket::WsClient;
 
 /// Polls `check` until it holds or `within` has passed; returns whether it held.
 async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use plexichat::config::{AuthSettings, DatabaseSettings, Settings};
 use plexichat::Server;
 use reqwest::{Method, StatusCode};
@@ -26,6 +27,8 @@ pub struct TestApp {
     stop: CancellationToken,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     postgres: Option<Postgres>,
+    /// The tmpfs holding a SQLite database, for tests that fill or break its disk.
+    disk: Option<Tmpfs>,
     _dir: tempfile::TempDir,
 }
 
@@ -73,6 +76,26 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     start(settings, dir, postgres).await
 }
 
+/// Spawns a SQLite server whose database lives alone on a fresh tmpfs of `size`.
+pub async fn spawn_app_on_tmpfs(size: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_on(Tmpfs::mount(size), configure).await
+}
+
+/// Spawns a SQLite server whose database (`test.db`) lives on `disk`.
+pub async fn spawn_app_on(disk: Tmpfs, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    assert_eq!(
+        crate::BACKEND,
+        Backend::Sqlite,
+        "only SQLite keeps its database on a local disk"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(disk.dir.path());
+    configure(&mut settings);
+    let mut app = start(settings, dir, None).await;
+    app.disk = Some(disk);
+    app
+}
+
 async fn start_postgres() -> Postgres {
     tokio::task::spawn_blocking(|| Postgres::start(&postgres_cache(), Durability::Fast))
         .await
@@ -93,11 +116,74 @@ async fn start(settings: Settings, dir: tempfile::TempDir, postgres: Option<Post
         stop,
         server: Some(server),
         postgres,
+        disk: None,
         _dir: dir,
     }
 }
 
+/// A tmpfs of `size` mounted on a fresh temporary directory, unmounted on drop (which
+/// also discards whatever immutable file a test left there).
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = format!("size={size},mode=0700");
+        mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+        .unwrap_or_else(|err| {
+            panic!(
+                "mounting a {size} tmpfs for the failing-disk tests: {err} \
+                 (fix: run the tests as root, as CI does)"
+            )
+        });
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        let stats = nix::sys::statvfs::statvfs(self.dir.path()).expect("statvfs of the tmpfs");
+        stats.blocks_available() as u64 * stats.fragment_size() as u64
+    }
+}
+
+impl Tmpfs {
+    /// Fills the disk with a file until at most `room` bytes are left; returns the file,
+    /// whose removal frees the disk again.
+    pub fn fill_leaving(&self, room: u64) -> PathBuf {
+        use std::io::Write as _;
+        let filler = self.path("filler");
+        let mut file = std::fs::File::create(&filler).expect("creating the filler file");
+        let chunk = vec![0u8; 64 * 1024];
+        while self.free_bytes() > room {
+            let size = (self.free_bytes() - room).min(chunk.len() as u64) as usize;
+            if file.write_all(&chunk[..size]).is_err() {
+                break; // full
+            }
+        }
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a server still closing its files must not leave the mount behind.
+        let _ = umount2(self.dir.path(), MntFlags::MNT_DETACH);
+    }
+}
+
 /// Nodes sharing one database and one NATS server, as a cluster does.
+#[allow(dead_code)] // only the PostgreSQL suite runs clusters
 pub struct Cluster {
     pub nodes: Vec<TestApp>,
     pub nats: Option<Nats>,
@@ -108,6 +194,7 @@ pub struct Cluster {
 }
 
 /// Starts `size` nodes named node-0, node-1, … with a short membership lease.
+#[allow(dead_code)] // only the PostgreSQL suite runs clusters
 pub async fn spawn_cluster(size: usize) -> Cluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let (postgres, database_url) = match crate::BACKEND {
@@ -138,6 +225,7 @@ pub async fn spawn_cluster(size: usize) -> Cluster {
     cluster
 }
 
+#[allow(dead_code)] // only the PostgreSQL suite runs clusters
 impl Cluster {
     /// Starts a node with `node_id` on the cluster's database and NATS.
     pub async fn start_node(&self, node_id: &str) -> TestApp {
@@ -166,21 +254,21 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Makes the database unreachable until the returned outage is ended: SQLite's write
-    /// lock is held by another connection; PostgreSQL's processes are frozen.
+    /// The tmpfs under a server from `spawn_app_on_tmpfs`.
+    pub fn disk(&self) -> &Tmpfs {
+        self.disk.as_ref().expect("the app was spawned on a tmpfs")
+    }
+
+    /// Makes the database refuse service until the returned outage is ended: SQLite's
+    /// disk is filled (the app must have been spawned on a tmpfs); PostgreSQL's processes
+    /// are frozen.
     pub async fn database_outage(&self) -> Outage {
         match &self.postgres {
             Some(postgres) => {
                 postgres.freeze().expect("freezing postgres");
                 Outage::Frozen(postgres.pid())
             }
-            None => {
-                use sqlx::Connection as _;
-                let url = format!("sqlite://{}", self._dir.path().join("test.db").display());
-                let mut intruder = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                sqlx::query("BEGIN EXCLUSIVE").execute(&mut intruder).await.unwrap();
-                Outage::Locked(intruder)
-            }
+            None => Outage::DiskFull(self.disk().fill_leaving(0)),
         }
     }
 
@@ -288,16 +376,14 @@ impl TestApp {
 }
 
 pub enum Outage {
-    Locked(sqlx::SqliteConnection),
+    DiskFull(PathBuf),
     Frozen(u32),
 }
 
 impl Outage {
     pub async fn end(self) {
         match self {
-            Outage::Locked(mut intruder) => {
-                sqlx::query("ROLLBACK").execute(&mut intruder).await.unwrap();
-            }
+            Outage::DiskFull(filler) => std::fs::remove_file(filler).expect("freeing the disk"),
             Outage::Frozen(group) => xtask::services::thaw(group).expect("thawing postgres"),
         }
     }

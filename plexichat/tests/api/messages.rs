@@ -268,25 +268,27 @@ async fn members_see_each_others_messages_with_the_right_author() {
 
 #[tokio::test]
 async fn an_unreachable_database_is_unavailable_and_writes_recover_when_it_returns() {
-    let app = super::helpers::spawn_app_with(|settings| {
+    let configure = |settings: &mut plexichat::config::Settings| {
         // How long a write waits before the node gives up on the database.
         settings.database.busy_timeout = std::time::Duration::from_millis(100);
         settings.database.acquire_timeout = std::time::Duration::from_millis(500);
         settings.http.request_timeout = std::time::Duration::from_secs(2);
-    })
-    .await;
+    };
+    // SQLite's outage is a full disk: its database needs a disk of its own.
+    let app = match crate::BACKEND {
+        super::helpers::Backend::Sqlite => super::helpers::spawn_app_on_tmpfs("8m", configure).await,
+        super::helpers::Backend::Postgres => super::helpers::spawn_app_with(configure).await,
+    };
     let alice = app.user("alice").await;
     let general = app.channel(&alice, "general").await;
 
     let outage = app.database_outage().await;
     let refused = post(&app, &alice, general, json!({"body": "during the outage"})).await;
     assert_error(&refused, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
-    // A frozen PostgreSQL answers nothing, so readiness fails too; SQLite's WAL keeps
-    // serving reads under another writer's lock, and the node is rightly still ready.
-    if crate::BACKEND == super::helpers::Backend::Postgres {
-        let ready = app.call(reqwest::Method::GET, "/ready", None, None).await;
-        assert_error(&ready, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
-    }
+    // A frozen PostgreSQL answers nothing; SQLite on a full disk still serves reads but
+    // refused the write: either way the node is not ready while writes fail.
+    let ready = app.call(reqwest::Method::GET, "/ready", None, None).await;
+    assert_error(&ready, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
 
     outage.end().await;
     let (status, message) = post(&app, &alice, general, json!({"body": "after"})).await;

@@ -6,8 +6,7 @@ pub mod helpers;
 
 mod auth;
 mod channels;
-mod cluster;
 mod limits;
 mod messages;
 mod system;
-mod websocket;
+pub(crate) mod websocket;

@@ -19,12 +19,12 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 const SILENCE: Duration = Duration::from_millis(250);
 
 /// A test client for `/api/v1/ws`: JSON text frames in and out, every wait bounded.
-pub(super) struct WsClient {
+pub(crate) struct WsClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
 impl WsClient {
-    pub(super) async fn connect(app: &TestApp, token: &str) -> Self {
+    pub(crate) async fn connect(app: &TestApp, token: &str) -> Self {
         let (socket, response) = tokio::time::timeout(FRAME_TIMEOUT, connect_async(app.ws_url(token)))
             .await
             .expect("WebSocket handshake timed out")
@@ -40,7 +40,7 @@ impl WsClient {
             .expect("frame sent");
     }
 
-    pub(super) async fn send_json(&mut self, frame: Value) {
+    pub(crate) async fn send_json(&mut self, frame: Value) {
         self.send(Message::text(frame.to_string())).await;
     }
 
@@ -56,7 +56,8 @@ impl WsClient {
     }
 
     /// Whether a message frame with `id` arrives within `window`; other frames are skipped.
-    pub(super) async fn receives_message_within(&mut self, window: Duration, id: i64) -> bool {
+    #[allow(dead_code)] // used by the cluster tests, which run on PostgreSQL only
+    pub(crate) async fn receives_message_within(&mut self, window: Duration, id: i64) -> bool {
         let deadline = tokio::time::Instant::now() + window;
         while let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout_at(deadline, self.next_frame()).await {
             let frame: Value = serde_json::from_str(&text).unwrap_or_default();
@@ -68,7 +69,7 @@ impl WsClient {
     }
 
     /// The next text frame, parsed; fails on anything else or after `FRAME_TIMEOUT`.
-    pub(super) async fn next_json(&mut self) -> Value {
+    pub(crate) async fn next_json(&mut self) -> Value {
         let frame = tokio::time::timeout(FRAME_TIMEOUT, self.next_frame())
             .await
             .expect("no frame arrived in time");
@@ -80,13 +81,13 @@ impl WsClient {
     }
 
     /// Asserts that no frame arrives (and the socket does not close) for a short while.
-    pub(super) async fn expect_silence(&mut self) {
+    pub(crate) async fn expect_silence(&mut self) {
         if let Ok(frame) = tokio::time::timeout(SILENCE, self.next_frame()).await {
             panic!("expected silence, got {frame:?}");
         }
     }
 
-    pub(super) async fn subscribe(&mut self, channel: i64) {
+    pub(crate) async fn subscribe(&mut self, channel: i64) {
         self.send_json(json!({"type": "subscribe", "channel_id": channel}))
             .await;
         assert_eq!(
@@ -111,7 +112,7 @@ impl WsClient {
     }
 
     /// The next frame must be the live copy of `posted`, the 201 body of a post.
-    pub(super) async fn expect_message(&mut self, posted: &Value) {
+    pub(crate) async fn expect_message(&mut self, posted: &Value) {
         assert_eq!(self.next_json().await, json!({"type": "message", "message": posted}));
     }
 
