@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-pub use xtask::node::ServerProcess;
+pub use xtask::cluster::node::ServerProcess;
 
 /// What a run printed on stderr, for assertions and their messages.
 pub fn stderr_of(output: &Output) -> String {
@@ -71,7 +71,7 @@ pub fn start_server(dir: &Path, args: &[&str]) -> Result<ServerProcess> {
 
 /// GET `path`: the status and the JSON body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, serde_json::Value)> {
-    xtask::http::request(addr, "GET", path, None, None)
+    xtask::system::http::request(addr, "GET", path, None, None)
 }
 
 /// Processes whose command line mentions `needle`.

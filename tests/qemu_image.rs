@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use plexichat_e2e::{json_of, run_xtask, stderr_of, workspace_root};
 use serde_json::Value;
-use xtask::progress::Progress;
+use xtask::provision::Requirement;
+use xtask::report::progress::Progress;
+use xtask::workspace::targets::by_arch;
 
 /// The x86_64 image, built (or reused) by the toolchain; its report.
 fn x86_64_image() -> Value {
@@ -138,8 +140,11 @@ fn the_x86_64_image_holds_the_server_as_init_and_its_modules_in_load_order_and_i
 
 #[test]
 fn the_x86_64_image_boots_under_tcg_and_runs_init() {
-    xtask::doctor::provision(|check| check.item == "qemu-system-x86_64", &Progress::new())
-        .expect("qemu-system-x86_64 is installed or installable");
+    xtask::provision::provision(
+        &[Requirement::QemuSystem(by_arch("x86_64").expect("x86_64 is a target"))],
+        &Progress::new(),
+    )
+    .expect("qemu-system-x86_64 is installed or installable");
     let image = x86_64_image();
     // No `quiet`: the kernel then says when it hands over to /init.
     let mut qemu = Command::new("qemu-system-x86_64")

@@ -4,16 +4,21 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use xtask::progress::Progress;
-use xtask::qmp::{self, Qmp, VmEvent};
-use xtask::teardown::{ProcessGuard, TempDir};
+use xtask::provision::Requirement;
+use xtask::qemu::qmp::{self, Qmp, VmEvent};
+use xtask::report::progress::Progress;
+use xtask::report::teardown::{ProcessGuard, TempDir};
+use xtask::workspace::targets::by_arch;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 #[test]
 fn qmp_controls_a_real_qemu_and_sees_its_events() {
-    xtask::doctor::provision(|check| check.item == "qemu-system-x86_64", &Progress::new())
-        .expect("qemu-system-x86_64 is installed or installable");
+    xtask::provision::provision(
+        &[Requirement::QemuSystem(by_arch("x86_64").expect("x86_64 is a target"))],
+        &Progress::new(),
+    )
+    .expect("qemu-system-x86_64 is installed or installable");
     let dir = TempDir::new("qmp-test").unwrap();
     let socket = dir.path().join("qmp.sock");
     // No kernel and no disk: the firmware runs and finds nothing to boot, which is

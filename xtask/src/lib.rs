@@ -1,30 +1,32 @@
-//! The PlexiChat toolchain. One module per subcommand, each with a
-//! `run(args) -> Result<Report>`; the pieces they share live once beside them, and the
-//! services module is also used by the tests of the server and of the toolchain.
+//! The PlexiChat toolchain, in two layers. `commands/` holds one module per subcommand
+//! (its clap `Args` and `run`); they never import each other. Below them, the core they
+//! share, one folder per job, never importing a command:
+//!
+//! - `provision`: what a host needs, typed, each requirement with a probe and a fix;
+//! - `cargo`: the cargo driver, build-native's artefacts and cache, ELF checks, smoke runs;
+//! - `guest`: guest image definitions, kernels, modules, the initramfs;
+//! - `qemu`: QMP, VMs and their fault checks;
+//! - `docker`: the Docker Engine, build contexts, container smoke runs;
+//! - `cluster`: services (PostgreSQL, NATS), server processes, the verifier;
+//! - `bench`: baselines in worktrees, criterion and callgrind measurements, e2e load;
+//! - `pipeline`: workflows as data and their runner;
+//! - `workspace`: the workspace, its targets and profiles;
+//! - `report`: reports, progress, teardown, usage errors;
+//! - `system`: facts about the host (programs, root, locks, KVM, hashes) and a small
+//!   loopback HTTP client.
 
-pub mod bench_compare;
-pub mod build_native;
-pub mod ci;
+pub mod bench;
+pub mod cargo;
 pub mod cluster;
-pub mod cluster_local;
-pub mod cpio;
-pub mod docker_build;
-pub mod doctor;
-pub mod elf;
-pub mod error;
-pub mod http;
-pub mod kernels;
-pub mod kvm;
-pub mod node;
-pub mod profile;
-pub mod progress;
-pub mod qemu_cluster;
-pub mod qemu_image;
-pub mod qmp;
+pub mod commands;
+pub mod docker;
+pub mod guest;
+pub mod pipeline;
+pub mod provision;
+pub mod qemu;
 pub mod report;
-pub mod services;
-pub mod smoke;
 pub mod system;
-pub mod targets;
-pub mod teardown;
 pub mod workspace;
+
+#[cfg(test)]
+mod layers;

@@ -4,12 +4,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use xtask::error::UsageError;
-use xtask::report::Report;
-use xtask::{bench_compare, build_native, ci, cluster_local, docker_build, doctor, qemu_cluster, qemu_image, teardown};
+use xtask::commands::{bench_compare, build_native, ci, cluster_local, docker_build, doctor, qemu_cluster, qemu_image};
+use xtask::report::error::UsageError;
+use xtask::report::{teardown, Report};
 
-/// The PlexiChat toolchain: provision the host, cross-compile, and (in later releases)
-/// benchmark, containerise and emulate PlexiChat.
+/// The PlexiChat toolchain: provision the host, cross-compile, benchmark, containerise
+/// and emulate PlexiChat.
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",

@@ -165,7 +165,7 @@ async fn fan_out_resumes_after_nats_restarts() {
     let during = cluster.nodes[0].say(&alice, general, "while NATS is down").await;
     let program = xtask::system::which("nats-server").unwrap();
     cluster.nats = Some(
-        tokio::task::spawn_blocking(move || xtask::services::Nats::start_on(&program, port))
+        tokio::task::spawn_blocking(move || xtask::cluster::services::Nats::start_on(&program, port))
             .await
             .unwrap()
             .unwrap(),

@@ -2,6 +2,8 @@
 //! description other tools connect to, check results, `--hold`, and the verifier that
 //! talks to the nodes as a client would.
 
+pub mod node;
+pub mod services;
 mod verify;
 
 use std::net::SocketAddr;
@@ -11,9 +13,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::progress::Task;
+use crate::report::progress::Task;
+use crate::report::teardown::{self, Guard};
 use crate::report::Report;
-use crate::teardown::{self, Guard};
 use crate::workspace::Workspace;
 
 pub use verify::{LoadOutcome, Percentiles, Verifier};

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::Member;
-use crate::http;
+use crate::system::http;
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Posts from every node in turn, for the delivery latency figures.

@@ -1,0 +1,457 @@
+//! `bench-compare --e2e`: whole servers under load rather than functions under criterion.
+//!
+//! Four servers take turns under the same load generator (plexichat's `load` example, a
+//! second process on loopback): the baseline's release build and the working tree's on
+//! SQLite, the working tree's on PostgreSQL, and the working tree's static aarch64 build
+//! under qemu-user. Each round runs every server once, in that order, so the machine's
+//! drift reaches every side alike; medians over the rounds are what is reported. Only the
+//! baseline against the working tree gets a verdict: the other pairs are meant to differ,
+//! and their ratios are what an engineer wants before choosing a store or an edge box.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::build::{self, Checkout};
+use super::{verdict, Measurement, Verdict};
+use crate::cargo::artefact::target_binary;
+use crate::cluster::node::ServerProcess;
+use crate::cluster::services::{Durability, Postgres};
+use crate::provision::{self, Requirement};
+use crate::report::error::UsageError;
+use crate::report::progress::{Progress, Task};
+use crate::report::teardown::TempDir;
+use crate::report::Table;
+use crate::workspace::profile::Profile;
+use crate::workspace::targets::{self, Target};
+use crate::workspace::Workspace;
+
+/// The load every server gets.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Load {
+    pub rounds: u32,
+    pub seconds: u32,
+    /// Concurrent posters.
+    pub workers: u32,
+    /// WebSockets subscribed to the posters' channel, timing each delivery.
+    pub subscribers: u32,
+}
+
+/// The emulated side: the edge boxes PlexiChat ships to most are arm64.
+const EMULATED_ARCH: &str = "aarch64";
+/// A server under qemu-user starts far slower than a native one.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Store {
+    Sqlite,
+    Postgres,
+}
+
+struct Scenario {
+    name: String,
+    /// The server, with the emulator in front of it when it is a foreign binary.
+    command: Vec<PathBuf>,
+    profile: PathBuf,
+    store: Store,
+}
+
+/// What the load generator prints (its `post` mode).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LoadResult {
+    pub messages: u64,
+    pub failures: u64,
+    pub messages_per_second: f64,
+    pub latency_ms: Percentiles,
+    pub deliveries: u64,
+    pub deliveries_expected: u64,
+    pub delivery_ms: Percentiles,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct ScenarioReport {
+    name: String,
+    store: Store,
+    /// Medians over the rounds.
+    messages_per_second: f64,
+    latency_ms: Percentiles,
+    delivery_ms: Percentiles,
+    deliveries: u64,
+    deliveries_expected: u64,
+    failures: u64,
+    rounds: Vec<LoadResult>,
+}
+
+#[derive(Serialize)]
+struct ComparisonReport {
+    name: &'static str,
+    of: String,
+    against: String,
+    /// Messages per second, `of` over `against` (medians).
+    throughput_ratio: f64,
+    /// The rise in time per message (+3 = 3 % slower), and its range over the rounds.
+    change_pct: f64,
+    interval_pct: [f64; 2],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdict: Option<Verdict>,
+}
+
+pub struct Outcome {
+    pub ok: bool,
+    pub table: Table,
+    pub json: serde_json::Value,
+    pub summary: String,
+}
+
+/// The baseline's checkout and the working tree's.
+pub struct Sides<'a> {
+    pub baseline: Checkout<'a>,
+    pub current: Checkout<'a>,
+    /// The working tree is the baseline commit, unchanged: its build serves both sides.
+    pub same_sources: bool,
+}
+
+pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, progress: &Progress, task: &Task) -> Result<Outcome> {
+    let emulated = emulated_target(progress)?;
+    let current = build::release(&sides.current, &["--bin", "plexichat", "--example", "load"], task)?;
+    let baseline = if sides.same_sources {
+        task.step("the working tree is the baseline commit, unchanged: one build serves both sides");
+        current.clone()
+    } else {
+        build::release(&sides.baseline, &["--bin", "plexichat"], task)?
+    };
+    let (base_rustc, current_rustc) = (
+        build::rustc_version(sides.baseline.root),
+        build::rustc_version(sides.current.root),
+    );
+    if base_rustc != current_rustc {
+        return Err(super::different_compilers(&base_rustc, &current_rustc).into());
+    }
+    let workspace = Workspace::discover()?;
+    let profile = Profile::load(&workspace.profiles_dir(), "bench")?;
+    let foreign = target_binary(&workspace, &profile.build, emulated, task)?;
+    let executable = |built: &std::collections::BTreeMap<String, PathBuf>, name: &str| {
+        built
+            .get(name)
+            .cloned()
+            .with_context(|| format!("cargo built no `{name}` executable"))
+    };
+    let generator = executable(&current, "load")?;
+    let profile_of = |root: &Path| root.join("profiles").join("bench.yaml");
+    let scenarios = [
+        Scenario {
+            name: "baseline · native · SQLite".into(),
+            command: vec![executable(&baseline, "plexichat")?],
+            profile: profile_of(sides.baseline.root),
+            store: Store::Sqlite,
+        },
+        Scenario {
+            name: "current · native · SQLite".into(),
+            command: vec![executable(&current, "plexichat")?],
+            profile: profile_of(sides.current.root),
+            store: Store::Sqlite,
+        },
+        Scenario {
+            name: "current · native · PostgreSQL".into(),
+            command: vec![executable(&current, "plexichat")?],
+            profile: profile_of(sides.current.root),
+            store: Store::Postgres,
+        },
+        Scenario {
+            name: format!("current · {} qemu-user · SQLite", emulated.arch),
+            command: vec![PathBuf::from(emulated.qemu_user()), foreign],
+            profile: profile_of(sides.current.root),
+            store: Store::Sqlite,
+        },
+    ];
+
+    task.step("starting PostgreSQL");
+    let postgres = Postgres::start(&sides.current.target_dir.join("xtask/cache"), Durability::Durable)?;
+    let mut results: Vec<Vec<LoadResult>> = vec![Vec::new(); scenarios.len()];
+    for round in 1..=load.rounds {
+        for (index, scenario) in scenarios.iter().enumerate() {
+            task.step(format!("round {round}/{}: {}", load.rounds, scenario.name));
+            let database = match scenario.store {
+                Store::Sqlite => None,
+                Store::Postgres => Some(postgres.create_database(&format!("e2e_{round}_{index}"))?),
+            };
+            let result = run_once(scenario, database.as_deref(), &generator, load)
+                .with_context(|| format!("{} (round {round})", scenario.name))?;
+            task.detail(format!(
+                "{}: {:.0} messages/s, delivery p99 {}",
+                scenario.name,
+                result.messages_per_second,
+                millis(result.delivery_ms.p99)
+            ));
+            results[index].push(result);
+        }
+    }
+
+    let reports: Vec<ScenarioReport> = scenarios
+        .iter()
+        .zip(results)
+        .map(|(scenario, rounds)| summarise(scenario, rounds))
+        .collect();
+    let comparisons = vec![
+        pair(
+            "working tree against baseline",
+            &reports[1],
+            &reports[0],
+            Some(threshold_pct),
+        ),
+        pair("PostgreSQL against SQLite", &reports[2], &reports[1], None),
+        pair("emulated against native", &reports[3], &reports[1], None),
+    ];
+    let regressed = comparisons[0].verdict == Some(Verdict::Regressed);
+
+    let mut table = Table::new(&[
+        "server",
+        "messages/s",
+        "post p50",
+        "post p99",
+        "delivery p50",
+        "delivery p99",
+        "delivered",
+    ]);
+    for report in &reports {
+        table.row(vec![
+            report.name.clone(),
+            format!("{:.0}", report.messages_per_second),
+            millis(report.latency_ms.p50),
+            millis(report.latency_ms.p99),
+            millis(report.delivery_ms.p50),
+            millis(report.delivery_ms.p99),
+            format!("{}/{}", report.deliveries, report.deliveries_expected),
+        ]);
+    }
+    let summary = comparisons
+        .iter()
+        .map(|c| {
+            let verdict = c.verdict.map(|v| format!(" → {}", v.label())).unwrap_or_default();
+            format!(
+                "{}: ×{:.2} messages/s, {:+.1}% per message [{:+.1}%, {:+.1}%]{verdict}",
+                c.name, c.throughput_ratio, c.change_pct, c.interval_pct[0], c.interval_pct[1]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let json = serde_json::json!({
+        "load": load,
+        "threshold_pct": threshold_pct,
+        "servers": reports,
+        "comparisons": comparisons,
+    });
+    Ok(Outcome {
+        ok: !regressed,
+        table,
+        json,
+        summary,
+    })
+}
+
+/// The emulated side's target, with what building and emulating it needs (cross linker,
+/// qemu-user) installed as `doctor --fix` would.
+fn emulated_target(progress: &Progress) -> Result<&'static Target> {
+    let target = targets::parse(EMULATED_ARCH)
+        .ok()
+        .and_then(|found| found.first().copied())
+        .context("aarch64 is one of the toolchain's targets")?;
+    if let Some(lacking) = provision::install_per_target(&[target], Requirement::to_build, progress).get(target.triple)
+    {
+        return Err(UsageError(format!(
+            "--e2e builds the {} server and runs it under {}, and this host is {lacking}\n  fix: cargo xtask doctor --fix (as root)",
+            target.arch,
+            target.qemu_user(),
+        ))
+        .into());
+    }
+    Ok(target)
+}
+
+/// One server, fresh store, one load run; the server is stopped before this returns.
+fn run_once(scenario: &Scenario, postgres_url: Option<&str>, generator: &Path, load: Load) -> Result<LoadResult> {
+    let dir = TempDir::new("bench-e2e").context("creating the server's directory")?;
+    let database_url = match postgres_url {
+        Some(url) => url.to_string(),
+        None => format!("sqlite://{}", dir.path().join("plexichat.db").display()),
+    };
+    let (program, prefix) = scenario.command.split_last().context("a server command")?;
+    let mut command = match prefix.first() {
+        Some(emulator) => {
+            let mut command = Command::new(emulator);
+            command.arg(program);
+            command
+        }
+        None => Command::new(program),
+    };
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&scenario.profile)
+        .args(["--listen", "127.0.0.1:0", "--database-url", &database_url])
+        .args(["--node-id", "bench-e2e"])
+        .current_dir(dir.path());
+    let server = ServerProcess::start(command, SERVER_START_TIMEOUT)?;
+    let output = Command::new(generator)
+        .args(["post", "--url", &server.url()])
+        .args(["--workers", &load.workers.to_string()])
+        .args(["--seconds", &load.seconds.to_string()])
+        .args(["--subscribers", &load.subscribers.to_string()])
+        .output()
+        .context("running the load generator")?;
+    server.terminate(Duration::from_secs(30))?;
+    if !output.status.success() {
+        bail!(
+            "the load generator failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let result: LoadResult = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "reading the load generator's report: {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })?;
+    if result.messages == 0 {
+        bail!("not one message was acknowledged in {} s", load.seconds);
+    }
+    Ok(result)
+}
+
+fn summarise(scenario: &Scenario, rounds: Vec<LoadResult>) -> ScenarioReport {
+    let median_of = |value: &dyn Fn(&LoadResult) -> Option<f64>| median(rounds.iter().filter_map(value).collect());
+    ScenarioReport {
+        name: scenario.name.clone(),
+        store: scenario.store,
+        messages_per_second: median_of(&|r| Some(r.messages_per_second)).unwrap_or(0.0),
+        latency_ms: Percentiles {
+            p50: median_of(&|r| r.latency_ms.p50),
+            p99: median_of(&|r| r.latency_ms.p99),
+        },
+        delivery_ms: Percentiles {
+            p50: median_of(&|r| r.delivery_ms.p50),
+            p99: median_of(&|r| r.delivery_ms.p99),
+        },
+        deliveries: rounds.iter().map(|r| r.deliveries).sum(),
+        deliveries_expected: rounds.iter().map(|r| r.deliveries_expected).sum(),
+        failures: rounds.iter().map(|r| r.failures).sum(),
+        rounds,
+    }
+}
+
+/// `of` against `against` in time per message (the inverse of throughput, so a positive
+/// change is a slowdown, as in the criterion comparison); the interval spans the rounds,
+/// each round's pair having run back to back.
+fn pair(
+    name: &'static str,
+    of: &ScenarioReport,
+    against: &ScenarioReport,
+    threshold_pct: Option<f64>,
+) -> ComparisonReport {
+    let per_round: Vec<f64> = of
+        .rounds
+        .iter()
+        .zip(&against.rounds)
+        .map(|(of, against)| against.messages_per_second / of.messages_per_second - 1.0)
+        .collect();
+    let change = against.messages_per_second / of.messages_per_second - 1.0;
+    let lowest = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let measurement = Measurement {
+        baseline: against.messages_per_second,
+        current: of.messages_per_second,
+        change,
+        interval: Some((lowest, highest)),
+    };
+    ComparisonReport {
+        name,
+        of: of.name.clone(),
+        against: against.name.clone(),
+        throughput_ratio: of.messages_per_second / against.messages_per_second,
+        change_pct: change * 100.0,
+        interval_pct: [lowest * 100.0, highest * 100.0],
+        verdict: threshold_pct.map(|threshold| verdict(&measurement, threshold)),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
+    }
+}
+
+fn millis(value: Option<f64>) -> String {
+    value.map_or("-".into(), |ms| format!("{ms:.2} ms"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(rates: &[f64]) -> ScenarioReport {
+        let rounds: Vec<LoadResult> = rates
+            .iter()
+            .map(|&rate| LoadResult {
+                messages: 1,
+                failures: 0,
+                messages_per_second: rate,
+                latency_ms: Percentiles::default(),
+                deliveries: 0,
+                deliveries_expected: 0,
+                delivery_ms: Percentiles::default(),
+            })
+            .collect();
+        ScenarioReport {
+            name: "s".into(),
+            store: Store::Sqlite,
+            messages_per_second: median(rates.to_vec()).unwrap(),
+            latency_ms: Percentiles::default(),
+            delivery_ms: Percentiles::default(),
+            deliveries: 0,
+            deliveries_expected: 0,
+            failures: 0,
+            rounds,
+        }
+    }
+
+    #[test]
+    fn a_throughput_drop_in_every_round_is_a_regression() {
+        let baseline = scenario(&[1000.0, 1010.0, 990.0]);
+        let slower = scenario(&[800.0, 820.0, 790.0]);
+        let comparison = pair("t", &slower, &baseline, Some(10.0));
+        assert_eq!(comparison.verdict, Some(Verdict::Regressed));
+        assert!(comparison.change_pct > 20.0 && comparison.throughput_ratio < 0.85);
+    }
+
+    #[test]
+    fn one_slow_round_is_noise_not_a_verdict() {
+        let baseline = scenario(&[1000.0, 1000.0, 1000.0]);
+        let noisy = scenario(&[700.0, 1010.0, 995.0]);
+        assert_eq!(
+            pair("t", &noisy, &baseline, Some(10.0)).verdict,
+            Some(Verdict::NoChange)
+        );
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+    }
+}

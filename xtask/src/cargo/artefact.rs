@@ -1,0 +1,344 @@
+//! Build-native's artefacts and their cache: a content-addressed key per artefact (every
+//! input that can change the binary), the manifest in target/dist/ that records them,
+//! and the static binary each target gets, from the cache when its key matches.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::smoke::Smoke;
+use crate::report::progress::Task;
+use crate::system::elf;
+use crate::system::{self, file_sha256, hex};
+use crate::workspace::profile::{BuildSection, Profile};
+use crate::workspace::targets::Target;
+use crate::workspace::Workspace;
+
+/// One built binary, as recorded in target/dist/manifest.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Artefact {
+    pub target: String,
+    pub arch: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+    pub profile: String,
+    pub git_revision: String,
+    pub cache_key: String,
+    /// Seconds spent building; 0 on a cache hit.
+    pub seconds: f64,
+    pub cache_hit: bool,
+    pub machine: String,
+    pub is_static: bool,
+    pub smoke: Smoke,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    pub artefacts: Vec<Artefact>,
+}
+
+impl Manifest {
+    pub fn path(workspace: &Workspace) -> PathBuf {
+        workspace.dist_dir().join("manifest.json")
+    }
+
+    /// The manifest on disk; a missing or unreadable one is an empty cache.
+    pub fn load(workspace: &Workspace) -> Self {
+        std::fs::read(Self::path(workspace))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self, workspace: &Workspace) -> Result<()> {
+        let path = Self::path(workspace);
+        std::fs::create_dir_all(workspace.dist_dir())?;
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn find(&self, triple: &str) -> Option<&Artefact> {
+        self.artefacts.iter().find(|a| a.target == triple)
+    }
+
+    pub fn upsert(&mut self, artefact: Artefact) {
+        self.artefacts.retain(|a| a.target != artefact.target);
+        self.artefacts.push(artefact);
+        self.artefacts.sort_by(|a, b| a.target.cmp(&b.target));
+    }
+}
+
+/// The artefact for `target`: from the cache when its key matches, else built.
+pub fn produce(
+    workspace: &Workspace,
+    profile: &Profile,
+    target: &Target,
+    toolchain: &str,
+    manifest: &Manifest,
+    task: &Task,
+) -> Result<Artefact> {
+    task.step("computing cache key");
+    let key = artefact_key(workspace, &profile.build, target, toolchain)?;
+    if let Some((cached, path)) = cached_artefact(workspace, manifest, target, &key) {
+        task.step("cache hit: nothing to build");
+        return Ok(Artefact {
+            cache_hit: true,
+            seconds: 0.0,
+            path,
+            profile: profile.name.clone(),
+            ..cached.clone()
+        });
+    }
+    let dest = workspace.dist_dir().join(target.triple).join("plexichat");
+    let started = Instant::now();
+    let executable = super::target_build(workspace, &profile.build, target, task)?;
+    std::fs::create_dir_all(dest.parent().context("dist path has a parent")?)?;
+    std::fs::copy(&executable, &dest).with_context(|| format!("copying to {}", dest.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = std::fs::read(&dest)?;
+    let info = check_static(&bytes, target, &dest)?;
+    Ok(Artefact {
+        target: target.triple.into(),
+        arch: target.arch.into(),
+        path: dest,
+        sha256: hex(&Sha256::digest(&bytes)),
+        bytes: bytes.len() as u64,
+        profile: profile.name.clone(),
+        git_revision: String::new(),
+        cache_key: key,
+        seconds,
+        cache_hit: false,
+        machine: elf::machine_name(info.machine).into(),
+        is_static: info.is_static,
+        smoke: Smoke {
+            ok: false,
+            steps: Vec::new(),
+        },
+    })
+}
+
+/// The static server for `target` as `build` makes it: build-native's artefact when its
+/// cache key says it was built from exactly these inputs, else cargo's own output
+/// (cargo rebuilds what is stale and nothing else). Checked to be a static binary of
+/// the target's machine either way.
+pub fn target_binary(workspace: &Workspace, build: &BuildSection, target: &Target, task: &Task) -> Result<PathBuf> {
+    task.step("computing the server's cache key");
+    let key = artefact_key(workspace, build, target, &super::rustc_version()?)?;
+    if let Some((_, path)) = cached_artefact(workspace, &Manifest::load(workspace), target, &key) {
+        task.step(format!(
+            "server: build-native's artefact is current ({})",
+            target.triple
+        ));
+        return Ok(path);
+    }
+    let executable = super::target_build(workspace, build, target, task)?;
+    let bytes = std::fs::read(&executable).with_context(|| format!("reading {}", executable.display()))?;
+    check_static(&bytes, target, &executable)?;
+    Ok(executable)
+}
+
+/// build-native's cache key of the artefact for `target`.
+fn artefact_key(workspace: &Workspace, build: &BuildSection, target: &Target, toolchain: &str) -> Result<String> {
+    let linker = system::version_line(target.linker, &["--version"]).unwrap_or_default();
+    cache_key(&workspace.root, build, target, toolchain, &linker)
+}
+
+/// The manifest's artefact for `target` and its path, if it was built with `key` and
+/// the file is still the one recorded.
+fn cached_artefact<'m>(
+    workspace: &Workspace,
+    manifest: &'m Manifest,
+    target: &Target,
+    key: &str,
+) -> Option<(&'m Artefact, PathBuf)> {
+    let path = workspace.dist_dir().join(target.triple).join("plexichat");
+    manifest
+        .find(target.triple)
+        .filter(|cached| cached.cache_key == key)
+        .filter(|cached| file_sha256(&path).ok().as_deref() == Some(cached.sha256.as_str()))
+        .map(|cached| (cached, path))
+}
+
+/// A binary of the target's machine with no program interpreter, or an error.
+fn check_static(bytes: &[u8], target: &Target, path: &Path) -> Result<elf::ElfInfo> {
+    let info = elf::inspect(bytes).with_context(|| format!("inspecting {}", path.display()))?;
+    if info.machine != target.elf_machine {
+        bail!(
+            "built a {} binary, expected {}",
+            elf::machine_name(info.machine),
+            elf::machine_name(target.elf_machine)
+        );
+    }
+    if !info.is_static {
+        bail!(
+            "{} is dynamically linked (it has a program interpreter)",
+            path.display()
+        );
+    }
+    Ok(info)
+}
+
+/// Everything that can change the artefact: sources and lockfile, the profile's build
+/// section, the target, the compiler and linker, and the environment cargo reads.
+fn cache_key(root: &Path, build: &BuildSection, target: &Target, toolchain: &str, linker: &str) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut feed = |label: &str, bytes: &[u8]| {
+        hasher.update((label.len() as u64).to_le_bytes());
+        hasher.update(label.as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    feed("target", target.triple.as_bytes());
+    feed("toolchain", toolchain.as_bytes());
+    feed("linker", linker.as_bytes());
+    // The target list says which artefacts to make, not how any one is made.
+    let build = BuildSection {
+        targets: Vec::new(),
+        ..build.clone()
+    };
+    feed("build", &serde_json::to_vec(&build)?);
+    for (name, value) in super::cargo_env(&build, target) {
+        feed(&name, value.as_bytes());
+    }
+    for (name, value) in std::env::vars()
+        .filter(|(name, _)| affects_build(name))
+        .collect::<BTreeMap<_, _>>()
+    {
+        feed(&name, value.as_bytes());
+    }
+    for file in input_files(root)? {
+        let relative = file.strip_prefix(root).unwrap_or(&file).to_string_lossy().into_owned();
+        feed(
+            &relative,
+            &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+        );
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Environment variables cargo, rustc or cc-rs read when compiling.
+fn affects_build(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_INCREMENTAL",
+        "CC",
+        "CXX",
+        "AR",
+        "CFLAGS",
+        "CXXFLAGS",
+        "LDFLAGS",
+    ];
+    const PREFIXES: &[&str] = &[
+        "CARGO_BUILD_",
+        "CARGO_PROFILE_",
+        "CC_",
+        "CFLAGS_",
+        "AR_",
+        "CXX_",
+        "LIBSQLITE3_",
+    ];
+    let target_specific = name.starts_with("CARGO_TARGET_") && name != "CARGO_TARGET_DIR";
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)) || target_specific
+}
+
+/// The workspace files a build of the server reads: manifests, the lockfile, cargo's
+/// configuration and the server's sources (not its tests, benches or examples).
+fn input_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = [
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo/config.toml",
+        "rust-toolchain.toml",
+        "rust-toolchain",
+    ]
+    .iter()
+    .map(|name| root.join(name))
+    .filter(|path| path.is_file())
+    .collect();
+    let package = root.join("plexichat");
+    let mut pending = vec![package.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if path.is_dir() {
+                let skipped = dir == package && matches!(name, "tests" | "benches" | "examples" | "target");
+                if !skipped {
+                    pending.push(path);
+                }
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workspace_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    }
+
+    #[test]
+    fn the_key_depends_on_target_and_build_section_but_not_the_target_list() {
+        let root = workspace_root();
+        let build = BuildSection::default();
+        let key = |build: &BuildSection, target: &Target| cache_key(&root, build, target, "rustc 1", "gcc 1").unwrap();
+        let x86 = &crate::workspace::targets::TARGETS[0];
+        let arm = &crate::workspace::targets::TARGETS[1];
+        assert_eq!(key(&build, x86), key(&build, x86));
+        assert_ne!(key(&build, x86), key(&build, arm));
+        let only_x86 = BuildSection {
+            targets: vec!["x86_64".into()],
+            ..build.clone()
+        };
+        assert_eq!(key(&build, x86), key(&only_x86, x86));
+        let with_lto = BuildSection {
+            lto: Some(crate::workspace::profile::Lto::Fat),
+            ..build.clone()
+        };
+        assert_ne!(key(&build, x86), key(&with_lto, x86));
+        assert_ne!(
+            key(&build, x86),
+            cache_key(&root, &build, x86, "rustc 2", "gcc 1").unwrap()
+        );
+    }
+
+    #[test]
+    fn inputs_are_the_servers_sources_not_its_tests() {
+        let root = workspace_root();
+        let files = input_files(&root).unwrap();
+        let has = |relative: &str| files.contains(&root.join(relative));
+        assert!(has("Cargo.lock") && has("plexichat/src/main.rs") && has("plexichat/Cargo.toml"));
+        assert!(has("plexichat/migrations/sqlite/0001_initial.sql"));
+        assert!(!files.iter().any(|f| f.starts_with(root.join("plexichat/tests"))));
+        assert!(!files.iter().any(|f| f.starts_with(root.join("xtask"))));
+    }
+
+    #[test]
+    fn build_environment_is_recognised() {
+        for name in [
+            "RUSTFLAGS",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "CC_aarch64_unknown_linux_gnu",
+            "CARGO_TARGET_X_LINKER",
+        ] {
+            assert!(affects_build(name), "{name}");
+        }
+        for name in ["HOME", "CARGO_TARGET_DIR", "PATH", "CARGO_HOME"] {
+            assert!(!affects_build(name), "{name}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The cargo driver: how the server is compiled and linked for each target, and the one
+//! place that runs `cargo build` for it and reads cargo's JSON messages.
+
+pub mod artefact;
+
+pub mod smoke;
+
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use cargo_metadata::Message;
+
+use crate::report::progress::Task;
+use crate::system;
+use crate::workspace::profile::BuildSection;
+use crate::workspace::targets::Target;
+use crate::workspace::Workspace;
+
+/// The one place that says how a target is compiled and linked. The same values every
+/// time, so cargo's own fingerprints never see a change and never rebuild needlessly.
+///
+/// The host's own target gets no linker or C compiler override: cargo applies a
+/// `target.<host>.linker` to build scripts and proc-macros too, which would make every
+/// switch between targets (and every plain `cargo build --release`) rebuild them all.
+/// Rustflags given with `--target` reach only the target's code.
+pub(crate) fn cargo_env(build: &BuildSection, target: &Target) -> Vec<(String, String)> {
+    let key = target.env_key();
+    let mut rustflags = vec!["-C".to_string(), "target-feature=+crt-static".to_string()];
+    rustflags.extend(build.rustflags.iter().cloned());
+    let mut env = vec![(format!("CARGO_TARGET_{key}_RUSTFLAGS"), rustflags.join(" "))];
+    if target.is_foreign() {
+        env.push((format!("CARGO_TARGET_{key}_LINKER"), target.linker.to_string()));
+        env.push((
+            format!("CC_{}", target.triple.replace('-', "_")),
+            target.linker.to_string(),
+        ));
+    }
+    let profile_key = build.cargo_profile.to_uppercase().replace('-', "_");
+    if let Some(lto) = build.lto {
+        env.push((format!("CARGO_PROFILE_{profile_key}_LTO"), lto.cargo_value().into()));
+    }
+    if let Some(units) = build.codegen_units {
+        env.push((format!("CARGO_PROFILE_{profile_key}_CODEGEN_UNITS"), units.to_string()));
+    }
+    if build.sccache {
+        env.push(("RUSTC_WRAPPER".into(), "sccache".into()));
+    }
+    env
+}
+
+/// The server for this host, as the profile builds it (not static: it runs here only).
+/// Cargo rebuilds what is stale and nothing else.
+pub fn host_binary(workspace: &Workspace, build: &BuildSection, task: &Task) -> Result<PathBuf> {
+    run_cargo(workspace, build, None, task)
+}
+
+/// Runs cargo for one target; returns the executable it produced.
+pub fn target_build(workspace: &Workspace, build: &BuildSection, target: &Target, task: &Task) -> Result<PathBuf> {
+    run_cargo(workspace, build, Some(target), task)
+}
+
+/// `cargo build` of the server, for `target` or (with `None`) the host.
+fn run_cargo(workspace: &Workspace, build: &BuildSection, target: Option<&Target>, task: &Task) -> Result<PathBuf> {
+    if build.sccache && system::which("sccache").is_none() {
+        bail!("the profile asks for sccache, which is not installed (fix: apt-get install sccache)");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&workspace.root)
+        .args(["build", "--locked", "--package", "plexichat", "--bin", "plexichat"])
+        .args(["--profile", &build.cargo_profile])
+        .arg("--message-format=json-render-diagnostics")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(target) = target {
+        command.args(["--target", target.triple]).envs(cargo_env(build, target));
+    }
+    if !build.features.is_empty() {
+        command.args(["--features", &build.features.join(",")]);
+    }
+    let destination = target.map_or("the host", |t| t.triple);
+    task.step(format!(
+        "cargo build for {destination} --profile {}",
+        build.cargo_profile
+    ));
+    let mut child = command.spawn().context("starting cargo")?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut executable = None;
+    let mut compiled = 0;
+    let stdout = BufReader::new(child.stdout.take().context("no stdout")?);
+    for message in Message::parse_stream(stdout) {
+        if let Message::CompilerArtifact(artifact) = message.context("reading cargo's messages")? {
+            compiled += 1;
+            task.detail(format!("{compiled} crates: {}", artifact.target.name));
+            if let Some(path) = artifact.executable {
+                executable = Some(path.into_std_path_buf());
+            }
+        }
+    }
+    let status = child.wait()?;
+    let stderr = stderr_reader.join().unwrap_or_default();
+    if !status.success() {
+        let tail: Vec<&str> = stderr.lines().rev().take(25).collect();
+        bail!(
+            "cargo build failed ({status}):\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    executable.context("cargo reported no executable for plexichat")
+}
+
+/// `rustc -vV`: the compiler's full identity (version, commit, host, LLVM), as cache
+/// keys and baseline comparisons need it.
+pub fn rustc_version() -> Result<String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let output = Command::new(rustc).arg("-vV").output().context("running rustc -vV")?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_target_keeps_the_default_linker_so_host_artefacts_are_shared() {
+        let host = crate::workspace::targets::TARGETS
+            .iter()
+            .find(|t| !t.is_foreign())
+            .expect("the host is a supported target");
+        let env = cargo_env(&BuildSection::default(), host);
+        assert!(
+            env.iter()
+                .all(|(name, _)| !name.ends_with("_LINKER") && !name.starts_with("CC_")),
+            "{env:?}"
+        );
+        assert!(env
+            .iter()
+            .any(|(name, value)| name.ends_with("_RUSTFLAGS") && value.contains("crt-static")));
+    }
+
+    #[test]
+    fn cargo_env_links_statically_with_the_targets_gcc() {
+        let env = cargo_env(&BuildSection::default(), &crate::workspace::targets::TARGETS[1]);
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER"),
+            Some("aarch64-linux-gnu-gcc")
+        );
+        assert_eq!(
+            get("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS"),
+            Some("-C target-feature=+crt-static")
+        );
+        assert_eq!(get("CC_aarch64_unknown_linux_gnu"), Some("aarch64-linux-gnu-gcc"));
+    }
+}

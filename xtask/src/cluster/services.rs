@@ -1,0 +1,411 @@
+//! Ephemeral PostgreSQL and NATS servers for local clusters and tests: Debian's own
+//! binaries, each in a temporary directory on a free loopback port, stopped and
+//! removed when dropped (and on Ctrl-C, through the teardown registry).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::provision::postgres_bin_dir;
+use crate::report::teardown::{self, ProcessGuard, TempDir};
+use crate::system;
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Installs Debian's `package` when `present` says it is missing, as `doctor --fix`
+/// would: root is needed, and one installation at a time on the machine (apt holds a lock).
+fn provision(package: &str, present: impl Fn() -> bool) -> Result<()> {
+    if present() {
+        return Ok(());
+    }
+    let _installing = system::machine_lock("provision")?;
+    if present() {
+        return Ok(());
+    }
+    if !system::is_root() {
+        bail!("{package} is not installed (fix: sudo apt-get install {package}, or sudo cargo xtask doctor --fix)");
+    }
+    system::apt_install(&[package.to_string()]).with_context(|| format!("installing {package}"))?;
+    if !present() {
+        bail!("{package} was installed but is still not usable");
+    }
+    Ok(())
+}
+
+/// A free TCP port on loopback (free when asked; services bind it right after).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// How a PostgreSQL server trades durability for speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit reaches the disk: what a cluster's "no acknowledged message lost"
+    /// checks rely on.
+    Durable,
+    /// fsync off: for tests that never crash the database.
+    Fast,
+}
+
+pub struct Postgres {
+    process: ProcessGuard,
+    port: u16,
+    bin: PathBuf,
+    _dir: TempDir,
+}
+
+impl Postgres {
+    /// Starts a server whose data directory is a copy of an initdb'd template kept in
+    /// `cache_dir` (made on first use: initdb is the slow part of starting).
+    pub fn start(cache_dir: &Path, durability: Durability) -> Result<Self> {
+        provision("postgresql", || postgres_bin_dir().is_some())?;
+        let bin = postgres_bin_dir().context("PostgreSQL's binaries are missing after installing it")?;
+        let template = template(&bin, cache_dir)?;
+        let dir = TempDir::new("postgres")?;
+        let data = dir.path().join("data");
+        system::run(Command::new("cp").arg("-a").arg(&template).arg(&data))?;
+        let owner = server_user()?;
+        if let Some((uid, gid)) = owner {
+            chown_tree(dir.path(), uid, gid)?;
+        }
+        let port = free_port()?;
+        let mut command = Command::new(bin.join("postgres"));
+        command
+            .current_dir(dir.path())
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=200",
+            ])
+            .arg("-k")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if durability == Durability::Fast {
+            command.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
+        }
+        run_as(&mut command, owner);
+        let child = command.spawn().context("starting postgres")?;
+        let process = ProcessGuard::with_teardown(child, |postmaster| {
+            let family = process_family(postmaster.id());
+            // A frozen server must run again to obey; SIGQUIT is PostgreSQL's immediate
+            // shutdown, which also stops the backends. Whatever remains is killed.
+            signal_each(&family, "CONT");
+            teardown::stop(postmaster, "QUIT");
+            signal_each(&family, "KILL");
+        });
+        let postgres = Self {
+            process,
+            port,
+            bin,
+            _dir: dir,
+        };
+        postgres.wait_ready()?;
+        Ok(postgres)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL for `database` as the `postgres` superuser (trust authentication on loopback).
+    pub fn url(&self, database: &str) -> String {
+        self.url_via("127.0.0.1", database)
+    }
+
+    /// The URL as seen from elsewhere, e.g. a VM that reaches this host as `host`.
+    pub fn url_via(&self, host: &str, database: &str) -> String {
+        format!("postgres://postgres@{host}:{}/{database}", self.port)
+    }
+
+    pub fn create_database(&self, name: &str) -> Result<String> {
+        system::run(Command::new(self.bin.join("createdb")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            name,
+        ]))?;
+        Ok(self.url(name))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.child().id()
+    }
+
+    /// Stops every PostgreSQL process (SIGSTOP): connections stay open but nothing
+    /// answers, as when a database host hangs or is cut off. `thaw` undoes it.
+    pub fn freeze(&self) -> Result<()> {
+        let family = process_family(self.pid());
+        signal_each(&family, "STOP");
+        Ok(())
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.process.child().try_wait() {
+                bail!("postgres exited during start-up: {status}");
+            }
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .is_ok_and(|status| status.success());
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("postgres did not accept connections within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Continues the server whose postmaster is `pid`, frozen by [`Postgres::freeze`].
+pub fn thaw(pid: u32) -> Result<()> {
+    signal_each(&process_family(pid), "CONT");
+    Ok(())
+}
+
+/// `pid` and its children. PostgreSQL's backends each lead a session of their own, so
+/// signalling the postmaster's process group would not reach them.
+fn process_family(pid: u32) -> Vec<u32> {
+    let mut family = vec![pid];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The fields after the parenthesised command name: state, then the parent's pid.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(pid) {
+            family.push(child);
+        }
+    }
+    family
+}
+
+fn signal_each(pids: &[u32], signal: &str) {
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The initdb'd data directory copied by every server; made once per PostgreSQL version.
+fn template(bin: &Path, cache_dir: &Path) -> Result<PathBuf> {
+    // One initdb per process at a time; other processes are kept apart by the rename below.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _making = MAKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let version = bin
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|v| v.to_str())
+        .unwrap_or("pg");
+    let template = cache_dir.join(format!("postgres-{version}-template"));
+    if template.join("PG_VERSION").is_file() {
+        return Ok(template);
+    }
+    std::fs::create_dir_all(cache_dir)?;
+    // initdb runs as the server's user, who may not be able to reach the workspace (a
+    // clone in a private directory): it writes into a staging directory under the
+    // system's temporary directory, and the result is copied into the cache.
+    let staging = TempDir::new("postgres-initdb")?;
+    let owner = server_user()?;
+    if let Some((uid, gid)) = owner {
+        chown_tree(staging.path(), uid, gid)?;
+    }
+    let fresh = staging.path().join("data");
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb.arg("-D").arg(&fresh).current_dir(staging.path()).args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-sync",
+    ]);
+    run_as(&mut initdb, owner);
+    system::run(&mut initdb).context("initdb")?;
+    // Copy under a scratch name, then rename: a concurrent run never sees half a template.
+    let scratch = cache_dir.join(format!("postgres-{version}-template.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    system::run(Command::new("cp").arg("-a").arg(&fresh).arg(&scratch))?;
+    match std::fs::rename(&scratch, &template) {
+        Ok(()) => Ok(template),
+        // Another process finished first; its template is as good as ours.
+        Err(_) if template.join("PG_VERSION").is_file() => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            Ok(template)
+        }
+        Err(err) => Err(err).context("keeping the postgres template"),
+    }
+}
+
+/// PostgreSQL refuses to run as root: as root, it runs as Debian's `postgres` user.
+fn server_user() -> Result<Option<(u32, u32)>> {
+    if !system::is_root() {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    let entry = passwd
+        .lines()
+        .find(|line| line.starts_with("postgres:"))
+        .context("running as root needs the `postgres` user (fix: apt-get install postgresql)")?;
+    let fields: Vec<&str> = entry.split(':').collect();
+    Ok(Some((fields[2].parse()?, fields[3].parse()?)))
+}
+
+fn run_as(command: &mut Command, owner: Option<(u32, u32)>) {
+    use std::os::unix::process::CommandExt as _;
+    if let Some((uid, gid)) = owner {
+        command.uid(uid).gid(gid);
+    }
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    system::run(Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(path))
+}
+
+pub struct Nats {
+    process: ProcessGuard,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Result<Self> {
+        provision("nats-server", || system::which("nats-server").is_some())?;
+        let program = system::which("nats-server").context("nats-server is missing after installing it")?;
+        Self::start_on(&program, free_port()?)
+    }
+
+    /// Starts on a given port, e.g. to restart a stopped server where clients expect it.
+    pub fn start_on(program: &Path, port: u16) -> Result<Self> {
+        let dir = TempDir::new("nats")?;
+        let child = Command::new(program)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .arg("-l")
+            .arg(dir.path().join("nats.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        let nats = Self {
+            process: ProcessGuard::stopped_by(child, "TERM"),
+            port,
+            _dir: dir,
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = nats.process.child().try_wait() {
+                bail!("nats-server exited during start-up: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nats)
+    }
+
+    pub fn url(&self) -> String {
+        self.url_via("127.0.0.1")
+    }
+
+    /// The URL as seen from elsewhere, e.g. a VM that reaches this host as `host`.
+    pub fn url_via(&self, host: &str) -> String {
+        format!("nats://{host}:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.child().id()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/xtask/cache")
+    }
+
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| !status.contains("State:\tZ"))
+    }
+
+    #[test]
+    fn postgres_starts_serves_a_new_database_and_goes_away() {
+        let postgres = Postgres::start(&cache(), Durability::Fast).unwrap();
+        let url = postgres.create_database("unit_test").unwrap();
+        assert!(url.ends_with("/unit_test"), "{url}");
+        let pid = postgres.pid();
+        assert!(running(pid));
+        drop(postgres);
+        assert!(!running(pid), "postgres outlived its guard");
+    }
+
+    #[test]
+    fn a_frozen_postgres_is_torn_down_with_all_its_processes() {
+        let postgres = Postgres::start(&cache(), Durability::Fast).unwrap();
+        postgres.create_database("frozen").unwrap();
+        let family = process_family(postgres.pid());
+        assert!(family.len() > 1, "the postmaster has background processes: {family:?}");
+        postgres.freeze().unwrap();
+        // Stopped, or gone, or a zombie: a backend that was exiting as we looked cannot be
+        // reaped while its frozen parent is stopped.
+        let stopped = |pid: &u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .map_or(true, |s| s.contains("State:\tT") || s.contains("State:\tZ"))
+        };
+        // Signals are delivered asynchronously: allow the kernel a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !family.iter().all(stopped) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(family.iter().all(stopped), "every process is frozen");
+        drop(postgres);
+        let survivors: Vec<&u32> = family.iter().filter(|pid| running(**pid)).collect();
+        assert!(survivors.is_empty(), "left behind: {survivors:?}");
+    }
+
+    #[test]
+    fn nats_listens_and_goes_away() {
+        let nats = Nats::start().unwrap();
+        assert!(TcpStream::connect(("127.0.0.1", nats.port())).is_ok());
+        let pid = nats.pid();
+        drop(nats);
+        assert!(!running(pid), "nats-server outlived its guard");
+    }
+}

@@ -1,0 +1,267 @@
+//! `cargo xtask bench-compare`: the criterion benches of a baseline (a git ref, built in
+//! a worktree under target/) against the working tree, with a verdict per benchmark and
+//! exit status 1 when any regressed beyond the threshold.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::bench::build::Checkout;
+use crate::bench::{
+    baseline, build, different_compilers, e2e, format_value, instructions, short, time, verdict, Checkouts, Mode,
+    Verdict,
+};
+use crate::report::error::UsageError;
+use crate::report::progress::Progress;
+use crate::report::{Report, Table};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The git ref to compare against [default: the merge-base with main, else HEAD~1].
+    #[arg(long, value_name = "REF")]
+    baseline: Option<String>,
+    /// time: criterion's statistics; instructions: callgrind's counts, deterministic on a
+    /// busy machine [default: instructions when CI is set, else time].
+    #[arg(long, value_enum, conflicts_with = "e2e")]
+    mode: Option<Mode>,
+    /// The change (in %) a benchmark may show before it counts [default: 5 in time mode,
+    /// 2 in instructions mode, 10 with --e2e].
+    #[arg(long, value_name = "PCT")]
+    threshold: Option<f64>,
+    /// Only benchmarks whose id (group/function/value) matches this regular expression.
+    #[arg(long, value_name = "RE", conflicts_with = "e2e")]
+    filter: Option<String>,
+    /// Instead of the benches: whole release servers under a load generator on loopback,
+    /// baseline against working tree, PostgreSQL against SQLite, aarch64 under qemu-user
+    /// against native (messages/s, post and WebSocket delivery p50/p99).
+    #[arg(long)]
+    e2e: bool,
+    /// --e2e: rounds; each runs every server once, in turn.
+    #[arg(long, default_value_t = 3, requires = "e2e", value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// --e2e: seconds of load per server and round.
+    #[arg(long, default_value_t = 5, requires = "e2e", value_parser = clap::value_parser!(u32).range(1..))]
+    seconds: u32,
+    /// --e2e: concurrent posters.
+    #[arg(long, default_value_t = 16, requires = "e2e", value_parser = clap::value_parser!(u32).range(1..))]
+    workers: u32,
+    /// --e2e: WebSocket subscribers timing each message's delivery.
+    #[arg(long, default_value_t = 4, requires = "e2e")]
+    subscribers: u32,
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    id: String,
+    unit: &'static str,
+    baseline: Option<f64>,
+    current: Option<f64>,
+    change_pct: Option<f64>,
+    interval_pct: Option<[f64; 2]>,
+    verdict: Verdict,
+}
+
+#[derive(Serialize)]
+struct CompareReport {
+    ok: bool,
+    mode: Mode,
+    threshold_pct: f64,
+    baseline: SideReport,
+    current: SideReport,
+    rustc: String,
+    benches: Vec<BenchReport>,
+    regressed: usize,
+    improved: usize,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct SideReport {
+    reference: String,
+    commit: String,
+}
+
+/// Threshold of an end-to-end comparison: whole servers on a shared machine are noisier
+/// than criterion's functions.
+const E2E_THRESHOLD_PCT: f64 = 10.0;
+
+pub fn run(args: Args) -> Result<Report> {
+    let started = Instant::now();
+    let mode = args.mode.unwrap_or(if std::env::var_os("CI").is_some() {
+        Mode::Instructions
+    } else {
+        Mode::Time
+    });
+    let threshold = args.threshold.unwrap_or(if args.e2e {
+        E2E_THRESHOLD_PCT
+    } else {
+        mode.default_threshold()
+    });
+    if !(threshold.is_finite() && threshold >= 0.0) {
+        return Err(UsageError(format!(
+            "--threshold {threshold}: not a percentage\n  fix: pass a number ≥ 0, e.g. --threshold 3"
+        ))
+        .into());
+    }
+    if !args.e2e && mode == Mode::Instructions {
+        instructions::require_valgrind()?;
+    }
+    let checkouts = Checkouts::prepare(args.baseline.as_deref())?;
+    let progress = Progress::new();
+    let task = progress.task("bench");
+    task.step(format!(
+        "baseline {} = {}",
+        checkouts.reference,
+        short(&checkouts.commit)
+    ));
+    let worktree = baseline::Worktree::add(&checkouts.repo, &checkouts.run_dir.join("baseline"), &checkouts.commit)?;
+    let sides = e2e::Sides {
+        // The baseline builds in a target directory of its own, kept between runs: its
+        // dependencies are compiled once, and the working tree's build stays as it was.
+        baseline: Checkout {
+            label: "baseline",
+            root: &worktree.path.join(&checkouts.relative_root),
+            target_dir: &checkouts.target_dir.join("xtask").join("bench-compare").join("target"),
+            bin_dir: checkouts.run_dir.join("baseline-bin"),
+            fresh_checkout: true,
+        },
+        current: Checkout {
+            label: "current",
+            root: &checkouts.root,
+            target_dir: &checkouts.target_dir,
+            bin_dir: checkouts.run_dir.join("current-bin"),
+            fresh_checkout: false,
+        },
+        same_sources: baseline::working_tree_is(&checkouts.repo, &checkouts.commit),
+    };
+    let sides_report = [
+        SideReport {
+            reference: checkouts.reference.clone(),
+            commit: checkouts.commit.clone(),
+        },
+        SideReport {
+            reference: "working tree".into(),
+            commit: baseline::working_tree_revision(&checkouts.repo),
+        },
+    ];
+    if args.e2e {
+        let load = e2e::Load {
+            rounds: args.rounds,
+            seconds: args.seconds,
+            workers: args.workers,
+            subscribers: args.subscribers,
+        };
+        let outcome = e2e::compare(&sides, load, threshold, &progress, &task)?;
+        drop(worktree);
+        task.finish(format!("{} rounds of {} s per server", load.rounds, load.seconds));
+        let [baseline, current] = sides_report;
+        let json = serde_json::json!({
+            "ok": outcome.ok,
+            "kind": "e2e",
+            "baseline": baseline,
+            "current": current,
+            "report": outcome.json,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        return Ok(Report::new(outcome.ok, outcome.table, &json).with_summary(outcome.summary));
+    }
+
+    let base_side = build::benches(&sides.baseline, args.filter.as_deref(), &task)?;
+    let current_side = build::benches(&sides.current, args.filter.as_deref(), &task)?;
+    if base_side.rustc != current_side.rustc {
+        return Err(different_compilers(&base_side.rustc, &current_side.rustc).into());
+    }
+    let shared: Vec<String> = current_side
+        .benches
+        .keys()
+        .filter(|id| base_side.benches.contains_key(*id))
+        .cloned()
+        .collect();
+    if current_side.benches.is_empty() {
+        return Err(UsageError(format!(
+            "no benchmark matches{}\n  fix: drop --filter or widen it; `cargo bench -- --list` lists them",
+            args.filter
+                .as_deref()
+                .map(|f| format!(" --filter {f}"))
+                .unwrap_or_default()
+        ))
+        .into());
+    }
+    let run_dir = &checkouts.run_dir;
+    let measured = match mode {
+        Mode::Time => time::measure(&base_side, &current_side, &shared, &run_dir.join("criterion"), &task)?,
+        Mode::Instructions => {
+            instructions::measure(&base_side, &current_side, &shared, &run_dir.join("callgrind"), &task)?
+        }
+    };
+    drop(worktree);
+
+    let mut ids: Vec<&String> = current_side.benches.keys().chain(base_side.benches.keys()).collect();
+    ids.sort();
+    ids.dedup();
+    let benches: Vec<BenchReport> = ids
+        .into_iter()
+        .map(|id| {
+            let measurement = measured.get(id);
+            let verdict = match measurement {
+                Some(m) => verdict(m, threshold),
+                None if current_side.benches.contains_key(id) => Verdict::New,
+                None => Verdict::Removed,
+            };
+            BenchReport {
+                id: id.clone(),
+                unit: mode.unit(),
+                baseline: measurement.map(|m| m.baseline),
+                current: measurement.map(|m| m.current),
+                change_pct: measurement.map(|m| m.change * 100.0),
+                interval_pct: measurement
+                    .and_then(|m| m.interval)
+                    .map(|(l, u)| [l * 100.0, u * 100.0]),
+                verdict,
+            }
+        })
+        .collect();
+    let regressed = benches.iter().filter(|b| b.verdict == Verdict::Regressed).count();
+    let improved = benches.iter().filter(|b| b.verdict == Verdict::Improved).count();
+    task.finish(format!("{} benchmarks compared", measured.len()));
+
+    let mut table = Table::new(&["bench", "baseline", "current", "change", "interval", "verdict"]);
+    for bench in &benches {
+        let value = |v: Option<f64>| v.map_or("-".to_string(), |v| format_value(mode, v));
+        table.row(vec![
+            bench.id.clone(),
+            value(bench.baseline),
+            value(bench.current),
+            bench.change_pct.map_or("-".into(), |c| format!("{c:+.2}%")),
+            bench
+                .interval_pct
+                .map_or("-".into(), |[l, u]| format!("[{l:+.2}%, {u:+.2}%]")),
+            bench.verdict.label().into(),
+        ]);
+    }
+    let [baseline, current] = sides_report;
+    let report = CompareReport {
+        ok: regressed == 0,
+        mode,
+        threshold_pct: threshold,
+        baseline,
+        current,
+        rustc: current_side.rustc.clone(),
+        benches,
+        regressed,
+        improved,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let summary = format!(
+        "{} mode, threshold {threshold}%: {regressed} regressed, {improved} improved, against {} ({}) in {:.0}s",
+        match mode {
+            Mode::Time => "time",
+            Mode::Instructions => "instructions",
+        },
+        report.baseline.reference,
+        short(&report.baseline.commit),
+        report.seconds,
+    );
+    Ok(Report::new(report.ok, table, &report).with_summary(summary))
+}

@@ -1,0 +1,165 @@
+//! `cargo xtask build-native`: the cross-compile matrix of a profile. Static binaries at
+//! `target/dist/<triple>/plexichat`, a manifest beside them, a content-addressed cache
+//! key per artefact so that unchanged inputs are neither rebuilt nor re-linked, and a
+//! smoke run of every binary.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cargo::artefact::{self, Artefact, Manifest};
+use crate::cargo::smoke::{self, Smoke};
+use crate::provision::{self, Requirement};
+use crate::report::progress::Progress;
+use crate::report::{Report, Table};
+use crate::workspace::profile::Profile;
+use crate::workspace::targets::{self, Target};
+use crate::workspace::Workspace;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Profile: NAME for profiles/NAME.yaml, or a path to a profile file.
+    #[arg(long, default_value = "release")]
+    profile: String,
+    /// x86_64, aarch64, riscv64, all, or a target triple; repeatable.
+    /// Default: the profile's build.targets.
+    #[arg(long = "target", value_name = "TARGET")]
+    targets: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct BuildReport<'a> {
+    ok: bool,
+    profile: &'a str,
+    manifest: PathBuf,
+    artefacts: Vec<&'a Artefact>,
+    failures: &'a BTreeMap<String, String>,
+}
+
+pub fn run(args: Args) -> Result<Report> {
+    let workspace = Workspace::discover()?;
+    let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
+    let targets = if args.targets.is_empty() {
+        profile.targets.clone()
+    } else {
+        targets::from_flags(&args.targets)?
+    };
+    let progress = Progress::new();
+    let mut failures = provision::install_per_target(&targets, Requirement::to_build, &progress);
+    let toolchain = crate::cargo::rustc_version()?;
+    let revision = workspace.git_revision();
+    let mut manifest = Manifest::load(&workspace);
+    let mut built = Vec::new();
+
+    // Builds run one after another (they share cargo's build lock and two cores); each
+    // smoke run overlaps the next build.
+    let buildable: Vec<&Target> = targets
+        .iter()
+        .copied()
+        .filter(|t| !failures.contains_key(t.triple))
+        .collect();
+    std::thread::scope(|scope| {
+        let mut smokes = Vec::new();
+        for target in buildable {
+            let task = progress.task(target.arch);
+            let outcome = artefact::produce(&workspace, &profile, target, &toolchain, &manifest, &task);
+            match outcome {
+                Ok(mut artefact) => {
+                    artefact.git_revision = revision.clone();
+                    let (profile_path, version) = (&profile.path, &workspace.server_version);
+                    smokes.push(scope.spawn(move || {
+                        artefact.smoke = smoke::run(&artefact.path, target, profile_path, version, &task);
+                        let verdict = if artefact.smoke.ok { "ok" } else { "smoke FAILED" };
+                        task.finish(format!(
+                            "{verdict} ({})",
+                            if artefact.cache_hit { "cached" } else { "built" }
+                        ));
+                        artefact
+                    }));
+                }
+                Err(err) => {
+                    task.finish(format!("FAILED: {}", first_line(&format!("{err:#}"))));
+                    failures.insert(target.triple.to_string(), format!("{err:#}"));
+                }
+            }
+        }
+        for smoke in smokes {
+            match smoke.join() {
+                Ok(artefact) => built.push(artefact),
+                Err(_) => {
+                    failures.insert("smoke".into(), "a smoke run panicked".into());
+                }
+            }
+        }
+    });
+
+    for artefact in &built {
+        if artefact.smoke.ok {
+            manifest.upsert(artefact.clone());
+        } else {
+            failures.insert(artefact.target.clone(), smoke_failure(&artefact.smoke));
+        }
+    }
+    manifest.save(&workspace)?;
+
+    let ok = failures.is_empty();
+    let mut table = Table::new(&["target", "result", "cache", "build s", "size", "static", "smoke"]);
+    for target in &targets {
+        if let Some(artefact) = built.iter().find(|a| a.target == target.triple) {
+            table.row(vec![
+                target.triple.into(),
+                if artefact.smoke.ok { "ok" } else { "FAILED" }.into(),
+                if artefact.cache_hit { "hit" } else { "miss" }.into(),
+                format!("{:.1}", artefact.seconds),
+                format!("{:.2} MB", artefact.bytes as f64 / 1e6),
+                if artefact.is_static { "yes" } else { "NO" }.into(),
+                artefact
+                    .smoke
+                    .steps
+                    .iter()
+                    .map(|s| format!("{}:{}", s.name, if s.ok { "ok" } else { "FAIL" }))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]);
+        } else {
+            let error = failures.get(target.triple).map(|e| first_line(e)).unwrap_or_default();
+            table.row(vec![
+                target.triple.into(),
+                "FAILED".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                error,
+            ]);
+        }
+    }
+    let mut summary = format!("artefacts and manifest: {}", Manifest::path(&workspace).display());
+    for (target, error) in &failures {
+        summary.push_str(&format!("\n{target}: {error}"));
+    }
+    let report = BuildReport {
+        ok,
+        profile: &profile.name,
+        manifest: Manifest::path(&workspace),
+        artefacts: built.iter().collect(),
+        failures: &failures,
+    };
+    Ok(Report::new(ok, table, &report).with_summary(summary))
+}
+
+fn smoke_failure(smoke: &Smoke) -> String {
+    smoke
+        .steps
+        .iter()
+        .filter(|step| !step.ok)
+        .map(|step| format!("smoke {}: {}", step.name, step.detail))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}

@@ -1,0 +1,194 @@
+//! `cargo xtask cluster-local N`: N PlexiChat processes on loopback sharing an ephemeral
+//! PostgreSQL and NATS, verified as one server — membership, cross-node WebSocket
+//! delivery (with its latency), and failover with no acknowledged message lost.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::cargo::host_binary;
+use crate::cluster::node::ServerProcess;
+use crate::cluster::services::{Durability, Nats, Postgres};
+use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
+use crate::report::progress::Progress;
+use crate::report::teardown::TempDir;
+use crate::report::{Report, Table};
+use crate::system::http;
+use crate::workspace::profile::Profile;
+use crate::workspace::Workspace;
+
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// How many server processes.
+    #[arg(default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    nodes: u16,
+    /// Profile: NAME for profiles/NAME.yaml, or a path; its server section configures every node.
+    #[arg(long, default_value = "dev")]
+    profile: String,
+    /// Stay up after verifying, until SIGINT or SIGTERM.
+    #[arg(long)]
+    hold: bool,
+}
+
+#[derive(Serialize)]
+struct ClusterReport<'a> {
+    ok: bool,
+    #[serde(flatten)]
+    description: &'a Description,
+    checks: &'a [CheckResult],
+    delivery_latency_ms: Option<Percentiles>,
+    failover_detection_seconds: Option<f64>,
+}
+
+struct Node {
+    id: String,
+    server: ServerProcess,
+    _dir: TempDir,
+}
+
+impl Node {
+    fn member(&self) -> Member {
+        Member {
+            id: self.id.clone(),
+            addr: self.server.addr,
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<Report> {
+    let workspace = Workspace::discover()?;
+    let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
+    let progress = Progress::new();
+
+    let task = progress.task("build");
+    let binary = host_binary(&workspace, &profile.build, &task)?;
+    task.finish("plexichat is up to date");
+
+    let task = progress.task("services");
+    task.step("starting PostgreSQL");
+    let postgres = Postgres::start(&workspace.target_dir.join("xtask/cache"), Durability::Durable)?;
+    task.step("starting NATS");
+    let nats = Nats::start()?;
+    let database_url = postgres.url("postgres");
+    task.finish(format!("PostgreSQL on {}, NATS on {}", postgres.port(), nats.port()));
+
+    let mut nodes = Vec::new();
+    for index in 0..usize::from(args.nodes) {
+        let id = format!("node-{index}");
+        let task = progress.task(&id);
+        task.step("starting");
+        let dir = TempDir::new(&format!("cluster-{id}"))?;
+        let mut command = Command::new(&binary);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&profile.path)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                &database_url,
+                "--nats-url",
+                &nats.url(),
+            ])
+            .args(["--node-id", &id])
+            .current_dir(dir.path());
+        let server = ServerProcess::start(command, NODE_START_TIMEOUT)?;
+        wait_healthy(&server)?;
+        task.finish(format!(
+            "healthy at {} after {:.2} s",
+            server.url(),
+            server.started_in.as_secs_f64()
+        ));
+        nodes.push(Node { id, server, _dir: dir });
+    }
+    let description = Description {
+        nodes: nodes
+            .iter()
+            .map(|node| NodeDescription {
+                node_id: node.id.clone(),
+                url: node.server.url(),
+                arch: std::env::consts::ARCH.into(),
+                healthy_seconds: node.server.started_in.as_secs_f64(),
+                pid: Some(node.server.pid()),
+                qmp_socket: None,
+            })
+            .collect(),
+        database_url,
+        nats_url: nats.url(),
+    };
+
+    let lease = profile.cluster_lease();
+    let members: Vec<Member> = nodes.iter().map(Node::member).collect();
+    let verifier = Verifier::new(&members[0])?;
+    let task = progress.task("verify");
+    let (mut checks, latencies) = cluster::verify_basics(&verifier, &members, &task);
+    let mut detection = None;
+    if args.hold {
+        checks.push(skipped("failover", "not run with --hold: every node stays up for you"));
+    } else if nodes.len() < 2 {
+        checks.push(skipped("failover", "needs at least 2 nodes"));
+    } else {
+        task.step("failover: killing a node under load");
+        checks.push(timed("failover", || {
+            let victim = nodes.last().map(|node| &node.server);
+            let kill = || victim.map_or(Ok(()), ServerProcess::kill);
+            let (detail, seconds) = verifier.failover(&members, lease, "killed", kill)?;
+            detection = Some(seconds);
+            Ok(detail)
+        }));
+    }
+    let ok = !checks.iter().any(CheckResult::failed);
+    task.finish(if ok { "every check held" } else { "a check FAILED" });
+
+    let report = cluster_report(ok, &description, &checks, latencies, detection);
+    if args.hold {
+        cluster::hold(&workspace, "cluster-local", &description, &report)?;
+    }
+    Ok(report)
+}
+
+fn cluster_report(
+    ok: bool,
+    description: &Description,
+    checks: &[CheckResult],
+    latencies: Option<Percentiles>,
+    detection: Option<f64>,
+) -> Report {
+    let mut table = Table::new(&["item", "result", "detail"]);
+    for node in &description.nodes {
+        table.row(vec![
+            node.node_id.clone(),
+            format!("healthy in {:.2} s", node.healthy_seconds),
+            format!("{} (pid {})", node.url, node.pid.unwrap_or_default()),
+        ]);
+    }
+    for check in checks {
+        table.row(vec![check.name.into(), check.result.into(), check.detail.clone()]);
+    }
+    let json = ClusterReport {
+        ok,
+        description,
+        checks,
+        delivery_latency_ms: latencies,
+        failover_detection_seconds: detection,
+    };
+    Report::new(ok, table, &json)
+}
+
+fn wait_healthy(server: &ServerProcess) -> Result<()> {
+    let deadline = Instant::now() + NODE_START_TIMEOUT;
+    loop {
+        if let Ok((200, _)) = http::request(server.addr, "GET", "/ready", None, None) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not become ready", server.url());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,9 @@
+//! Pipelines as data (workflows/*.yaml): the workflow format, the plan of steps in order
+//! (needs, matrices, conditions), the gates that decide whether a step may run here, and
+//! the runner that starts each step in its own process group with its timeout.
+
+pub mod gates;
+pub mod plan;
+pub mod process;
+pub mod run;
+pub mod workflow;

@@ -1,0 +1,284 @@
+//! One PlexiChat node in a QEMU VM: launched with its serial log and QMP socket, a
+//! loopback-only forward of its HTTP port, and a guard that ends it however the run
+//! ends — over QMP first, with signals only as the last resort.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::runtime::Runtime;
+
+use super::qmp::{Qmp, VmEvent};
+use crate::cluster::services::free_port;
+use crate::cluster::Member;
+use crate::guest::{Accelerator, ImageDefinition, Powerdown};
+use crate::report::teardown::{self, ProcessGuard};
+use crate::system::http;
+
+/// The port the guest serves on; QEMU forwards a loopback port of the host to it.
+pub const GUEST_HTTP_PORT: u16 = 8000;
+/// How long a clean power-off may take at teardown before QMP `quit` ends the VM.
+const TEARDOWN_POWERDOWN: Duration = Duration::from_secs(5);
+/// How long QEMU may take to exit once told to.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// What a VM is launched with.
+pub struct Launch<'a> {
+    pub node_id: String,
+    pub definition: &'a ImageDefinition,
+    pub accelerator: Accelerator,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    /// Appended to the definition's kernel command line: the node's settings.
+    pub settings: Vec<String>,
+    /// Where the QMP socket goes (a private temporary directory).
+    pub run_dir: &'a Path,
+    /// Where the serial console and QEMU's own messages are written.
+    pub log_dir: &'a Path,
+}
+
+pub struct Vm {
+    pub node_id: String,
+    pub arch: String,
+    pub accelerator: Accelerator,
+    pub http: SocketAddr,
+    pub qmp_socket: PathBuf,
+    pub serial_log: PathBuf,
+    pub launched_at: Instant,
+    pub qmp: Arc<Qmp>,
+    /// How this machine's power button is pressed.
+    powerdown: Powerdown,
+    process: ProcessGuard,
+    qemu_log: PathBuf,
+}
+
+impl Vm {
+    /// Starts QEMU and negotiates QMP; the guest boots in the background.
+    pub fn launch(launch: Launch<'_>, runtime: &Arc<Runtime>) -> Result<Self> {
+        let port = free_port()?;
+        let http: SocketAddr = ([127, 0, 0, 1], port).into();
+        let qmp_socket = launch.run_dir.join(format!("{}.qmp", launch.node_id));
+        let serial_log = launch.log_dir.join(format!("{}.serial.log", launch.node_id));
+        let qemu_log = launch.log_dir.join(format!("{}.qemu.log", launch.node_id));
+        let command = qemu_command(&launch, port, &qmp_socket, &serial_log, &qemu_log)?;
+        let launched_at = Instant::now();
+        let child = spawn(command, &launch.definition.qemu.binary)?;
+        // Teardown needs the QMP connection, which exists only once negotiated.
+        let qmp_slot: Arc<Mutex<Option<Arc<Qmp>>>> = Arc::default();
+        let for_teardown = qmp_slot.clone();
+        let powerdown = launch.definition.qemu.powerdown;
+        let process = ProcessGuard::with_teardown(child, move |child| {
+            let qmp = for_teardown.lock().unwrap_or_else(|p| p.into_inner()).take();
+            end(child, qmp.as_deref(), powerdown);
+        });
+        let qmp = match Qmp::connect(runtime.clone(), &qmp_socket) {
+            Ok(qmp) => Arc::new(qmp),
+            Err(err) => {
+                let said = std::fs::read_to_string(&qemu_log).unwrap_or_default();
+                return Err(err.context(format!("QEMU for {} said: {}", launch.node_id, said.trim())));
+            }
+        };
+        *qmp_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(qmp.clone());
+        Ok(Self {
+            node_id: launch.node_id,
+            arch: launch.definition.arch.clone(),
+            accelerator: launch.accelerator,
+            http,
+            qmp_socket,
+            serial_log,
+            launched_at,
+            qmp,
+            powerdown,
+            process,
+            qemu_log,
+        })
+    }
+
+    pub fn member(&self) -> Member {
+        Member {
+            id: self.node_id.clone(),
+            addr: self.http,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.child().id()
+    }
+
+    /// Whether QEMU has exited.
+    pub fn exited(&self) -> bool {
+        !matches!(self.process.child().try_wait(), Ok(None))
+    }
+
+    /// Waits until the guest answers /health, failing early if QEMU exits. Each probe
+    /// has its own short timeout: while the guest boots (or is paused) the forwarded
+    /// port accepts connections that nobody answers.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if let Ok((200, _)) = http::request_within(Duration::from_secs(2), self.http, "GET", "/health", None, None)
+            {
+                return Ok(started.elapsed());
+            }
+            if self.exited() {
+                bail!("QEMU exited before {} was healthy{}", self.node_id, self.last_words());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "{} was not healthy within {timeout:?}{}",
+                    self.node_id,
+                    self.last_words()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The end of the serial console and QEMU's own messages, for error reports.
+    pub fn last_words(&self) -> String {
+        let tail = |path: &Path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(15)..].join("\n    ")
+        };
+        format!(
+            "\n  serial console ({}):\n    {}\n  QEMU: {}",
+            self.serial_log.display(),
+            tail(&self.serial_log),
+            tail(&self.qemu_log)
+        )
+    }
+
+    /// QEMU's resident memory, in MiB: what a VM really costs the host.
+    pub fn rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+
+    /// Waits for QEMU to exit; true if it did within `timeout`.
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
+        wait_exit(&mut self.process.child(), timeout)
+    }
+
+    /// Presses the power button and waits for the guest to shut itself down and QEMU
+    /// to exit; returns how long that took.
+    pub fn power_off(&self, timeout: Duration) -> Result<Duration> {
+        let pressed = Instant::now();
+        press_power_button(&self.qmp, self.powerdown)?;
+        let shutdown = self.qmp.wait_for(pressed, timeout, |event| {
+            matches!(event, VmEvent::Shutdown { guest: true, .. })
+        });
+        let took = pressed.elapsed();
+        if !self.wait_exit(EXIT_GRACE) {
+            bail!("QEMU for {} kept running after the power button", self.node_id);
+        }
+        match shutdown {
+            Ok(_) => Ok(took),
+            // riscv64 virt's power-off (OpenSBI's test finisher) ends QEMU at once with
+            // status 0, before any SHUTDOWN event.
+            Err(_) if self.exit_status().is_some_and(|status| status.success()) => Ok(took),
+            Err(err) => Err(err.context(format!(
+                "{} did not shut down on the power button{}",
+                self.node_id,
+                self.last_words()
+            ))),
+        }
+    }
+
+    /// How QEMU exited, once it has.
+    fn exit_status(&self) -> Option<ExitStatus> {
+        self.process.child().try_wait().ok().flatten()
+    }
+}
+
+fn qemu_command(
+    launch: &Launch<'_>,
+    port: u16,
+    qmp_socket: &Path,
+    serial_log: &Path,
+    qemu_log: &Path,
+) -> Result<Command> {
+    let qemu = &launch.definition.qemu;
+    let mut cmdline = launch.definition.cmdline.clone();
+    for setting in &launch.settings {
+        cmdline.push(' ');
+        cmdline.push_str(setting);
+    }
+    let mut command = Command::new(&qemu.binary);
+    command
+        .args(["-name", &launch.node_id])
+        .args(super::machine_args(
+            launch.definition,
+            launch.accelerator,
+            launch.kernel,
+            launch.initrd,
+            &cmdline,
+        ))
+        .arg("-serial")
+        .arg(format!("file:{}", serial_log.display()))
+        .args([
+            "-netdev",
+            &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_HTTP_PORT}"),
+            "-device",
+            &format!("{},netdev=net0", qemu.network_device),
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
+        .stdin(Stdio::null())
+        .stdout(File::create(qemu_log).with_context(|| format!("creating {}", qemu_log.display()))?)
+        .stderr(File::options().append(true).open(qemu_log)?);
+    Ok(command)
+}
+
+fn spawn(mut command: Command, binary: &str) -> Result<Child> {
+    command
+        .spawn()
+        .with_context(|| format!("starting {binary} (is it installed? `cargo xtask doctor --fix` installs it)"))
+}
+
+fn press_power_button(qmp: &Qmp, powerdown: Powerdown) -> Result<()> {
+    match powerdown {
+        Powerdown::SystemPowerdown => qmp.system_powerdown(),
+        Powerdown::PowerKey => qmp.press_power_key(),
+    }
+}
+
+/// Ends a VM at teardown: the power button (a clean guest shutdown), then QMP `quit`,
+/// and signals only if QEMU ignores both.
+fn end(child: &mut Child, qmp: Option<&Qmp>, powerdown: Powerdown) {
+    if let Some(qmp) = qmp.filter(|_| matches!(child.try_wait(), Ok(None))) {
+        let clean = press_power_button(qmp, powerdown).is_ok() && wait_exit(child, TEARDOWN_POWERDOWN);
+        if !clean && qmp.quit().is_ok() {
+            wait_exit(child, EXIT_GRACE);
+        }
+    }
+    teardown::stop(child, "TERM");
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

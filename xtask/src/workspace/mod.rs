@@ -1,0 +1,89 @@
+//! Where things are: the workspace root, its target directory, the server's version.
+
+pub mod profile;
+pub mod targets;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+pub struct Workspace {
+    pub root: PathBuf,
+    pub target_dir: PathBuf,
+    pub server_version: String,
+    /// The server package's manifest fields that images and reports carry.
+    pub server_description: Option<String>,
+    pub server_license: Option<String>,
+    pub server_repository: Option<String>,
+}
+
+impl Workspace {
+    pub fn discover() -> Result<Self> {
+        let metadata = cargo_metadata::MetadataCommand::new()
+            .no_deps()
+            .exec()
+            .context("reading the workspace with cargo metadata")?;
+        let server = metadata
+            .packages
+            .iter()
+            .find(|package| package.name == "plexichat")
+            .context("the workspace has no plexichat package")?;
+        Ok(Self {
+            root: metadata.workspace_root.into_std_path_buf(),
+            target_dir: metadata.target_directory.into_std_path_buf(),
+            server_version: server.version.to_string(),
+            server_description: server.description.clone(),
+            server_license: server.license.clone(),
+            server_repository: server.repository.clone(),
+        })
+    }
+
+    pub fn profiles_dir(&self) -> PathBuf {
+        self.root.join("profiles")
+    }
+
+    /// Where build-native puts its artefacts and manifest.
+    pub fn dist_dir(&self) -> PathBuf {
+        self.target_dir.join("dist")
+    }
+
+    /// The commit checked out, with `-dirty` when the work tree differs from it.
+    pub fn git_revision(&self) -> String {
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args(args)
+                .current_dir(&self.root)
+                .output()
+                .ok()
+                .filter(|output| output.status.success())
+                .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+        };
+        match git(&["rev-parse", "HEAD"]) {
+            Some(revision) => match git(&["status", "--porcelain"]) {
+                Some(changes) if !changes.is_empty() => format!("{revision}-dirty"),
+                _ => revision,
+            },
+            None => "unknown".into(),
+        }
+    }
+}
+
+/// The names (without `.yaml`) of the YAML files in `dir`, sorted: what a bad name in a
+/// flag could have been.
+pub fn yaml_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .path()
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".yaml")
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
