@@ -13,6 +13,8 @@ use xtask::report::{teardown, Report};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
+    // Run through cargo's alias, so usage lines must say `cargo xtask`, not the binary.
+    bin_name = "cargo xtask",
     version,
     about,
     after_help = "Example: cargo xtask doctor --fix"
@@ -102,5 +104,27 @@ fn finish(report: &Report, json: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn the_cli_is_consistent_and_its_usage_says_cargo_xtask() {
+        Cli::command().debug_assert();
+        let usage = Cli::command().render_usage().to_string();
+        assert!(usage.starts_with("Usage: cargo xtask "), "{usage}");
+        let mut cli = Cli::command();
+        cli.build();
+        let doctor = cli
+            .find_subcommand_mut("doctor")
+            .expect("doctor")
+            .render_usage()
+            .to_string();
+        assert!(doctor.contains("cargo xtask doctor"), "{doctor}");
     }
 }
