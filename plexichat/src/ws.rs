@@ -124,6 +124,7 @@ enum Ending {
     Revoked,
     Expired,
     TooSlow,
+    TooBig { limit: usize },
 }
 
 impl Ending {
@@ -136,9 +137,20 @@ impl Ending {
                 close_code::AGAIN,
                 "too slow: reconnect and page back what you missed".into(),
             ),
+            Ending::TooBig { limit } => (
+                close_code::SIZE,
+                format!("message too big: the limit is {limit} bytes").into(),
+            ),
         };
         CloseFrame { code, reason }
     }
+}
+
+/// Whether a read failed because a frame or message is over the configured limit.
+fn is_too_big(err: &axum::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|inner| matches!(inner, tungstenite::Error::Capacity(_)))
 }
 
 /// The monotonic instant at which a session that ends at `expires_at` (wall clock) ends;
@@ -221,7 +233,11 @@ impl Connection {
                     }
                     // Pings are answered by the protocol layer.
                     Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => None,
-                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break None,
+                    Some(Ok(WsMessage::Close(_))) | None => break None,
+                    Some(Err(err)) if is_too_big(&err) => {
+                        break Some(Ending::TooBig { limit: self.app.settings.websocket.max_message_bytes })
+                    }
+                    Some(Err(_)) => break None,
                 },
             };
             let Some(frame) = outgoing else { continue };
@@ -241,11 +257,17 @@ impl Connection {
             );
             let closing = async {
                 sink.send(WsMessage::Close(Some(ending.close_frame()))).await?;
-                // Read up to the client's reply, so the TCP connection ends with a FIN
-                // rather than a reset that could discard the close frame.
-                while let Some(Ok(message)) = stream.next().await {
-                    if matches!(message, WsMessage::Close(_)) {
-                        break;
+                // After a frame over the limit the stream may be mid-frame and cannot be
+                // read on: tungstenite would buffer the rest of the oversized frame. The
+                // reset that dropping unread data causes does not discard the close frame
+                // the client has already received.
+                if !matches!(ending, Ending::TooBig { .. }) {
+                    // Read up to the client's reply, so the TCP connection ends with a FIN
+                    // rather than a reset that could discard the close frame.
+                    while let Some(Ok(message)) = stream.next().await {
+                        if matches!(message, WsMessage::Close(_)) {
+                            break;
+                        }
                     }
                 }
                 Ok::<_, axum::Error>(())
@@ -332,9 +354,21 @@ mod tests {
         assert_eq!(code(Ending::ShuttingDown), 1001);
         assert_eq!(code(Ending::Revoked), 1008);
         assert_eq!(code(Ending::Expired), 1008);
+        assert_eq!(code(Ending::TooBig { limit: 10 }), 1009);
         assert_eq!(code(Ending::TooSlow), 1013);
         assert_eq!(Ending::Revoked.close_frame().reason.as_str(), "session revoked");
         assert_eq!(Ending::Expired.close_frame().reason.as_str(), "session expired");
+        // A close reason must fit a control frame (123 bytes) even with the largest limit.
+        let reason = Ending::TooBig { limit: usize::MAX }.close_frame().reason;
+        assert!(reason.as_str().len() <= 123, "{}", reason.as_str());
+    }
+
+    #[test]
+    fn the_capacity_error_is_recognised_through_axum() {
+        let too_big =
+            tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { size: 11, max_size: 10 });
+        assert!(is_too_big(&axum::Error::new(too_big)));
+        assert!(!is_too_big(&axum::Error::new(tungstenite::Error::ConnectionClosed)));
     }
 
     #[test]

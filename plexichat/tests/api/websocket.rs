@@ -1,6 +1,7 @@
 //! The WebSocket protocol of API.md: upgrade auth, frames both ways, live fan-out of
 //! posted messages, typing, bad frames, graceful close and paging back after a reconnect,
-//! and the close code 1008 when the token is revoked or expires.
+//! and the close codes: 1008 when the token is revoked or expires, 1009 for a frame over
+//! the size limit.
 
 use std::time::Duration;
 
@@ -558,4 +559,40 @@ async fn a_socket_closes_with_1008_when_its_token_expires() {
         StatusCode::UNAUTHORIZED,
         "the token itself has expired too"
     );
+}
+
+/// The close reason a client gets for a frame over `limit` bytes.
+fn too_big_reason(limit: usize) -> String {
+    format!("message too big: the limit is {limit} bytes")
+}
+
+#[tokio::test]
+async fn a_frame_over_the_size_limit_gets_a_close_frame_with_1009() {
+    let limit = plexichat::config::WebSocketSettings::default().max_message_bytes;
+    let app = spawn_app().await;
+    let user = app.user("ann").await;
+    let mut ws = WsClient::connect(&app, &user.token).await;
+    ws.assert_alive().await;
+    // The server stops reading mid-frame, so the send may fail once it has hung up; what
+    // matters is what the client reads.
+    let oversized = Message::text("x".repeat(limit + 1));
+    let _ = tokio::time::timeout(FRAME_TIMEOUT, ws.socket.send(oversized)).await;
+    ws.expect_close(CloseCode::Size, &too_big_reason(limit)).await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_in_small_fragments_gets_1009() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let limit = 2048;
+    let app = spawn_app_with(|settings| settings.websocket.max_message_bytes = limit).await;
+    let user = app.user("ann").await;
+    let mut ws = WsClient::connect(&app, &user.token).await;
+    // Each fragment is within the limit; the message they make is not.
+    let fragment = "x".repeat(limit / 2 + 1);
+    let first = Frame::message(fragment.clone(), OpCode::Data(Data::Text), false);
+    let last = Frame::message(fragment, OpCode::Data(Data::Continue), true);
+    let _ = tokio::time::timeout(FRAME_TIMEOUT, ws.socket.send(Message::Frame(first))).await;
+    let _ = tokio::time::timeout(FRAME_TIMEOUT, ws.socket.send(Message::Frame(last))).await;
+    ws.expect_close(CloseCode::Size, &too_big_reason(limit)).await;
 }
