@@ -7,6 +7,7 @@ pub mod helpers;
 mod auth;
 mod channels;
 mod cluster;
+mod connections;
 mod limits;
 mod messages;
 mod system;
