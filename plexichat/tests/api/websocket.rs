@@ -120,7 +120,7 @@ impl WsClient {
 
     /// Asserts that the next frame (within `window`) is a close frame with `code` and
     /// `reason`, and that nothing but the end of the stream follows it.
-    pub(super) async fn expect_close_within(&mut self, window: Duration, code: CloseCode, reason: &str) {
+    pub(crate) async fn expect_close_within(&mut self, window: Duration, code: CloseCode, reason: &str) {
         let frame = tokio::time::timeout(window, self.next_frame())
             .await
             .unwrap_or_else(|_| panic!("no close frame within {window:?}"));
