@@ -92,6 +92,8 @@ pub fn token_hash(token: &str) -> TokenHash {
 pub struct AuthUser {
     pub user: User,
     pub token_hash: TokenHash,
+    /// When the token stops working; a WebSocket opened with it closes then.
+    pub expires_at: Timestamp,
 }
 
 impl AuthUser {
@@ -109,6 +111,7 @@ impl AuthUser {
         Ok(Self {
             user: session.user,
             token_hash: hash,
+            expires_at: session.expires_at,
         })
     }
 }

@@ -19,6 +19,8 @@ const ENV_ALIASES: &[(&str, &[&str])] = &[
     ("PLEXICHAT_NATS_URL", &["cluster", "nats_url"]),
     ("PLEXICHAT_NODE_ID", &["node_id"]),
 ];
+/// The shortest URI limit accepted: a WebSocket URI with its token needs a few hundred bytes.
+const MIN_URI_BYTES: usize = 1024;
 /// Variables read elsewhere (the profile path, the log filter), not settings.
 const ENV_NOT_SETTINGS: &[&str] = &["PLEXICHAT_CONFIG", "PLEXICHAT_LOG"];
 
@@ -92,6 +94,26 @@ pub struct HttpSettings {
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// Once a request's first byte (or, on a new connection, the connection itself) has
+    /// arrived, the rest of its head must follow within this; else the connection is closed.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this long, and
+    /// so is one whose client stops reading a response.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Idle time before TCP keepalive probes start; a peer that has vanished is noticed
+    /// about a minute after that even while a request or WebSocket waits on it.
+    #[serde(with = "duration")]
+    pub tcp_keepalive: Duration,
+    /// After SIGTERM, how long in-flight requests and WebSockets get to finish before
+    /// what is left is dropped.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Longest request target (path and query) answered; longer ones get 414.
+    pub max_uri_bytes: usize,
+    /// Largest request head (request line and header fields); larger ones get 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for HttpSettings {
@@ -99,6 +121,15 @@ impl Default for HttpSettings {
         Self {
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            // Longer than the 60 s idle timeout of common load balancers, so that they,
+            // not we, close a shared connection and never send on one we just closed.
+            idle_timeout: Duration::from_secs(75),
+            tcp_keepalive: Duration::from_secs(60),
+            // As long as the request timeout: every request in flight gets to finish.
+            shutdown_timeout: Duration::from_secs(30),
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -394,8 +425,43 @@ impl Settings {
                 "use at least 1024",
             );
         }
-        if self.http.request_timeout.is_zero() {
-            return fail("http.request_timeout", "must not be zero".into(), "use e.g. 30s");
+        let http = &self.http;
+        for (field, value, example) in [
+            ("http.request_timeout", http.request_timeout, "30s"),
+            ("http.header_read_timeout", http.header_read_timeout, "10s"),
+            ("http.idle_timeout", http.idle_timeout, "75s"),
+            ("http.shutdown_timeout", http.shutdown_timeout, "30s"),
+        ] {
+            if value.is_zero() {
+                return fail(field, "must not be zero".into(), &format!("use e.g. {example}"));
+            }
+        }
+        // TCP_KEEPIDLE counts whole seconds.
+        if http.tcp_keepalive < Duration::from_secs(1) {
+            return fail(
+                "http.tcp_keepalive",
+                format!("{} is under a second", humantime::format_duration(http.tcp_keepalive)),
+                "use whole seconds, e.g. 60s",
+            );
+        }
+        if http.max_uri_bytes < MIN_URI_BYTES {
+            return fail(
+                "http.max_uri_bytes",
+                format!("{} bytes cannot hold the API's own URIs", http.max_uri_bytes),
+                &format!("use at least {MIN_URI_BYTES}, e.g. 8192"),
+            );
+        }
+        // A target over the head limit would be refused as 431 before our 414 could say
+        // what is wrong.
+        if http.max_header_bytes <= http.max_uri_bytes {
+            return fail(
+                "http.max_header_bytes",
+                format!(
+                    "{} bytes is not more than max_uri_bytes {}",
+                    http.max_header_bytes, http.max_uri_bytes
+                ),
+                "make the head limit larger than the URI limit, e.g. max_uri_bytes: 8192, max_header_bytes: 65536",
+            );
         }
         let rl = &self.rate_limits;
         if rl.enabled && (rl.auth_per_minute == 0 || rl.api_per_second == 0 || rl.api_burst == 0) {
@@ -654,6 +720,38 @@ mod tests {
         assert_eq!(settings.http.request_timeout, Duration::from_millis(1500));
         assert_eq!(settings.cache.ttl, Duration::from_secs(120));
         assert_eq!(settings.cache.max_entries, CacheSettings::default().max_entries);
+    }
+
+    #[test]
+    fn connection_timeouts_and_head_limits_are_read_and_checked() {
+        let defaults = HttpSettings::default();
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.idle_timeout, Duration::from_secs(75));
+        assert_eq!(defaults.shutdown_timeout, Duration::from_secs(30));
+        let file = profile(
+            "server:\n  http:\n    header_read_timeout: 2s\n    idle_timeout: 5s\n    \
+             tcp_keepalive: 30s\n    shutdown_timeout: 3s\n    max_uri_bytes: 2048\n    max_header_bytes: 16384\n",
+        );
+        let http = Settings::load(Some(file.path()), no_env()).unwrap().http;
+        assert_eq!(http.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(http.idle_timeout, Duration::from_secs(5));
+        assert_eq!(http.tcp_keepalive, Duration::from_secs(30));
+        assert_eq!(http.shutdown_timeout, Duration::from_secs(3));
+        assert_eq!((http.max_uri_bytes, http.max_header_bytes), (2048, 16384));
+        for (variable, value, field) in [
+            ("PLEXICHAT_HTTP__IDLE_TIMEOUT", "0s", "server.http.idle_timeout"),
+            ("PLEXICHAT_HTTP__TCP_KEEPALIVE", "500ms", "server.http.tcp_keepalive"),
+            ("PLEXICHAT_HTTP__MAX_URI_BYTES", "100", "server.http.max_uri_bytes"),
+            (
+                "PLEXICHAT_HTTP__MAX_HEADER_BYTES",
+                "4096",
+                "server.http.max_header_bytes",
+            ),
+        ] {
+            let err = Settings::load(None, [(variable.to_string(), value.to_string())]).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert_eq!(err.origin, Origin::Env(variable.into()), "{err}");
+        }
     }
 
     #[test]

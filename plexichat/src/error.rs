@@ -66,8 +66,10 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::CONFLICT => "conflict",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
         StatusCode::UNPROCESSABLE_ENTITY => "validation_failed",
         StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         _ if status.is_client_error() => "invalid_request",
         _ => "internal",
@@ -90,14 +92,19 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+impl ErrorBody {
+    pub fn new(status: StatusCode, message: String) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code_for_status(status).to_string(),
+                message,
+            },
+        }
+    }
+}
+
 pub fn error_response(status: StatusCode, message: String) -> Response {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code: code_for_status(status).to_string(),
-            message,
-        },
-    };
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(ErrorBody::new(status, message))).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -138,6 +145,16 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::from_millis(20)), 1);
         assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
         assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+    }
+
+    #[test]
+    fn statuses_made_below_the_handlers_have_their_documented_codes() {
+        assert_eq!(code_for_status(StatusCode::METHOD_NOT_ALLOWED), "method_not_allowed");
+        assert_eq!(code_for_status(StatusCode::URI_TOO_LONG), "uri_too_long");
+        assert_eq!(
+            code_for_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            "headers_too_large"
+        );
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! This node's WebSocket subscribers, by channel: the last hop of fan-out. A frame is
-//! encoded once and the same bytes are queued for every subscriber.
+//! This node's WebSocket connections: by channel, the last hop of fan-out (a frame is
+//! encoded once and the same bytes are queued for every subscriber); and by session
+//! token, so that a logout on any node ends the sockets opened with that token.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::TokenHash;
 use crate::metrics::{FANOUT_DELIVERIES_TOTAL, FANOUT_DROPPED_TOTAL};
 use crate::model::{ChannelId, UserId};
 
@@ -27,7 +29,40 @@ pub struct Subscriber {
 #[derive(Default)]
 pub struct Hub {
     channels: RwLock<HashMap<ChannelId, HashMap<ConnectionId, Subscriber>>>,
+    /// Each open connection's revocation signal, by the token it was opened with.
+    sessions: Mutex<HashMap<TokenHash, HashMap<ConnectionId, CancellationToken>>>,
     next_connection: AtomicU64,
+}
+
+/// A connection's claim on its session token: `revoked` is cancelled when the token is
+/// logged out. Dropping it (when the connection ends, or its upgrade fails) forgets it.
+pub struct SessionWatch {
+    hub: Arc<Hub>,
+    token: TokenHash,
+    connection: ConnectionId,
+    revoked: CancellationToken,
+}
+
+impl SessionWatch {
+    pub fn connection_id(&self) -> ConnectionId {
+        self.connection
+    }
+
+    pub fn revoked(&self) -> &CancellationToken {
+        &self.revoked
+    }
+}
+
+impl Drop for SessionWatch {
+    fn drop(&mut self) {
+        let mut sessions = self.hub.lock_sessions();
+        if let Some(connections) = sessions.get_mut(&self.token) {
+            connections.remove(&self.connection);
+            if connections.is_empty() {
+                sessions.remove(&self.token);
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -37,6 +72,32 @@ impl Hub {
 
     pub fn next_connection_id(&self) -> ConnectionId {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Allocates a connection id and watches `token` for it. Call it before checking the
+    /// token: a logout between the check and the watch would otherwise go unseen.
+    pub fn watch_session(self: &Arc<Self>, token: TokenHash) -> SessionWatch {
+        let connection = self.next_connection_id();
+        let revoked = CancellationToken::new();
+        self.lock_sessions()
+            .entry(token)
+            .or_default()
+            .insert(connection, revoked.clone());
+        SessionWatch {
+            hub: self.clone(),
+            token,
+            connection,
+            revoked,
+        }
+    }
+
+    /// Signals every connection opened with `token` to close. Returns how many there were.
+    pub fn revoke_session(&self, token: &TokenHash) -> usize {
+        let connections = self.lock_sessions().remove(token).unwrap_or_default();
+        for revoked in connections.values() {
+            revoked.cancel();
+        }
+        connections.len()
     }
 
     pub fn subscribe(&self, channel: ChannelId, connection: ConnectionId, subscriber: Subscriber) {
@@ -106,6 +167,11 @@ impl Hub {
         self.channels.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<TokenHash, HashMap<ConnectionId, CancellationToken>>> {
+        // As for `channels`: every update is one HashMap call, so poison is harmless.
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ChannelId, HashMap<ConnectionId, Subscriber>>> {
         self.channels.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -155,6 +221,31 @@ mod tests {
         hub.unsubscribe(10, 1);
         assert_eq!(hub.subscriber_count(10), 0);
         assert_eq!(hub.deliver(10, &"x".into(), None), 0);
+    }
+
+    #[test]
+    fn revoking_a_session_signals_its_connections_only() {
+        let hub = Arc::new(Hub::new());
+        let laptop = hub.watch_session([1; 32]);
+        let phone = hub.watch_session([1; 32]);
+        let other = hub.watch_session([2; 32]);
+        assert_ne!(laptop.connection_id(), phone.connection_id());
+        assert_eq!(hub.revoke_session(&[1; 32]), 2);
+        assert!(laptop.revoked().is_cancelled() && phone.revoked().is_cancelled());
+        assert!(!other.revoked().is_cancelled());
+        assert_eq!(hub.revoke_session(&[1; 32]), 0, "a revoked session is forgotten");
+    }
+
+    #[test]
+    fn a_dropped_watch_is_forgotten() {
+        let hub = Arc::new(Hub::new());
+        let gone = hub.watch_session([1; 32]);
+        let kept = hub.watch_session([1; 32]);
+        drop(gone);
+        assert_eq!(hub.revoke_session(&[1; 32]), 1);
+        assert!(kept.revoked().is_cancelled());
+        drop(kept);
+        assert!(hub.lock_sessions().is_empty());
     }
 
     #[test]

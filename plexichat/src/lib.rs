@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bus;
 pub mod cache;
 pub mod config;
+mod connections;
 pub mod error;
 #[cfg(target_os = "linux")]
 pub mod guest;

@@ -17,6 +17,7 @@ pub const CACHE_HITS_TOTAL: &str = "plexichat_cache_hits_total";
 pub const CACHE_MISSES_TOTAL: &str = "plexichat_cache_misses_total";
 pub const DB_QUERY_SECONDS: &str = "plexichat_db_query_duration_seconds";
 pub const RATE_LIMITED_TOTAL: &str = "plexichat_rate_limited_total";
+pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "plexichat_http_connections_closed_by_server_total";
 
 /// Latency buckets from 0.5 ms to 10 s, for every `*_seconds` histogram.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -66,4 +67,8 @@ fn describe() {
     describe_counter!(CACHE_MISSES_TOTAL, "L1 cache misses by cache");
     describe_histogram!(DB_QUERY_SECONDS, Unit::Seconds, "Database query latency by operation");
     describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by a rate limit");
+    describe_counter!(
+        HTTP_CONNECTIONS_CLOSED_TOTAL,
+        "HTTP connections the server closed, by reason: header_timeout, idle_timeout, shutdown_deadline"
+    );
 }

@@ -1,5 +1,6 @@
 //! A server's life: bind, run the background loops, serve, and shut down gracefully
-//! (stop accepting, say goodbye on every WebSocket, finish in-flight requests).
+//! (stop accepting, say goodbye on every WebSocket, finish in-flight requests, and drop
+//! what is left at the shutdown deadline).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,10 +13,9 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::Settings;
+use crate::connections::{self, Connections};
 use crate::model::{NodeHeartbeat, Timestamp};
 
-/// How long shutdown waits for WebSockets to close and loops to stop.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often expired sessions are deleted.
 const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -28,6 +28,7 @@ impl Server {
     /// Opens the database and binds the listening socket (port 0 picks a free port).
     pub async fn bind(settings: Settings) -> anyhow::Result<Self> {
         let listen = settings.listen;
+        connections::raise_open_file_limit();
         let app = App::new(settings).await?;
         let listener = TcpListener::bind(listen)
             .await
@@ -60,22 +61,20 @@ impl Server {
             .context("joining the cluster (first membership heartbeat)")?;
         spawn_background_loops(&app, heartbeat);
         tracing::info!(node_id = %app.node_id, "plexichat listening on http://{addr}");
-        let router = crate::http::router(app.clone());
-        let draining = app.clone();
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: draining connections");
-                draining.draining.store(true, Ordering::Relaxed);
-                draining.shutdown.cancel();
-            })
-            .await
-            .context("serving HTTP")?;
-        // Requests are finished; WebSockets were told to close when shutdown began.
+        let connections = Connections::new(crate::http::router(app.clone()), &app.settings.http);
+        connections.accept_until(listener, shutdown).await;
+        tracing::info!("shutting down: draining connections");
+        let deadline = tokio::time::Instant::now() + app.settings.http.shutdown_timeout;
+        app.draining.store(true, Ordering::Relaxed);
+        // WebSockets close (1001) while in-flight requests finish.
         app.shutdown.cancel();
+        connections.drain(deadline).await;
         app.tasks.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, app.tasks.wait()).await.is_err() {
-            tracing::warn!("some connections did not close within {DRAIN_TIMEOUT:?}");
+        if tokio::time::timeout_at(deadline, app.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                "some WebSockets or background loops did not stop within {}",
+                humantime::format_duration(app.settings.http.shutdown_timeout)
+            );
         }
         tracing::info!("stopped");
         Ok(())

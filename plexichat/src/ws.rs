@@ -1,9 +1,11 @@
 //! The WebSocket protocol of API.md: frames both ways and one task per connection.
 //! All writes to a socket happen in its task, so frames from the hub, replies and the
-//! closing frame never interleave.
+//! closing frame never interleave. A connection lives no longer than its session token:
+//! it closes when the token is logged out (on any node) or expires.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -12,15 +14,20 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::auth::AuthUser;
+use crate::auth::{token_hash, AuthUser};
 use crate::bus::ClusterEvent;
 use crate::error::ApiError;
-use crate::hub::{ConnectionId, Subscriber};
+use crate::hub::{ConnectionId, SessionWatch, Subscriber};
 use crate::metrics::{WS_CONNECTIONS, WS_CONNECTIONS_TOTAL};
-use crate::model::{ChannelId, Message};
+use crate::model::{ChannelId, Message, Timestamp};
+
+/// How long a closing connection waits for the client to acknowledge the close frame
+/// (and, before that, for the frame to be written at all to a client that reads slowly).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -95,6 +102,9 @@ pub async fn upgrade(
         .token
         .filter(|token| !token.is_empty())
         .ok_or(ApiError::Unauthorized("missing ?token="))?;
+    // Watched before the token is checked: a logout that lands between the check and
+    // the upgrade still reaches this connection.
+    let session = app.hub.watch_session(token_hash(&token));
     let auth = AuthUser::from_token(&app, &token).await?;
     let upgrade = upgrade.map_err(|rejection| ApiError::InvalidRequest(rejection.body_text()))?;
     let settings = &app.settings.websocket;
@@ -104,26 +114,89 @@ pub async fn upgrade(
         .max_message_size(settings.max_message_bytes)
         .max_frame_size(settings.max_message_bytes);
     let tasks = app.tasks.clone();
-    Ok(upgrade.on_upgrade(move |socket| tasks.track_future(Connection::new(app, auth).run(socket))))
+    Ok(upgrade.on_upgrade(move |socket| tasks.track_future(Connection::new(app, auth, session).run(socket))))
+}
+
+/// Why the server ends a connection; API.md gives each its close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    ShuttingDown,
+    Revoked,
+    Expired,
+    TooSlow,
+    TooBig { limit: usize },
+}
+
+impl Ending {
+    fn close_frame(self) -> CloseFrame {
+        let (code, reason): (u16, Utf8Bytes) = match self {
+            Ending::ShuttingDown => (close_code::AWAY, "server shutting down".into()),
+            Ending::Revoked => (close_code::POLICY, "session revoked".into()),
+            Ending::Expired => (close_code::POLICY, "session expired".into()),
+            Ending::TooSlow => (
+                close_code::AGAIN,
+                "too slow: reconnect and page back what you missed".into(),
+            ),
+            Ending::TooBig { limit } => (
+                close_code::SIZE,
+                format!("message too big: the limit is {limit} bytes").into(),
+            ),
+        };
+        CloseFrame { code, reason }
+    }
+}
+
+/// Whether a read failed because a frame or message is over the configured limit.
+fn is_too_big(err: &axum::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|inner| matches!(inner, tungstenite::Error::Capacity(_)))
+}
+
+/// The monotonic instant at which a session that ends at `expires_at` (wall clock) ends;
+/// `None` when it is too far away to represent, i.e. never in practice.
+fn expiry_deadline(expires_at: Timestamp, now: Timestamp) -> Option<Instant> {
+    let left = u64::try_from(expires_at.0.saturating_sub(now.0)).unwrap_or(0);
+    Instant::now().checked_add(Duration::from_millis(left))
 }
 
 struct Connection {
     app: Arc<App>,
     auth: AuthUser,
     id: ConnectionId,
+    /// Keeps this connection registered under its token until it ends.
+    session: SessionWatch,
+    expires: Option<Instant>,
     subscribed: HashSet<ChannelId>,
     too_slow: CancellationToken,
 }
 
 impl Connection {
-    fn new(app: Arc<App>, auth: AuthUser) -> Self {
-        let id = app.hub.next_connection_id();
+    fn new(app: Arc<App>, auth: AuthUser, session: SessionWatch) -> Self {
         Self {
             app,
+            id: session.connection_id(),
+            session,
+            expires: expiry_deadline(auth.expires_at, Timestamp::now()),
             auth,
-            id,
             subscribed: HashSet::new(),
             too_slow: CancellationToken::new(),
+        }
+    }
+
+    /// The ending that has already come, if any; checked before each frame is sent, so
+    /// that nothing follows a revocation even when the reply was being prepared.
+    fn ended(&self) -> Option<Ending> {
+        if self.app.shutdown.is_cancelled() {
+            Some(Ending::ShuttingDown)
+        } else if self.session.revoked().is_cancelled() {
+            Some(Ending::Revoked)
+        } else if self.expires.is_some_and(|deadline| deadline <= Instant::now()) {
+            Some(Ending::Expired)
+        } else if self.too_slow.is_cancelled() {
+            Some(Ending::TooSlow)
+        } else {
+            None
         }
     }
 
@@ -133,37 +206,74 @@ impl Connection {
         let (outbox, mut inbox) = mpsc::channel(self.app.settings.websocket.outbound_queue);
         let (mut sink, mut stream) = socket.split();
         let shutdown = self.app.shutdown.clone();
-        let close = loop {
-            let sent = tokio::select! {
-                _ = shutdown.cancelled() => break Some((close_code::AWAY, "server shutting down")),
-                _ = self.too_slow.cancelled() => {
-                    break Some((close_code::AGAIN, "too slow: reconnect and page back what you missed"))
-                }
-                Some(frame) = inbox.recv() => sink.send(WsMessage::Text(frame)).await,
+        let revoked = self.session.revoked().clone();
+        let too_slow = self.too_slow.clone();
+        let expires = self.expires;
+        let expired = async move {
+            match expires {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        let ending = loop {
+            let outgoing = tokio::select! {
+                // Endings first: once one has come, no frame may be sent.
+                biased;
+                _ = shutdown.cancelled() => break Some(Ending::ShuttingDown),
+                _ = revoked.cancelled() => break Some(Ending::Revoked),
+                _ = &mut expired => break Some(Ending::Expired),
+                _ = too_slow.cancelled() => break Some(Ending::TooSlow),
+                Some(frame) = inbox.recv() => Some(frame),
                 incoming = stream.next() => match incoming {
-                    Some(Ok(WsMessage::Text(text))) => match self.handle(&text, &outbox).await {
-                        Some(reply) => sink.send(WsMessage::Text(reply)).await,
-                        None => Ok(()),
-                    },
+                    Some(Ok(WsMessage::Text(text))) => self.handle(&text, &outbox).await,
                     Some(Ok(WsMessage::Binary(_))) => {
                         let err = ApiError::InvalidRequest("binary frames are not supported; send JSON text".into());
-                        sink.send(WsMessage::Text(ServerFrame::error(&err, None))).await
+                        Some(ServerFrame::error(&err, None))
                     }
                     // Pings are answered by the protocol layer.
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Ok(()),
-                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break None,
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => None,
+                    Some(Ok(WsMessage::Close(_))) | None => break None,
+                    Some(Err(err)) if is_too_big(&err) => {
+                        break Some(Ending::TooBig { limit: self.app.settings.websocket.max_message_bytes })
+                    }
+                    Some(Err(_)) => break None,
                 },
             };
-            if sent.is_err() {
+            let Some(frame) = outgoing else { continue };
+            if let Some(ending) = self.ended() {
+                break Some(ending);
+            }
+            if sink.send(WsMessage::Text(frame)).await.is_err() {
                 break None;
             }
         };
-        if let Some((code, reason)) = close {
-            let frame = CloseFrame {
-                code,
-                reason: reason.into(),
+        if let Some(ending) = ending {
+            tracing::debug!(
+                connection = self.id,
+                user_id = self.auth.user.id,
+                ?ending,
+                "closing a WebSocket"
+            );
+            let closing = async {
+                sink.send(WsMessage::Close(Some(ending.close_frame()))).await?;
+                // After a frame over the limit the stream may be mid-frame and cannot be
+                // read on: tungstenite would buffer the rest of the oversized frame. The
+                // reset that dropping unread data causes does not discard the close frame
+                // the client has already received.
+                if !matches!(ending, Ending::TooBig { .. }) {
+                    // Read up to the client's reply, so the TCP connection ends with a FIN
+                    // rather than a reset that could discard the close frame.
+                    while let Some(Ok(message)) = stream.next().await {
+                        if matches!(message, WsMessage::Close(_)) {
+                            break;
+                        }
+                    }
+                }
+                Ok::<_, axum::Error>(())
             };
-            let _ = sink.send(WsMessage::Close(Some(frame))).await;
+            // A client that reads or answers nothing does not hold the connection open.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
         }
         for channel in &self.subscribed {
             self.app.hub.unsubscribe(*channel, self.id);
@@ -236,6 +346,42 @@ mod tests {
         ));
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"shout"}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"subscribe","channel_id":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn endings_close_with_the_codes_of_the_contract() {
+        let code = |ending: Ending| ending.close_frame().code;
+        assert_eq!(code(Ending::ShuttingDown), 1001);
+        assert_eq!(code(Ending::Revoked), 1008);
+        assert_eq!(code(Ending::Expired), 1008);
+        assert_eq!(code(Ending::TooBig { limit: 10 }), 1009);
+        assert_eq!(code(Ending::TooSlow), 1013);
+        assert_eq!(Ending::Revoked.close_frame().reason.as_str(), "session revoked");
+        assert_eq!(Ending::Expired.close_frame().reason.as_str(), "session expired");
+        // A close reason must fit a control frame (123 bytes) even with the largest limit.
+        let reason = Ending::TooBig { limit: usize::MAX }.close_frame().reason;
+        assert!(reason.as_str().len() <= 123, "{}", reason.as_str());
+    }
+
+    #[test]
+    fn the_capacity_error_is_recognised_through_axum() {
+        let too_big =
+            tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { size: 11, max_size: 10 });
+        assert!(is_too_big(&axum::Error::new(too_big)));
+        assert!(!is_too_big(&axum::Error::new(tungstenite::Error::ConnectionClosed)));
+    }
+
+    #[test]
+    fn the_expiry_deadline_follows_the_session() {
+        let now = Timestamp(1_000_000);
+        let before = Instant::now();
+        let soon = expiry_deadline(Timestamp(1_002_000), now).unwrap();
+        assert!(soon >= before + Duration::from_secs(2));
+        assert!(soon <= Instant::now() + Duration::from_secs(2));
+        let past = expiry_deadline(Timestamp(0), now).unwrap();
+        assert!(past <= Instant::now());
+        // Far-future expiry must not panic.
+        let _ = expiry_deadline(Timestamp(i64::MAX), Timestamp(i64::MIN));
     }
 
     #[test]

@@ -97,7 +97,10 @@ impl LocalEffects {
                     self.hub.unsubscribe_user(*channel_id, *user_id);
                 }
             }
-            ClusterEvent::SessionRevoked { token_hash } => self.caches.forget_session(token_hash),
+            ClusterEvent::SessionRevoked { token_hash } => {
+                self.caches.forget_session(token_hash);
+                self.hub.revoke_session(token_hash);
+            }
         }
     }
 }

@@ -91,8 +91,10 @@ pub async fn login(
 ))]
 pub async fn logout(State(app): State<Arc<App>>, auth: AuthUser) -> Result<StatusCode, ApiError> {
     app.store.delete_session(&auth.token_hash).await?;
-    // Forget it here at once, whatever becomes of the event on its way to other nodes.
+    // Forget it and close its sockets here at once, whatever becomes of the event on
+    // its way to other nodes.
     app.caches.forget_session(&auth.token_hash);
+    app.hub.revoke_session(&auth.token_hash);
     app.publish(ClusterEvent::SessionRevoked {
         token_hash: auth.token_hash,
     })

@@ -1,10 +1,12 @@
-//! Several nodes as one server (on PostgreSQL: a SQLite file belongs to one process): shared membership, cross-node fan-out through NATS,
-//! logout everywhere, a lost node marked down, and fan-out surviving a NATS restart.
+//! Several nodes as one server, on PostgreSQL (a SQLite file belongs to one process):
+//! shared membership, cross-node fan-out through NATS, logout everywhere (sockets
+//! included), a lost node marked down, and fan-out surviving a NATS restart.
 
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::api::helpers::{spawn_cluster, TestApp};
 use crate::api::websocket::WsClient;
@@ -123,6 +125,28 @@ async fn logout_on_one_node_revokes_the_token_on_every_node() {
         .await;
         assert!(revoked, "the token still works on {}", node.addr);
     }
+}
+
+#[tokio::test]
+async fn logout_on_one_node_closes_the_tokens_sockets_on_another_with_1008() {
+    let cluster = spawn_cluster(2).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let general = a.channel(&alice, "general").await;
+    a.join(&bob, general).await;
+    let mut alices = WsClient::connect(a, &alice.token).await;
+    let mut bobs = WsClient::connect(a, &bob.token).await;
+    alices.subscribe(general).await;
+    bobs.subscribe(general).await;
+
+    let (status, body) = b.post("/api/v1/auth/logout", &alice.token, Value::Null).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "logout: {body}");
+    // Posted through node B after the logout: NATS keeps one publisher's events in order,
+    // so node A learns of the revocation first and this message must not reach alice.
+    let posted = b.say(&bob, general, "after alice left").await;
+    alices.expect_close(CloseCode::Policy, "session revoked").await;
+    bobs.expect_message(&posted).await;
 }
 
 #[tokio::test]

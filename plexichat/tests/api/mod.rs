@@ -6,6 +6,7 @@ pub mod helpers;
 
 mod auth;
 mod channels;
+mod connections;
 mod limits;
 mod messages;
 mod system;

@@ -1,5 +1,7 @@
 //! The WebSocket protocol of API.md: upgrade auth, frames both ways, live fan-out of
-//! posted messages, typing, bad frames, graceful close and paging back after a reconnect.
+//! posted messages, typing, bad frames, graceful close and paging back after a reconnect,
+//! and the close codes: 1008 when the token is revoked or expires, 1009 for a frame over
+//! the size limit.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
-use super::helpers::{assert_error, spawn_app, TestApp, TestUser};
+use super::helpers::{assert_error, spawn_app, spawn_app_with, TestApp, TestUser};
 
 /// The longest any single expected frame may take to arrive.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,6 +116,32 @@ impl WsClient {
     /// The next frame must be the live copy of `posted`, the 201 body of a post.
     pub(crate) async fn expect_message(&mut self, posted: &Value) {
         assert_eq!(self.next_json().await, json!({"type": "message", "message": posted}));
+    }
+
+    /// Asserts that the next frame (within `window`) is a close frame with `code` and
+    /// `reason`, and that nothing but the end of the stream follows it.
+    pub(crate) async fn expect_close_within(&mut self, window: Duration, code: CloseCode, reason: &str) {
+        let frame = tokio::time::timeout(window, self.next_frame())
+            .await
+            .unwrap_or_else(|_| panic!("no close frame within {window:?}"));
+        match frame {
+            Some(Ok(Message::Close(Some(close)))) => {
+                assert_eq!(close.code, code, "close frame: {close:?}");
+                assert_eq!(close.reason.as_str(), reason, "close frame: {close:?}");
+            }
+            other => panic!("expected a close frame with {code}, got {other:?}"),
+        }
+        let after = tokio::time::timeout(FRAME_TIMEOUT, self.next_frame())
+            .await
+            .expect("the socket did not end after the close frame");
+        assert!(
+            !matches!(after, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+            "a frame arrived after the close frame: {after:?}"
+        );
+    }
+
+    pub(super) async fn expect_close(&mut self, code: CloseCode, reason: &str) {
+        self.expect_close_within(FRAME_TIMEOUT, code, reason).await;
     }
 
     async fn close(mut self) {
@@ -485,4 +513,87 @@ async fn a_reconnecting_client_pages_back_what_it_missed() {
     // Live delivery resumes on the new socket.
     let live = app.say(&owner, channel, "welcome back").await;
     ws.expect_message(&live).await;
+}
+
+#[tokio::test]
+async fn logout_closes_the_sockets_of_that_token_with_1008_and_no_frame_follows() {
+    let (app, owner, member, channel) = app_with_channel().await;
+    // A second session of the same user must be unaffected.
+    let (status, other_login) = app.login(&member.username, &member.password).await;
+    assert_eq!(status, StatusCode::OK, "{other_login}");
+    let other_token = other_login["token"].as_str().unwrap();
+    let mut laptop = WsClient::connect(&app, &member.token).await;
+    let mut phone = WsClient::connect(&app, &member.token).await;
+    let mut other_session = WsClient::connect(&app, other_token).await;
+    for ws in [&mut laptop, &mut phone, &mut other_session] {
+        ws.subscribe(channel).await;
+    }
+
+    let (status, body) = app
+        .call(reqwest::Method::POST, "/api/v1/auth/logout", Some(&member.token), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "logout: {body}");
+    // Neither a pong nor a message may reach a socket whose token is gone.
+    laptop.send_json(json!({"type": "ping"})).await;
+    let posted = app.say(&owner, channel, "after logout").await;
+    laptop.expect_close(CloseCode::Policy, "session revoked").await;
+    phone.expect_close(CloseCode::Policy, "session revoked").await;
+
+    other_session.expect_message(&posted).await;
+    other_session.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_socket_closes_with_1008_when_its_token_expires() {
+    let ttl = Duration::from_secs(3);
+    let app = spawn_app_with(|settings| settings.auth.token_ttl = ttl).await;
+    let owner = app.user("owner").await;
+    let channel = app.channel(&owner, "general").await;
+    let mut ws = WsClient::connect(&app, &owner.token).await;
+    ws.subscribe(channel).await;
+    ws.assert_alive().await;
+    // Bounded by the lifetime plus the usual allowance, never waited out by a sleep.
+    ws.expect_close_within(ttl + FRAME_TIMEOUT, CloseCode::Policy, "session expired")
+        .await;
+    assert_eq!(
+        app.get("/api/v1/me", &owner.token).await.0,
+        StatusCode::UNAUTHORIZED,
+        "the token itself has expired too"
+    );
+}
+
+/// The close reason a client gets for a frame over `limit` bytes.
+fn too_big_reason(limit: usize) -> String {
+    format!("message too big: the limit is {limit} bytes")
+}
+
+#[tokio::test]
+async fn a_frame_over_the_size_limit_gets_a_close_frame_with_1009() {
+    let limit = plexichat::config::WebSocketSettings::default().max_message_bytes;
+    let app = spawn_app().await;
+    let user = app.user("ann").await;
+    let mut ws = WsClient::connect(&app, &user.token).await;
+    ws.assert_alive().await;
+    // The server stops reading mid-frame, so the send may fail once it has hung up; what
+    // matters is what the client reads.
+    let oversized = Message::text("x".repeat(limit + 1));
+    let _ = tokio::time::timeout(FRAME_TIMEOUT, ws.socket.send(oversized)).await;
+    ws.expect_close(CloseCode::Size, &too_big_reason(limit)).await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_in_small_fragments_gets_1009() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let limit = 2048;
+    let app = spawn_app_with(|settings| settings.websocket.max_message_bytes = limit).await;
+    let user = app.user("ann").await;
+    let mut ws = WsClient::connect(&app, &user.token).await;
+    // Each fragment is within the limit; the message they make is not.
+    let fragment = "x".repeat(limit / 2 + 1);
+    let first = Frame::message(fragment.clone(), OpCode::Data(Data::Text), false);
+    let last = Frame::message(fragment, OpCode::Data(Data::Continue), true);
+    let _ = tokio::time::timeout(FRAME_TIMEOUT, ws.socket.send(Message::Frame(first))).await;
+    let _ = tokio::time::timeout(FRAME_TIMEOUT, ws.socket.send(Message::Frame(last))).await;
+    ws.expect_close(CloseCode::Size, &too_big_reason(limit)).await;
 }
