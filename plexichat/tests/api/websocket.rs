@@ -140,7 +140,7 @@ impl WsClient {
         );
     }
 
-    pub(super) async fn expect_close(&mut self, code: CloseCode, reason: &str) {
+    pub(crate) async fn expect_close(&mut self, code: CloseCode, reason: &str) {
         self.expect_close_within(FRAME_TIMEOUT, code, reason).await;
     }
 
