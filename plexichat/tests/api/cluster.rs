@@ -8,8 +8,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::api::helpers::{spawn_cluster, TestApp};
-use crate::api::websocket::WsClient;
+use super::api::helpers::{spawn_cluster, TestApp};
+use super::api::websocket::WsClient;
 
 /// Polls `check` until it holds or `within` has passed; returns whether it held.
 async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool

@@ -10,8 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::Connection as _;
 
-use crate::api::helpers::{assert_error, spawn_app_with};
-use crate::api::websocket::WsClient;
+use super::api::helpers::{assert_error, spawn_app_with};
+use super::api::websocket::WsClient;
 
 const REFUSE_AT_COMMIT: &str = "
     CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -14,8 +14,8 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::api::helpers::{assert_error, spawn_app_on, spawn_app_on_tmpfs, TestApp, TestUser, Tmpfs};
-use crate::api::websocket::WsClient;
+use super::api::helpers::{assert_error, spawn_app_on, spawn_app_on_tmpfs, TestApp, TestUser, Tmpfs};
+use super::api::websocket::WsClient;
 
 /// How long the node may take to notice that the disk recovered (it heartbeats every
 /// second, and a successful write ends the failure).

@@ -13,13 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xtask::cluster::services::{Durability, Nats, Postgres};
 
-/// Which store the suite runs against; each test target names one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // each test target constructs only its own
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+pub use crate::api_backend::Backend;
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -64,7 +58,7 @@ fn postgres_cache() -> PathBuf {
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings(dir.path());
-    let postgres = match crate::BACKEND {
+    let postgres = match super::BACKEND {
         Backend::Sqlite => None,
         Backend::Postgres => {
             let postgres = start_postgres().await;
@@ -84,7 +78,7 @@ pub async fn spawn_app_on_tmpfs(size: &str, configure: impl FnOnce(&mut Settings
 /// Spawns a SQLite server whose database (`test.db`) lives on `disk`.
 pub async fn spawn_app_on(disk: Tmpfs, configure: impl FnOnce(&mut Settings)) -> TestApp {
     assert_eq!(
-        crate::BACKEND,
+        super::BACKEND,
         Backend::Sqlite,
         "only SQLite keeps its database on a local disk"
     );
@@ -183,7 +177,7 @@ impl Drop for Tmpfs {
 }
 
 /// Nodes sharing one database and one NATS server, as a cluster does.
-#[allow(dead_code)] // only the PostgreSQL suite runs clusters
+#[allow(dead_code)] // only the PostgreSQL copy of the suite runs clusters
 pub struct Cluster {
     pub nodes: Vec<TestApp>,
     pub nats: Option<Nats>,
@@ -194,10 +188,10 @@ pub struct Cluster {
 }
 
 /// Starts `size` nodes named node-0, node-1, … with a short membership lease.
-#[allow(dead_code)] // only the PostgreSQL suite runs clusters
+#[allow(dead_code)] // only the PostgreSQL copy of the suite runs clusters
 pub async fn spawn_cluster(size: usize) -> Cluster {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (postgres, database_url) = match crate::BACKEND {
+    let (postgres, database_url) = match super::BACKEND {
         // Several nodes may share one SQLite file, as long as they share one machine.
         Backend::Sqlite => (None, format!("sqlite://{}", dir.path().join("cluster.db").display())),
         Backend::Postgres => {
@@ -225,7 +219,7 @@ pub async fn spawn_cluster(size: usize) -> Cluster {
     cluster
 }
 
-#[allow(dead_code)] // only the PostgreSQL suite runs clusters
+#[allow(dead_code)] // only the PostgreSQL copy of the suite runs clusters
 impl Cluster {
     /// Starts a node with `node_id` on the cluster's database and NATS.
     pub async fn start_node(&self, node_id: &str) -> TestApp {

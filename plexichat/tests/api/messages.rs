@@ -275,7 +275,7 @@ async fn an_unreachable_database_is_unavailable_and_writes_recover_when_it_retur
         settings.http.request_timeout = std::time::Duration::from_secs(2);
     };
     // SQLite's outage is a full disk: its database needs a disk of its own.
-    let app = match crate::BACKEND {
+    let app = match super::BACKEND {
         super::helpers::Backend::Sqlite => super::helpers::spawn_app_on_tmpfs("8m", configure).await,
         super::helpers::Backend::Postgres => super::helpers::spawn_app_with(configure).await,
     };

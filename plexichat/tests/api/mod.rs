@@ -1,6 +1,9 @@
 //! Black-box tests of API.md: each test spawns the real server on port 0 with a fresh
-//! database (of the backend the including test target names) and talks to it over
-//! loopback. `api_sqlite.rs` and `api_postgres.rs` each run the whole suite.
+//! database (of the backend the including module names) and talks to it over loopback.
+//! `contract.rs` includes this suite twice, once per store.
+
+/// The store this copy of the suite runs against.
+use super::BACKEND;
 
 pub mod helpers;
 
