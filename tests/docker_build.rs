@@ -76,18 +76,14 @@ fn remove_images(tags: &[String]) {
 
 /// The file `name` inside a tar archive.
 fn tar_member(tar: &[u8], name: &str) -> Option<Vec<u8>> {
-    let mut offset = 0;
-    while offset + 512 <= tar.len() && tar[offset] != 0 {
-        let header = &tar[offset..offset + 512];
-        let entry = String::from_utf8_lossy(&header[..100])
-            .trim_end_matches('\0')
-            .to_string();
-        let size_field = String::from_utf8_lossy(&header[124..136]);
-        let size = usize::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8).ok()?;
-        if entry == name {
-            return Some(tar[offset + 512..offset + 512 + size].to_vec());
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().expect("a tar archive") {
+        let mut entry = entry.expect("an entry");
+        if *entry.path_bytes() == *name.as_bytes() {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).expect("the entry's data");
+            return Some(data);
         }
-        offset += 512 + size.div_ceil(512) * 512;
     }
     None
 }
