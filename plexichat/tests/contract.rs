@@ -3,6 +3,10 @@
 //! PostgreSQL (`postgres::…`, each test its own server, started from Debian's binaries in
 //! a temporary directory). What only one store can show sits beside its copy of the suite.
 
+// On purpose: the suite's files are compiled once per store, each copy reading its own
+// `BACKEND`.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "contract/sqlite.rs"]
 mod sqlite;
 
