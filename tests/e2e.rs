@@ -1,0 +1,13 @@
+//! The end-to-end tests, one module per area: the `plexichat` binary and `cargo xtask`
+//! driven from outside, as a user would, against real QEMU, Docker, PostgreSQL and NATS.
+//! Run one area with e.g. `cargo test -p plexichat-e2e --test e2e qemu_cluster::`.
+
+mod bench_compare;
+mod ci;
+mod cluster_local;
+mod docker_build;
+mod qemu_cluster;
+mod qemu_image;
+mod qmp;
+mod server_cli;
+mod toolchain;
