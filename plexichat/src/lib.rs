@@ -16,6 +16,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod model;
+pub mod protocol;
 pub mod ratelimit;
 mod server;
 pub mod store;

@@ -12,7 +12,7 @@ use axum::extract::ws::{close_code, CloseFrame, Message as WsMessage, Utf8Bytes,
 use axum::extract::{Query, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,62 +23,12 @@ use crate::bus::ClusterEvent;
 use crate::error::ApiError;
 use crate::hub::{ConnectionId, SessionWatch, Subscriber};
 use crate::metrics::{WS_CONNECTIONS, WS_CONNECTIONS_TOTAL};
-use crate::model::{ChannelId, Message, Timestamp};
+use crate::model::{ChannelId, Timestamp};
+use crate::protocol::{ClientFrame, ServerFrame};
 
 /// How long a closing connection waits for the client to acknowledge the close frame
 /// (and, before that, for the frame to be written at all to a client that reads slowly).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-enum ClientFrame {
-    Subscribe { channel_id: ChannelId },
-    Unsubscribe { channel_id: ChannelId },
-    Typing { channel_id: ChannelId },
-    Ping,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum ServerFrame<'a> {
-    Subscribed {
-        channel_id: ChannelId,
-    },
-    Unsubscribed {
-        channel_id: ChannelId,
-    },
-    Typing {
-        channel_id: ChannelId,
-        user_id: i64,
-        username: &'a str,
-    },
-    Message {
-        message: &'a Message,
-    },
-    Pong,
-    Error {
-        code: &'static str,
-        message: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        channel_id: Option<ChannelId>,
-    },
-}
-
-impl ServerFrame<'_> {
-    pub fn encode(&self) -> Utf8Bytes {
-        // Serialising these plain structs cannot fail: no maps with non-string keys.
-        serde_json::to_string(self).unwrap_or_default().into()
-    }
-
-    fn error(err: &ApiError, channel_id: Option<ChannelId>) -> Utf8Bytes {
-        ServerFrame::Error {
-            code: err.code(),
-            message: err.to_string(),
-            channel_id,
-        }
-        .encode()
-    }
-}
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct WsQuery {
@@ -335,20 +285,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_frames_parse_and_unknown_ones_do_not() {
-        assert!(matches!(
-            serde_json::from_str(r#"{"type":"subscribe","channel_id":3}"#),
-            Ok(ClientFrame::Subscribe { channel_id: 3 })
-        ));
-        assert!(matches!(
-            serde_json::from_str(r#"{"type":"ping"}"#),
-            Ok(ClientFrame::Ping)
-        ));
-        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"shout"}"#).is_err());
-        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"subscribe","channel_id":"x"}"#).is_err());
-    }
-
-    #[test]
     fn endings_close_with_the_codes_of_the_contract() {
         let code = |ending: Ending| ending.close_frame().code;
         assert_eq!(code(Ending::ShuttingDown), 1001);
@@ -382,23 +318,5 @@ mod tests {
         assert!(past <= Instant::now());
         // Far-future expiry must not panic.
         let _ = expiry_deadline(Timestamp(i64::MAX), Timestamp(i64::MIN));
-    }
-
-    #[test]
-    fn server_frames_match_the_contract() {
-        assert_eq!(ServerFrame::Pong.encode().as_str(), r#"{"type":"pong"}"#);
-        assert_eq!(
-            ServerFrame::Subscribed { channel_id: 4 }.encode().as_str(),
-            r#"{"type":"subscribed","channel_id":4}"#
-        );
-        let typing = ServerFrame::Typing {
-            channel_id: 4,
-            user_id: 9,
-            username: "ann",
-        };
-        assert_eq!(
-            typing.encode().as_str(),
-            r#"{"type":"typing","channel_id":4,"user_id":9,"username":"ann"}"#
-        );
     }
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{Caches, TokenHash};
 use crate::hub::Hub;
 use crate::model::{ChannelId, Message, UserId};
-use crate::ws::ServerFrame;
+use crate::protocol::ServerFrame;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

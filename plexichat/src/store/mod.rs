@@ -215,3 +215,46 @@ impl Drop for QueryTimer {
             .record(self.started.elapsed().as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::EmbeddedMigrations;
+
+    /// `NNNN_description.sql` → (version, description, contents), sorted by version.
+    fn files(dir: &str) -> Vec<(i64, String, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dir);
+        let mut found: Vec<(i64, String, String)> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|err| panic!("reading {}: {err}", dir.display()))
+            .map(|entry| {
+                let path = entry.expect("a directory entry").path();
+                let name = path.file_stem().and_then(|n| n.to_str()).expect("a UTF-8 file name");
+                let (version, description) = name
+                    .split_once('_')
+                    .unwrap_or_else(|| panic!("{} is not NNNN_description.sql", path.display()));
+                let version = version.parse().expect("a numeric version");
+                let text = std::fs::read_to_string(&path).expect("reading a migration");
+                (version, description.to_string(), text)
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn embedded(migrations: &EmbeddedMigrations) -> Vec<(i64, String, String)> {
+        migrations
+            .0
+            .iter()
+            .map(|(version, description, sql)| (*version, description.to_string(), sql.to_string()))
+            .collect()
+    }
+
+    /// A migration file that the binary does not embed would never run: every file in
+    /// migrations/<backend>/ must be in the store's list, in order, and nothing else.
+    #[test]
+    fn the_embedded_migrations_are_exactly_the_files() {
+        assert_eq!(embedded(&super::sqlite::MIGRATIONS), files("sqlite"));
+        assert_eq!(embedded(&super::postgres::MIGRATIONS), files("postgres"));
+    }
+}

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use super::EmbeddedMigrations;
 use crate::config::DatabaseSettings;
 
-const MIGRATIONS: EmbeddedMigrations =
+pub(super) const MIGRATIONS: EmbeddedMigrations =
     EmbeddedMigrations(&[(1, "initial", include_str!("../../migrations/postgres/0001_initial.sql"))]);
 
 #[derive(Debug, Clone)]

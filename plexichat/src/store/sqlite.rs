@@ -8,7 +8,7 @@ use sqlx::SqlitePool;
 use super::EmbeddedMigrations;
 use crate::config::DatabaseSettings;
 
-const MIGRATIONS: EmbeddedMigrations =
+pub(super) const MIGRATIONS: EmbeddedMigrations =
     EmbeddedMigrations(&[(1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql"))]);
 
 #[derive(Debug, Clone)]
