@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-pub use xtask::cluster::node::ServerProcess;
+use services::process::{self, Signal};
+pub use services::ServerProcess;
 
 /// What a run printed on stderr, for assertions and their messages.
 pub fn stderr_of(output: &Output) -> String {
@@ -124,11 +125,8 @@ pub fn spawn_xtask(subcommand: &str, args: &[&str]) -> Child {
 
 /// Sends the signal `name` (INT, TERM, …) to `child`.
 pub fn signal(child: &Child, name: &str) {
-    let sent = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success(), "kill -{name} {}", child.id());
+    let signal: Signal = format!("SIG{name}").parse().expect("a signal's name");
+    assert!(process::signal(child.id(), signal), "kill -{name} {}", child.id());
 }
 
 /// Asserts that the toolchain run with `pid` left nothing behind: none of `pids`, no

@@ -4,10 +4,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use services::process::ProcessGuard;
+use services::teardown::TempDir;
 use xtask::provision::Requirement;
 use xtask::qemu::qmp::{self, Qmp, VmEvent};
 use xtask::report::progress::Progress;
-use xtask::report::teardown::{ProcessGuard, TempDir};
 use xtask::workspace::targets::by_arch;
 
 const WAIT: Duration = Duration::from_secs(10);

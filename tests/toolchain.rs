@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use plexichat_e2e::{binary, json_of, processes_mentioning, run_xtask, stderr_of, temp_dirs_of, workspace_root};
+use plexichat_e2e::{
+    binary, json_of, processes_mentioning, run_xtask, signal, stderr_of, temp_dirs_of, workspace_root,
+};
 use serde_json::Value;
 
 #[test]
@@ -217,8 +219,7 @@ fn sigint_during_a_smoke_run_leaves_no_process_or_temp_dir() {
         lines.any(|line| line.contains("smoke version: ok")),
         "the smoke run never started"
     );
-    let interrupted = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
-    assert!(interrupted.success());
+    signal(&run, "INT");
     let rest: Vec<String> = lines.collect();
     let status = run.wait().unwrap();
     assert_eq!(

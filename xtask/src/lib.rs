@@ -7,13 +7,17 @@
 //! - `guest`: guest image definitions, kernels, modules, the initramfs;
 //! - `qemu`: QMP, VMs and their fault checks;
 //! - `docker`: the Docker Engine, build contexts, container smoke runs;
-//! - `cluster`: services (PostgreSQL, NATS), server processes, the verifier;
+//! - `cluster`: the cluster description, its checks and the verifier;
 //! - `bench`: baselines in worktrees, criterion and callgrind measurements, e2e load;
 //! - `pipeline`: workflows as data and their runner;
 //! - `workspace`: the workspace, its targets and profiles;
-//! - `report`: reports, progress, teardown, usage errors;
+//! - `report`: reports, progress, usage errors;
 //! - `system`: facts about the host (programs, root, locks, KVM, hashes) and a small
 //!   loopback HTTP client.
+//!
+//! Beside them, the services crate (`services`, shared with the server's tests) holds
+//! PostgreSQL, NATS, server processes, the teardown that stops them, and the one process
+//! runner: short-lived commands through xshell, long-running children under a guard.
 
 pub mod bench;
 pub mod cargo;

@@ -4,9 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use services::teardown;
 use xtask::commands::{bench_compare, build_native, ci, cluster_local, docker_build, doctor, qemu_cluster, qemu_image};
 use xtask::report::error::UsageError;
-use xtask::report::{teardown, Report};
+use xtask::report::Report;
 
 /// The PlexiChat toolchain: provision the host, cross-compile, benchmark, containerise
 /// and emulate PlexiChat.

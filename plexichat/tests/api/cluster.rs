@@ -187,9 +187,9 @@ async fn fan_out_resumes_after_nats_restarts() {
     drop(nats);
     // Without NATS a post is still accepted: history is the truth.
     let during = cluster.nodes[0].say(&alice, general, "while NATS is down").await;
-    let program = xtask::system::which("nats-server").unwrap();
+    let program = services::host::which("nats-server").unwrap();
     cluster.nats = Some(
-        tokio::task::spawn_blocking(move || xtask::cluster::services::Nats::start_on(&program, port))
+        tokio::task::spawn_blocking(move || services::Nats::start_on(&program, port))
             .await
             .unwrap()
             .unwrap(),

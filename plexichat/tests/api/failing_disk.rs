@@ -8,11 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use services::process::{self, cmd};
 
 use super::api::helpers::{assert_error, spawn_app_on, spawn_app_on_tmpfs, TestApp, TestUser, Tmpfs};
 use super::api::websocket::WsClient;
@@ -24,12 +24,10 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Sets or clears the immutable attribute: even root cannot write an immutable file.
 fn set_immutable(path: &Path, immutable: bool) {
     let flag = if immutable { "+i" } else { "-i" };
-    let status = Command::new("chattr")
-        .arg(flag)
-        .arg(path)
-        .status()
-        .unwrap_or_else(|err| panic!("running chattr (e2fsprogs): {err}"));
-    assert!(status.success(), "chattr {flag} {} failed: {status}", path.display());
+    let sh = process::shell().expect("a current directory");
+    if let Err(err) = process::run(cmd!(sh, "chattr {flag} {path}")) {
+        panic!("chattr {flag} {} (e2fsprogs) failed: {err:#}", path.display());
+    }
 }
 
 /// Clears the immutable attribute again when a test ends, pass or fail.
@@ -44,7 +42,10 @@ impl Immutable {
 
 impl Drop for Immutable {
     fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+        let path = &self.0;
+        if let Ok(sh) = process::shell() {
+            let _ = process::run(cmd!(sh, "chattr -i {path}"));
+        }
     }
 }
 

@@ -9,9 +9,9 @@ use plexichat::config::{AuthSettings, DatabaseSettings, Settings};
 use plexichat::Server;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use services::{Durability, Nats, Postgres};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use xtask::cluster::services::{Durability, Nats, Postgres};
 
 pub use crate::api_backend::Backend;
 
@@ -378,7 +378,7 @@ impl Outage {
     pub async fn end(self) {
         match self {
             Outage::DiskFull(filler) => std::fs::remove_file(filler).expect("freeing the disk"),
-            Outage::Frozen(group) => xtask::cluster::services::thaw(group).expect("thawing postgres"),
+            Outage::Frozen(group) => services::thaw(group).expect("thawing postgres"),
         }
     }
 }

@@ -2,23 +2,13 @@
 //! own under target/, removed again by a guard however the run ends.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result};
+use services::process::{self, cmd};
+use services::teardown::Guard;
 
 use crate::report::error::UsageError;
-use crate::report::teardown::Guard;
-
-/// `git ARGS` in `dir`: its trimmed stdout, or `None` if it failed.
-pub fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
+use crate::workspace::git;
 
 /// The commit `reference` names, or a usage error (exit 2) saying how to name one.
 pub fn resolve(repo: &Path, reference: &str) -> Result<String, UsageError> {
@@ -66,11 +56,8 @@ impl Worktree {
         // Registered before it exists, so an interruption during the checkout still cleans up.
         let (owned_repo, owned_path) = (repo.to_path_buf(), path.to_path_buf());
         let guard = Guard::new(move || remove(&owned_repo, &owned_path));
-        let output = Command::new("git")
-            .args(["worktree", "add", "--detach", "--force", &path_text, commit])
-            .current_dir(repo)
-            .output()
-            .context("running git worktree add")?;
+        let sh = process::shell_in(repo)?;
+        let output = process::output(cmd!(sh, "git worktree add --detach --force {path_text} {commit}"))?;
         if !output.status.success() {
             anyhow::bail!(
                 "git worktree add {path_text} {commit} failed:\n{}",
@@ -85,16 +72,9 @@ impl Worktree {
 }
 
 fn remove(repo: &Path, path: &Path) {
-    let path_text = path.to_string_lossy().into_owned();
-    let _ = Command::new("git")
-        .args(["worktree", "remove", "--force", &path_text])
-        .current_dir(repo)
-        .output();
+    let _ = git(repo, &["worktree", "remove", "--force", &path.to_string_lossy()]);
     let _ = std::fs::remove_dir_all(path);
-    let _ = Command::new("git")
-        .args(["worktree", "prune"])
-        .current_dir(repo)
-        .output();
+    let _ = git(repo, &["worktree", "prune"]);
 }
 
 /// Whether the working tree is exactly `commit`: HEAD is it and nothing differs, not even

@@ -2,12 +2,13 @@
 //! environment), each side's bench executables copied aside, and their benchmarks listed.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use cargo_metadata::TargetKind;
+use services::process::{self, cmd};
 
+use crate::cargo::{cargo, rustc_version, with_messages};
 use crate::report::progress::Task;
 
 /// One side of the comparison: its source tree and its bench executables.
@@ -17,10 +18,6 @@ pub struct Side {
     /// Bench id (criterion's `group/function/value`) → the executable that runs it.
     pub benches: BTreeMap<String, PathBuf>,
     pub rustc: String,
-}
-
-pub fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 /// Where one side is built: its workspace, its target directory, where its executables
@@ -54,7 +51,7 @@ pub fn benches(checkout: &Checkout, filter: Option<&str>, task: &Task) -> Result
         label: checkout.label,
         root: checkout.root.to_path_buf(),
         benches,
-        rustc: rustc_version(checkout.root),
+        rustc: compiler(checkout.root),
     })
 }
 
@@ -67,19 +64,11 @@ pub fn release(checkout: &Checkout, targets: &[&str], task: &Task) -> Result<BTr
     cargo_executables(checkout, &args, &["bin", "example"], task)
 }
 
-/// `rustc -vV`'s first line as the workspace at `root` sees it (its toolchain file included).
-pub fn rustc_version(root: &Path) -> String {
-    Command::new("rustc")
-        .arg("-vV")
-        .current_dir(root)
-        .output()
-        .map(|output| {
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
+/// The compiler as reports name it: `rustc -vV`'s first line at `root`.
+pub fn compiler(root: &Path) -> String {
+    rustc_version(root)
+        .ok()
+        .and_then(|version| version.lines().next().map(str::to_string))
         .unwrap_or_default()
 }
 
@@ -110,44 +99,19 @@ fn cargo_executables(
         // made would pass for it. Newer sources than any build force the rebuild.
         touch(root)?;
     }
-    let mut child = Command::new(cargo())
-        .args(args)
-        .arg("--message-format=json-render-diagnostics")
-        .current_dir(root)
-        .env("CARGO_TARGET_DIR", target_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting cargo {}", args.join(" ")))?;
-    let stderr = child.stderr.take().context("cargo's stderr")?;
-    let errors = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
+    let mut command = cargo();
+    command.args(args).current_dir(root).env("CARGO_TARGET_DIR", target_dir);
     let mut built = Vec::new();
-    let stdout = child.stdout.take().context("cargo's stdout")?;
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if message["reason"] != "compiler-artifact" {
-            continue;
+    let (status, errors) = with_messages(command, |artifact| {
+        task.detail(format!("{label}: compiled {}", artifact.target.name));
+        let wanted = kinds
+            .iter()
+            .any(|kind| artifact.target.is_kind(TargetKind::from(*kind)));
+        if let (true, Some(path)) = (wanted, artifact.executable) {
+            built.push(path.into_std_path_buf());
         }
-        if let Some(name) = message["target"]["name"].as_str() {
-            task.detail(format!("{label}: compiled {name}"));
-        }
-        let wanted = message["target"]["kind"]
-            .as_array()
-            .is_some_and(|found| found.iter().any(|kind| kinds.iter().any(|k| kind == k)));
-        if let (true, Some(path)) = (wanted, message["executable"].as_str()) {
-            built.push(PathBuf::from(path));
-        }
-    }
-    let status = child.wait().context("waiting for cargo")?;
-    let errors = errors.join().unwrap_or_default();
+    })
+    .with_context(|| format!("cargo {}", args.join(" ")))?;
     if !status.success() {
         bail!(
             "cargo {} for the {label} side in {} failed:\n{errors}",
@@ -168,13 +132,9 @@ fn cargo_executables(
 
 /// The ids of the benchmarks in `executable` that match `filter` (criterion's `--list`).
 fn list(executable: &Path, root: &Path, filter: Option<&str>) -> Result<Vec<String>> {
-    let mut command = Command::new(executable);
-    command.args(["--bench", "--list"]).current_dir(root);
-    if let Some(filter) = filter {
-        command.arg(filter);
-    }
-    let output = command
-        .output()
+    let sh = process::shell_in(root)?;
+    let filter = filter.into_iter();
+    let output = process::output(cmd!(sh, "{executable} --bench --list {filter...}"))
         .with_context(|| format!("listing the benchmarks of {}", executable.display()))?;
     if !output.status.success() {
         bail!(

@@ -14,16 +14,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use services::process::{self, cmd};
+use services::teardown::TempDir;
+use services::{Durability, Postgres, ServerProcess};
 
 use super::build::{self, Checkout};
 use super::{verdict, Measurement, Verdict};
 use crate::cargo::artefact::target_binary;
-use crate::cluster::node::ServerProcess;
-use crate::cluster::services::{Durability, Postgres};
 use crate::provision::{self, Requirement};
 use crate::report::error::UsageError;
 use crate::report::progress::{Progress, Task};
-use crate::report::teardown::TempDir;
 use crate::report::Table;
 use crate::workspace::profile::Profile;
 use crate::workspace::targets::{self, Target};
@@ -131,8 +131,8 @@ pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, progress: &Progres
         build::release(&sides.baseline, &["--bin", "plexichat"], task)?
     };
     let (base_rustc, current_rustc) = (
-        build::rustc_version(sides.baseline.root),
-        build::rustc_version(sides.current.root),
+        build::compiler(sides.baseline.root),
+        build::compiler(sides.current.root),
     );
     if base_rustc != current_rustc {
         return Err(super::different_compilers(&base_rustc, &current_rustc).into());
@@ -286,6 +286,7 @@ fn run_once(scenario: &Scenario, postgres_url: Option<&str>, generator: &Path, l
         None => format!("sqlite://{}", dir.path().join("plexichat.db").display()),
     };
     let (program, prefix) = scenario.command.split_last().context("a server command")?;
+    // The server runs until the load run is over: a child of ours, not a command.
     let mut command = match prefix.first() {
         Some(emulator) => {
             let mut command = Command::new(emulator);
@@ -302,13 +303,18 @@ fn run_once(scenario: &Scenario, postgres_url: Option<&str>, generator: &Path, l
         .args(["--node-id", "bench-e2e"])
         .current_dir(dir.path());
     let server = ServerProcess::start(command, SERVER_START_TIMEOUT)?;
-    let output = Command::new(generator)
-        .args(["post", "--url", &server.url()])
-        .args(["--workers", &load.workers.to_string()])
-        .args(["--seconds", &load.seconds.to_string()])
-        .args(["--subscribers", &load.subscribers.to_string()])
-        .output()
-        .context("running the load generator")?;
+    let (url, workers, seconds, subscribers) = (
+        server.url(),
+        load.workers.to_string(),
+        load.seconds.to_string(),
+        load.subscribers.to_string(),
+    );
+    let sh = process::shell()?;
+    let output = process::output(cmd!(
+        sh,
+        "{generator} post --url {url} --workers {workers} --seconds {seconds} --subscribers {subscribers}"
+    ))
+    .context("running the load generator")?;
     server.terminate(Duration::from_secs(30))?;
     if !output.status.success() {
         bail!(

@@ -8,9 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use services::process::{self, cmd};
 
 use super::build::Side;
 use super::Measurement;
@@ -92,18 +92,15 @@ fn count(side: &Side, id: &str, out_dir: &Path) -> Result<u64> {
     std::fs::create_dir_all(out_dir)?;
     let executable = &side.benches[id];
     let out_file = out_dir.join("callgrind.out");
-    let output = Command::new("valgrind")
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out_file.display()))
-        .arg(format!("--dump-before={ENTER}"))
-        .arg(format!("--dump-before={LEAVE}"))
-        .arg("--dump-instr=no")
-        .arg(executable)
-        .args(["--bench", "--test", "--exact", id])
-        .current_dir(&side.root)
-        .env("CRITERION_HOME", out_dir.join("criterion"))
-        .output()
-        .context("running valgrind")?;
+    let out_file = format!("--callgrind-out-file={}", out_file.display());
+    let (enter, leave) = (format!("--dump-before={ENTER}"), format!("--dump-before={LEAVE}"));
+    let sh = process::shell_in(&side.root)?;
+    let valgrind = cmd!(
+        sh,
+        "valgrind --tool=callgrind {out_file} {enter} {leave} --dump-instr=no {executable} --bench --test --exact {id}"
+    );
+    let output =
+        process::output(valgrind.env("CRITERION_HOME", out_dir.join("criterion"))).context("running valgrind")?;
     if !output.status.success() {
         bail!(
             "the {} side's benchmark {id} failed under callgrind ({}):\n{}",

@@ -97,13 +97,13 @@ pub struct Checkouts {
     pub relative_root: PathBuf,
     pub target_dir: PathBuf,
     pub run_dir: PathBuf,
-    _run_dir_guard: crate::report::teardown::Guard,
+    _run_dir_guard: services::teardown::Guard,
 }
 
 impl Checkouts {
     pub fn prepare(baseline: Option<&str>) -> Result<Self> {
         let cwd = std::env::current_dir().context("reading the current directory")?;
-        let repo = baseline::git(&cwd, &["rev-parse", "--show-toplevel"])
+        let repo = crate::workspace::git(&cwd, &["rev-parse", "--show-toplevel"])
             .map(PathBuf::from)
             .ok_or_else(|| {
                 UsageError(format!(
@@ -129,7 +129,7 @@ impl Checkouts {
             .join("bench-compare")
             .join(format!("run-{}", std::process::id()));
         let owned = run_dir.clone();
-        let guard = crate::report::teardown::Guard::new(move || {
+        let guard = services::teardown::Guard::new(move || {
             let _ = std::fs::remove_dir_all(&owned);
         });
         Ok(Self {

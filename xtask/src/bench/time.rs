@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use services::process::{self, cmd};
 
 use super::build::Side;
 use super::Measurement;
@@ -63,13 +63,11 @@ pub fn measure(
 
 fn run(side: &Side, id: &str, baseline_args: &[&str], criterion_home: &Path) -> Result<()> {
     let executable = &side.benches[id];
-    let output = Command::new(executable)
-        .args(["--bench", "--noplot", "--exact", id])
-        .args(baseline_args)
-        .current_dir(&side.root)
-        .env("CRITERION_HOME", criterion_home)
-        .output()
-        .with_context(|| format!("running {}", executable.display()))?;
+    let sh = process::shell_in(&side.root)?;
+    let output = process::output(
+        cmd!(sh, "{executable} --bench --noplot --exact {id} {baseline_args...}").env("CRITERION_HOME", criterion_home),
+    )
+    .with_context(|| format!("running {}", executable.display()))?;
     if !output.status.success() {
         bail!(
             "the {} side's benchmark {id} failed ({}):\n{}",

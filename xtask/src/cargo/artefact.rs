@@ -127,7 +127,7 @@ pub fn produce(
 /// the target's machine either way.
 pub fn target_binary(workspace: &Workspace, build: &BuildSection, target: &Target, task: &Task) -> Result<PathBuf> {
     task.step("computing the server's cache key");
-    let key = artefact_key(workspace, build, target, &super::rustc_version()?)?;
+    let key = artefact_key(workspace, build, target, &super::rustc_version(&workspace.root)?)?;
     if let Some((_, path)) = cached_artefact(workspace, &Manifest::load(workspace), target, &key) {
         task.step(format!(
             "server: build-native's artefact is current ({})",

@@ -6,11 +6,12 @@ pub mod artefact;
 pub mod smoke;
 
 use std::io::{BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{bail, Context, Result};
-use cargo_metadata::Message;
+use cargo_metadata::{Artifact, Message};
+use services::process::{self, cmd};
 
 use crate::report::progress::Task;
 use crate::system;
@@ -66,16 +67,11 @@ fn run_cargo(workspace: &Workspace, build: &BuildSection, target: Option<&Target
     if build.sccache && system::which("sccache").is_none() {
         bail!("the profile asks for sccache, which is not installed (fix: apt-get install sccache)");
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
+    let mut command = cargo();
     command
         .current_dir(&workspace.root)
         .args(["build", "--locked", "--package", "plexichat", "--bin", "plexichat"])
-        .args(["--profile", &build.cargo_profile])
-        .arg("--message-format=json-render-diagnostics")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(["--profile", &build.cargo_profile]);
     if let Some(target) = target {
         command.args(["--target", target.triple]).envs(cargo_env(build, target));
     }
@@ -87,27 +83,15 @@ fn run_cargo(workspace: &Workspace, build: &BuildSection, target: Option<&Target
         "cargo build for {destination} --profile {}",
         build.cargo_profile
     ));
-    let mut child = command.spawn().context("starting cargo")?;
-    let mut stderr = child.stderr.take().context("no stderr")?;
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
     let mut executable = None;
     let mut compiled = 0;
-    let stdout = BufReader::new(child.stdout.take().context("no stdout")?);
-    for message in Message::parse_stream(stdout) {
-        if let Message::CompilerArtifact(artifact) = message.context("reading cargo's messages")? {
-            compiled += 1;
-            task.detail(format!("{compiled} crates: {}", artifact.target.name));
-            if let Some(path) = artifact.executable {
-                executable = Some(path.into_std_path_buf());
-            }
+    let (status, stderr) = with_messages(command, |artifact| {
+        compiled += 1;
+        task.detail(format!("{compiled} crates: {}", artifact.target.name));
+        if let Some(path) = artifact.executable {
+            executable = Some(path.into_std_path_buf());
         }
-    }
-    let status = child.wait()?;
-    let stderr = stderr_reader.join().unwrap_or_default();
+    })?;
     if !status.success() {
         let tail: Vec<&str> = stderr.lines().rev().take(25).collect();
         bail!(
@@ -118,11 +102,45 @@ fn run_cargo(workspace: &Workspace, build: &BuildSection, target: Option<&Target
     executable.context("cargo reported no executable for plexichat")
 }
 
-/// `rustc -vV`: the compiler's full identity (version, commit, host, LLVM), as cache
-/// keys and baseline comparisons need it.
-pub fn rustc_version() -> Result<String> {
+/// The cargo running us (cargo sets `CARGO` for `cargo xtask`), else the one on PATH.
+pub fn cargo() -> Command {
+    // Builds stream their messages while they run: a child of ours, not a command.
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Runs `command` (a cargo build, bench, …) with cargo's JSON messages on its stdout,
+/// handing every compiled artefact to `on_artifact` as it comes; returns cargo's exit
+/// status and what it said on stderr (its rendered diagnostics).
+pub fn with_messages(mut command: Command, mut on_artifact: impl FnMut(Artifact)) -> Result<(ExitStatus, String)> {
+    command
+        .arg("--message-format=json-render-diagnostics")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().context("starting cargo")?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let stdout = BufReader::new(child.stdout.take().context("no stdout")?);
+    for message in Message::parse_stream(stdout) {
+        if let Message::CompilerArtifact(artifact) = message.context("reading cargo's messages")? {
+            on_artifact(artifact);
+        }
+    }
+    let status = child.wait().context("waiting for cargo")?;
+    Ok((status, stderr_reader.join().unwrap_or_default()))
+}
+
+/// `rustc -vV` as the workspace at `dir` sees it (its toolchain file included): the
+/// compiler's full identity (version, commit, host, LLVM), as cache keys and baseline
+/// comparisons need it.
+pub fn rustc_version(dir: &Path) -> Result<String> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let output = Command::new(rustc).arg("-vV").output().context("running rustc -vV")?;
+    let sh = process::shell_in(dir)?;
+    let output = process::output(cmd!(sh, "{rustc} -vV"))?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 

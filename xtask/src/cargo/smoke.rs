@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use services::process::{self, cmd, Cmd, Shell};
+use services::teardown::TempDir;
+use services::ServerProcess;
 
-use crate::cluster::node::ServerProcess;
 use crate::report::progress::Task;
-use crate::report::teardown::TempDir;
 use crate::system;
 use crate::workspace::targets::Target;
 
@@ -75,21 +76,18 @@ pub fn run(binary: &Path, target: &Target, profile: &Path, version: &str, task: 
 }
 
 /// `binary args…`, through qemu-user when the binary is foreign.
-fn command(binary: &Path, target: &Target) -> Command {
+fn command<'a>(sh: &'a Shell, binary: &Path, target: &Target) -> Cmd<'a> {
     if target.is_foreign() {
-        let mut command = Command::new(target.qemu_user());
-        command.arg(binary);
-        command
+        let emulator = target.qemu_user();
+        cmd!(sh, "{emulator} {binary}")
     } else {
-        Command::new(binary)
+        cmd!(sh, "{binary}")
     }
 }
 
 fn check_version(binary: &Path, target: &Target, version: &str) -> Result<String> {
-    let output = command(binary, target)
-        .arg("--version")
-        .output()
-        .context("running --version")?;
+    let sh = process::shell()?;
+    let output = process::output(command(&sh, binary, target).arg("--version")).context("running --version")?;
     let printed = String::from_utf8_lossy(&output.stdout).trim().to_string();
     let expected = format!("plexichat {version}");
     if !output.status.success() || printed != expected {
@@ -102,9 +100,8 @@ fn check_version(binary: &Path, target: &Target, version: &str) -> Result<String
 }
 
 fn healthcheck(binary: &Path, target: &Target, url: &str) -> Result<String> {
-    let output = command(binary, target)
-        .args(["healthcheck", "--url", url, "--timeout", "20s"])
-        .output()
+    let sh = process::shell()?;
+    let output = process::output(command(&sh, binary, target).args(["healthcheck", "--url", url, "--timeout", "20s"]))
         .context("running plexichat healthcheck")?;
     if !output.status.success() {
         bail!(
@@ -125,8 +122,8 @@ fn start_server(binary: &Path, target: &Target, profile: &Path) -> Result<SmokeS
     let dir = TempDir::new("smoke")?;
     let database = format!("sqlite://{}", dir.path().join("smoke.db").display());
     let node_id = format!("smoke-{}", target.arch);
-    let mut command = command(binary, target);
-    command
+    let sh = process::shell_in(dir.path())?;
+    let serve = command(&sh, binary, target)
         .arg("serve")
         .arg("--config")
         .arg(profile)
@@ -137,8 +134,9 @@ fn start_server(binary: &Path, target: &Target, profile: &Path) -> Result<SmokeS
             &database,
             "--node-id",
             &node_id,
-        ])
-        .current_dir(dir.path());
+        ]);
+    // The server runs until the smoke run stops it: a child of ours, not a command.
+    let command = Command::from(serve);
     Ok(SmokeServer {
         server: ServerProcess::start(command, START_TIMEOUT)?,
         _dir: dir,
@@ -155,18 +153,16 @@ fn resolve_from_bare_root(binary: &Path, target: &Target, port: u16) -> Result<S
     std::fs::create_dir_all(root.path().join("etc"))?;
     std::fs::write(root.path().join("etc/hosts"), format!("127.0.0.1 {SMOKE_HOST}\n"))?;
     std::fs::copy(binary, root.path().join("plexichat"))?;
-    let mut chroot = Command::new("chroot");
-    chroot.arg(root.path());
+    let (sh, new_root) = (process::shell()?, root.path());
+    let mut chroot = cmd!(sh, "chroot {new_root}");
     if target.is_foreign() {
         let emulator =
             system::which(&target.qemu_user()).with_context(|| format!("{} not found", target.qemu_user()))?;
         std::fs::copy(emulator, root.path().join("qemu"))?;
-        chroot.arg("/qemu");
+        chroot = chroot.arg("/qemu");
     }
     let url = format!("http://{SMOKE_HOST}:{port}/health");
-    let output = chroot
-        .args(["/plexichat", "healthcheck", "--url", &url, "--timeout", "20s"])
-        .output()
+    let output = process::output(chroot.args(["/plexichat", "healthcheck", "--url", &url, "--timeout", "20s"]))
         .context("running chroot")?;
     if !output.status.success() {
         bail!(

@@ -1,9 +1,8 @@
 //! What the cluster commands (`cluster-local`, `qemu-cluster`) share: the cluster
 //! description other tools connect to, check results, `--hold`, and the verifier that
-//! talks to the nodes as a client would.
+//! talks to the nodes as a client would. The services and server processes they start
+//! come from the services crate, which the server's tests share.
 
-pub mod node;
-pub mod services;
 mod verify;
 
 use std::net::SocketAddr;
@@ -13,8 +12,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use services::teardown::{self, Guard};
+
 use crate::report::progress::Task;
-use crate::report::teardown::{self, Guard};
 use crate::report::Report;
 use crate::workspace::Workspace;
 

@@ -48,7 +48,7 @@ pub fn run(args: Args) -> Result<Report> {
     };
     let progress = Progress::new();
     let mut failures = provision::install_per_target(&targets, Requirement::to_build, &progress);
-    let toolchain = crate::cargo::rustc_version()?;
+    let toolchain = crate::cargo::rustc_version(&workspace.root)?;
     let revision = workspace.git_revision();
     let mut manifest = Manifest::load(&workspace);
     let mut built = Vec::new();

@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use serde::Serialize;
+use services::teardown::TempDir;
+use services::{Durability, Nats, Postgres, ServerProcess};
 
 use crate::cargo::host_binary;
-use crate::cluster::node::ServerProcess;
-use crate::cluster::services::{Durability, Nats, Postgres};
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
 use crate::report::progress::Progress;
-use crate::report::teardown::TempDir;
 use crate::report::{Report, Table};
 use crate::system::http;
 use crate::workspace::profile::Profile;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use serde::Serialize;
+use services::teardown::Guard;
 
 use crate::docker::context::{image_labels, ServerSettings};
 use crate::docker::engine::{
@@ -25,7 +26,6 @@ use crate::docker::{build_one, Image};
 use crate::provision::{self, Requirement};
 use crate::report::error::UsageError;
 use crate::report::progress::Progress;
-use crate::report::teardown::Guard;
 use crate::report::{Report, Table};
 use crate::workspace::profile::Profile;
 use crate::workspace::targets::{self, Target};

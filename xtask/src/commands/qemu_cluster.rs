@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use services::teardown::TempDir;
+use services::{Durability, Nats, Postgres};
 
 use crate::cargo::artefact::target_binary;
-use crate::cluster::services::{Durability, Nats, Postgres};
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
 use crate::guest::cpio::CpioWriter;
 use crate::guest::image::{self, BuiltImage};
@@ -19,7 +20,6 @@ use crate::guest::{self as guest_images, ImageDefinition};
 use crate::qemu::vm::{Launch, Vm};
 use crate::qemu::{checks, plan, qmp, vm};
 use crate::report::progress::Progress;
-use crate::report::teardown::TempDir;
 use crate::report::{Report, Table};
 use crate::workspace::profile::Profile;
 use crate::workspace::Workspace;

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bollard::models::{ContainerCreateBody, HealthStatusEnum, HostConfig, PortBinding};
 use bollard::query_parameters::CreateContainerOptionsBuilder;
+use services::teardown::Guard;
 
 use super::context::{platform, ServerSettings};
 use super::engine::{container_logs, on_fresh_runtime, remove_container, Engine};
 use super::{Image, SmokeResult, DATA, HEALTHY_TIMEOUT, LABEL, LABEL_VALUE, REQUEST_TIMEOUT, RUN_LABEL};
 use crate::cargo::smoke::Step;
 use crate::report::progress::Task;
-use crate::report::teardown::Guard;
 use crate::system::http;
 use crate::workspace::targets::Target;
 

@@ -4,18 +4,18 @@
 //! changed is reused, not rebuilt.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use services::process::{self, cmd};
+use services::teardown::TempDir;
 use sha2::{Digest, Sha256};
 
 use super::kernels::GuestKernel;
 use super::{initramfs, kernel, modules, ImageDefinition, KernelFormat, ModuleEntry};
 use crate::report::progress::Task;
-use crate::report::teardown::TempDir;
-use crate::system::{self, hex};
+use crate::system::hex;
 use crate::workspace::Workspace;
 
 /// Bumped whenever the same inputs would now make a different image.
@@ -85,7 +85,8 @@ pub fn ensure(workspace: &Workspace, definition: &ImageDefinition, binary: PathB
     let deb_name = file_name(&deb);
     task.step(format!("unpacking {deb_name}"));
     let unpacked = TempDir::new("qemu-image").context("creating a directory to unpack the kernel package in")?;
-    system::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(unpacked.path()))
+    let (sh, into) = (process::shell()?, unpacked.path());
+    process::run(cmd!(sh, "dpkg-deb -x {deb} {into}"))
         .with_context(|| format!("unpacking {} (dpkg-deb comes with Debian's dpkg)", deb.display()))?;
     let tree = modules::ModuleTree::scan(unpacked.path())?;
     let boot_image = boot_image(unpacked.path(), &tree.version)?;

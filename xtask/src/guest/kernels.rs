@@ -6,9 +6,9 @@
 //! when its definition does.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use services::process::{self, cmd, Cmd, Shell};
 
 use crate::guest::ImageDefinition;
 use crate::report::error::UsageError;
@@ -114,9 +114,9 @@ impl GuestKernel {
         }
         let dir = self.cache_dir(target_dir);
         std::fs::create_dir_all(&dir)?;
-        let mut download = apt.command("apt-get", &["download", &self.package]);
-        download.current_dir(&dir);
-        system::run(&mut download).with_context(|| format!("apt-get download {}", self.package))?;
+        let sh = process::shell_in(&dir)?;
+        process::run(apt.command(&sh, "apt-get", &["download", &self.package]))
+            .with_context(|| format!("apt-get download {}", self.package))?;
         self.cached(target_dir)
             .with_context(|| format!("{} was not saved in {}", self.package, dir.display()))
     }
@@ -161,18 +161,19 @@ impl PrivateApt {
         Ok(Self { options })
     }
 
-    fn command(&self, program: &str, args: &[&str]) -> Command {
-        let mut command = Command::new(program);
-        command.args(&self.options).args(args);
-        command
+    fn command<'a>(&self, sh: &'a Shell, program: &str, args: &[&str]) -> Cmd<'a> {
+        let options = &self.options;
+        cmd!(sh, "{program} {options...} {args...}")
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<()> {
-        system::run(&mut self.command(program, args))
+        let sh = process::shell()?;
+        process::run(self.command(&sh, program, args))
     }
 
     fn output(&self, program: &str, args: &[&str]) -> Result<String> {
-        let output = self.command(program, args).output()?;
+        let sh = process::shell()?;
+        let output = process::output(self.command(&sh, program, args))?;
         if !output.status.success() {
             bail!(
                 "{program} {}: {}",

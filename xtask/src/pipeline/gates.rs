@@ -4,11 +4,11 @@
 
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use super::plan::Entry;
 use super::workflow::Condition;
 use crate::system::which;
+use crate::workspace::git;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Gate {
@@ -95,14 +95,11 @@ impl Host {
     }
 
     fn git_ref_exists(&self, reference: &str) -> bool {
-        Command::new("git")
-            .args(["rev-parse", "--verify", "--quiet"])
-            .arg(format!("{reference}^{{commit}}"))
-            .current_dir(&self.root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
+        git(
+            &self.root,
+            &["rev-parse", "--verify", "--quiet", &format!("{reference}^{{commit}}")],
+        )
+        .is_some()
     }
 }
 

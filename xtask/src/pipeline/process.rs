@@ -5,18 +5,15 @@
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use services::process::{self, ProcessGuard, Signal};
 
 use super::run::{Outcome, Status};
-use crate::report::teardown::ProcessGuard;
 
-/// How long a stopped entry's processes may take to exit on SIGTERM before the group is
-/// killed: the toolchain's own subcommands power off VMs and stop databases on SIGTERM.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 
 /// Runs `script` under `timeout` inside `::group::ID` … `::endgroup::` (GitHub's log
@@ -36,6 +33,7 @@ fn supervise(script: &str, root: &Path, timeout: Duration) -> Result<Outcome> {
         .try_clone_to_owned()
         .context("sharing stderr with the step")?;
     let started = Instant::now();
+    // A step runs for as long as it takes, under our timeout: a child, not a command.
     let child = Command::new("sh")
         .arg("-ec")
         .arg(script)
@@ -47,16 +45,16 @@ fn supervise(script: &str, root: &Path, timeout: Duration) -> Result<Outcome> {
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting `sh -ec {script}` in {}", root.display()))?;
-    let process = ProcessGuard::with_teardown(child, stop_group);
+    let step = ProcessGuard::group_leader(child);
     loop {
-        let exited = process.child().try_wait().context("waiting for the step")?;
+        let exited = step.child().try_wait().context("waiting for the step")?;
         if let Some(status) = exited {
             // What the script left running in the background ends with it.
-            signal_group(process.child().id(), "KILL");
+            process::signal_group(step.child().id(), Some(Signal::SIGKILL));
             return Ok(exited_with(status, started.elapsed()));
         }
         if started.elapsed() >= timeout {
-            stop_group(&mut process.child());
+            process::stop_group(&mut step.child());
             return Ok(Outcome {
                 status: Status::TimedOut,
                 seconds: Some(started.elapsed().as_secs_f64()),
@@ -88,35 +86,6 @@ fn exited_with(status: ExitStatus, elapsed: Duration) -> Outcome {
         exit_code: status.code(),
         detail,
     }
-}
-
-/// SIGTERM to the whole group; SIGKILL to whatever is left of it after the grace.
-fn stop_group(child: &mut Child) {
-    let group = child.id();
-    if signal_group(group, "TERM") {
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            // Reaped, the leader no longer counts as a member still running.
-            let _ = child.try_wait();
-            if !signal_group(group, "0") {
-                break;
-            }
-            sleep(POLL);
-        }
-    }
-    signal_group(group, "KILL");
-    // Should `kill` itself be missing, the leader at least must not outlive the wait.
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Sends `signal` to every process of the group; false when none is left.
-fn signal_group(group: u32, signal: &str) -> bool {
-    Command::new("kill")
-        .args([&format!("-{signal}"), "--", &format!("-{group}")])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
 }
 
 #[cfg(test)]

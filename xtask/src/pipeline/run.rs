@@ -7,11 +7,11 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde::Serialize;
+use services::teardown;
 
 use super::gates::{Gate, Host};
 use super::plan::Entry;
 use super::process;
-use crate::report::teardown;
 
 /// In the order a summary counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

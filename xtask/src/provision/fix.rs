@@ -3,10 +3,10 @@
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
+use services::process::{self, cmd};
 
 use super::Check;
 use crate::guest::kernels::GuestKernel;
@@ -68,7 +68,10 @@ pub(super) fn in_order(checks: &[Check]) -> Vec<Fix> {
 
 pub(super) fn apply(fix: &Fix) -> Result<()> {
     match fix {
-        Fix::RustupTarget { target } => system::run(Command::new("rustup").args(["target", "add", target])),
+        Fix::RustupTarget { target } => {
+            let sh = process::shell()?;
+            process::run(cmd!(sh, "rustup target add {target}"))
+        }
         Fix::Apt { packages } => system::apt_install(packages),
         Fix::Binfmt { arch } => register_binfmt(arch),
         Fix::GuestKernel { arch } => {
@@ -88,7 +91,8 @@ fn register_binfmt(arch: &str) -> Result<()> {
         anyhow::bail!("registering binfmt entries needs root");
     }
     if !Path::new(BINFMT_DIR).join("register").exists() {
-        system::run(Command::new("mount").args(["-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR]))?;
+        let sh = process::shell()?;
+        process::run(cmd!(sh, "mount -t binfmt_misc binfmt_misc {BINFMT_DIR}"))?;
     }
     let entry = Path::new(BINFMT_DIR).join(format!("qemu-{arch}"));
     if entry.exists() {

@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 pub use self::fix::Fix;
-pub use self::probe::{docker_engine_version, postgres_bin_dir};
+pub use self::probe::docker_engine_version;
 use crate::report::progress::Progress;
 use crate::system;
 use crate::workspace::targets::{Target, TARGETS};

@@ -3,10 +3,11 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use services::host::postgres_bin_dir;
+use services::process::{self, cmd};
 
 use super::fix::BINFMT_DIR;
 use super::{Check, Fix, Requirement, Status};
@@ -37,9 +38,8 @@ pub(super) fn probe(requirement: Requirement) -> Check {
 }
 
 fn rust_target(check: Check, target: &Target) -> Check {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
+    let installed = process::shell()
+        .and_then(|sh| process::output(cmd!(sh, "rustup target list --installed")))
         .map(|output| {
             String::from_utf8_lossy(&output.stdout)
                 .lines()
@@ -208,21 +208,6 @@ fn docker_version(socket: &Path) -> Result<String> {
         version["Version"].as_str().unwrap_or("?"),
         version["ApiVersion"].as_str().unwrap_or("?")
     ))
-}
-
-/// Debian installs PostgreSQL's server programs outside PATH, per major version.
-pub fn postgres_bin_dir() -> Option<PathBuf> {
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
 }
 
 fn postgres(check: Check) -> Check {

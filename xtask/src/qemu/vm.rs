@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use services::free_port;
+use services::process::{self, ProcessGuard, Signal};
 use tokio::runtime::Runtime;
 
 use super::qmp::{Qmp, VmEvent};
-use crate::cluster::services::free_port;
 use crate::cluster::Member;
 use crate::guest::{Accelerator, ImageDefinition, Powerdown};
-use crate::report::teardown::{self, ProcessGuard};
 use crate::system::http;
 
 /// The port the guest serves on; QEMU forwards a loopback port of the host to it.
@@ -219,6 +219,7 @@ fn qemu_command(
         cmdline.push(' ');
         cmdline.push_str(setting);
     }
+    // QEMU runs until its guard ends it: a child of ours, not a command.
     let mut command = Command::new(&qemu.binary);
     command
         .args(["-name", &launch.node_id])
@@ -267,7 +268,7 @@ fn end(child: &mut Child, qmp: Option<&Qmp>, powerdown: Powerdown) {
             wait_exit(child, EXIT_GRACE);
         }
     }
-    teardown::stop(child, "TERM");
+    process::stop(child, Signal::SIGTERM);
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> bool {

@@ -3,7 +3,6 @@
 
 pub mod error;
 pub mod progress;
-pub mod teardown;
 
 use std::fmt;
 

@@ -6,6 +6,7 @@ pub mod targets;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use services::process::{self, cmd};
 
 pub struct Workspace {
     pub root: PathBuf,
@@ -49,23 +50,20 @@ impl Workspace {
 
     /// The commit checked out, with `-dirty` when the work tree differs from it.
     pub fn git_revision(&self) -> String {
-        let git = |args: &[&str]| {
-            std::process::Command::new("git")
-                .args(args)
-                .current_dir(&self.root)
-                .output()
-                .ok()
-                .filter(|output| output.status.success())
-                .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
-        };
-        match git(&["rev-parse", "HEAD"]) {
-            Some(revision) => match git(&["status", "--porcelain"]) {
+        match git(&self.root, &["rev-parse", "HEAD"]) {
+            Some(revision) => match git(&self.root, &["status", "--porcelain"]) {
                 Some(changes) if !changes.is_empty() => format!("{revision}-dirty"),
                 _ => revision,
             },
             None => "unknown".into(),
         }
     }
+}
+
+/// `git ARGS` in `dir`: its trimmed stdout, or `None` if it failed.
+pub fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let sh = process::shell_in(dir).ok()?;
+    process::read(cmd!(sh, "git {args...}"))
 }
 
 /// The names (without `.yaml`) of the YAML files in `dir`, sorted: what a bad name in a

@@ -1,12 +1,11 @@
-//! Whatever a subcommand starts (processes, temporary directories) is owned by a guard
+//! Whatever a run starts (processes, temporary directories) is owned by a guard
 //! that tears it down when dropped: on success, on error, while unwinding from a panic,
 //! and, through the signal handler, on Ctrl-C or SIGTERM.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 type Action = Box<dyn FnOnce() + Send>;
 
@@ -100,70 +99,6 @@ pub fn install_signal_handler() {
     }
 }
 
-/// A child process, stopped and reaped when the guard goes.
-pub struct ProcessGuard {
-    child: Arc<Mutex<Child>>,
-    _guard: Guard,
-}
-
-/// How long a process may take to stop on its stop signal before it is killed.
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl ProcessGuard {
-    /// Killed outright (SIGKILL) at teardown.
-    pub fn new(child: Child) -> Self {
-        Self::stopped_by(child, "KILL")
-    }
-
-    /// Sent `signal` (e.g. `QUIT` for PostgreSQL's immediate shutdown) at teardown, and
-    /// killed if it is still running after a grace period.
-    pub fn stopped_by(child: Child, signal: &'static str) -> Self {
-        Self::guard(child, move |child| stop(child, signal))
-    }
-
-    /// Torn down by `teardown` (which must leave no process behind).
-    pub fn with_teardown(child: Child, teardown: impl FnOnce(&mut Child) + Send + 'static) -> Self {
-        Self::guard(child, teardown)
-    }
-
-    fn guard(child: Child, stop: impl FnOnce(&mut Child) + Send + 'static) -> Self {
-        let child = Arc::new(Mutex::new(child));
-        let owned = child.clone();
-        let guard = Guard::new(move || {
-            let mut child = owned.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            stop(&mut child);
-        });
-        Self { child, _guard: guard }
-    }
-
-    pub fn child(&self) -> MutexGuard<'_, Child> {
-        self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Sends `signal`, waits a grace period for the exit, then kills and reaps.
-pub fn stop(child: &mut Child, signal: &str) {
-    if !matches!(child.try_wait(), Ok(None)) {
-        return;
-    }
-    if signal != "KILL" {
-        let sent = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status();
-        if sent.is_ok_and(|status| status.success()) {
-            let deadline = std::time::Instant::now() + STOP_GRACE;
-            while std::time::Instant::now() < deadline {
-                if !matches!(child.try_wait(), Ok(None)) {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// A fresh directory under the system temporary directory, removed with the guard.
 pub struct TempDir {
     path: PathBuf,
@@ -189,6 +124,8 @@ impl TempDir {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -213,17 +150,5 @@ mod tests {
         std::fs::write(path.join("file"), "x").unwrap();
         drop(dir);
         assert!(!path.exists());
-    }
-
-    #[test]
-    fn processes_are_killed_when_dropped() {
-        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
-        let pid = child.id();
-        let guard = ProcessGuard::new(child);
-        assert!(Path::new(&format!("/proc/{pid}")).exists());
-        drop(guard);
-        // Reaped by the guard, so the pid no longer names our child.
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        assert!(!status.contains("sleep"), "{status}");
     }
 }

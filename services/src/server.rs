@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::report::teardown::ProcessGuard;
-use crate::system;
+use crate::process::{self, ProcessGuard, Signal};
 
 pub struct ServerProcess {
     process: ProcessGuard,
@@ -115,7 +114,9 @@ impl ServerProcess {
 
     /// SIGTERM, then waits for a clean exit.
     pub fn terminate(&self, timeout: Duration) -> Result<()> {
-        system::run(Command::new("kill").args(["-TERM", &self.pid().to_string()]))?;
+        if !process::signal(self.pid(), Signal::SIGTERM) {
+            bail!("cannot send SIGTERM to {}: it is gone", self.pid());
+        }
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.process.child().try_wait()? {

@@ -1,44 +1,17 @@
-//! Ephemeral PostgreSQL and NATS servers for local clusters and tests: Debian's own
-//! binaries, each in a temporary directory on a free loopback port, stopped and
-//! removed when dropped (and on Ctrl-C, through the teardown registry).
+//! An ephemeral PostgreSQL server for local clusters and tests: Debian's own binaries,
+//! in a temporary directory on a free loopback port, stopped and removed when dropped
+//! (and on Ctrl-C, through the teardown registry).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::provision::postgres_bin_dir;
-use crate::report::teardown::{self, ProcessGuard, TempDir};
-use crate::system;
-
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Installs Debian's `package` when `present` says it is missing, as `doctor --fix`
-/// would: root is needed, and one installation at a time on the machine (apt holds a lock).
-fn provision(package: &str, present: impl Fn() -> bool) -> Result<()> {
-    if present() {
-        return Ok(());
-    }
-    let _installing = system::machine_lock("provision")?;
-    if present() {
-        return Ok(());
-    }
-    if !system::is_root() {
-        bail!("{package} is not installed (fix: sudo apt-get install {package}, or sudo cargo xtask doctor --fix)");
-    }
-    system::apt_install(&[package.to_string()]).with_context(|| format!("installing {package}"))?;
-    if !present() {
-        bail!("{package} was installed but is still not usable");
-    }
-    Ok(())
-}
-
-/// A free TCP port on loopback (free when asked; services bind it right after).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use crate::host::{self, free_port, postgres_bin_dir};
+use crate::process::{self, cmd, ProcessGuard, Signal};
+use crate::teardown::TempDir;
+use crate::START_TIMEOUT;
 
 /// How a PostgreSQL server trades durability for speed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,17 +34,19 @@ impl Postgres {
     /// Starts a server whose data directory is a copy of an initdb'd template kept in
     /// `cache_dir` (made on first use: initdb is the slow part of starting).
     pub fn start(cache_dir: &Path, durability: Durability) -> Result<Self> {
-        provision("postgresql", || postgres_bin_dir().is_some())?;
+        host::install_if_missing("postgresql", || postgres_bin_dir().is_some())?;
         let bin = postgres_bin_dir().context("PostgreSQL's binaries are missing after installing it")?;
         let template = template(&bin, cache_dir)?;
         let dir = TempDir::new("postgres")?;
         let data = dir.path().join("data");
-        system::run(Command::new("cp").arg("-a").arg(&template).arg(&data))?;
+        let sh = process::shell()?;
+        process::run(cmd!(sh, "cp -a {template} {data}"))?;
         let owner = server_user()?;
         if let Some((uid, gid)) = owner {
             chown_tree(dir.path(), uid, gid)?;
         }
         let port = free_port()?;
+        // The server runs until the guard stops it: a child of ours, not a command.
         let mut command = Command::new(bin.join("postgres"));
         command
             .current_dir(dir.path())
@@ -100,15 +75,15 @@ impl Postgres {
                 "full_page_writes=off",
             ]);
         }
-        run_as(&mut command, owner);
+        process::as_user(&mut command, owner);
         let child = command.spawn().context("starting postgres")?;
         let process = ProcessGuard::with_teardown(child, |postmaster| {
             let family = process_family(postmaster.id());
             // A frozen server must run again to obey; SIGQUIT is PostgreSQL's immediate
             // shutdown, which also stops the backends. Whatever remains is killed.
-            signal_each(&family, "CONT");
-            teardown::stop(postmaster, "QUIT");
-            signal_each(&family, "KILL");
+            signal_each(&family, Signal::SIGCONT);
+            process::stop(postmaster, Signal::SIGQUIT);
+            signal_each(&family, Signal::SIGKILL);
         });
         let postgres = Self {
             process,
@@ -135,15 +110,9 @@ impl Postgres {
     }
 
     pub fn create_database(&self, name: &str) -> Result<String> {
-        system::run(Command::new(self.bin.join("createdb")).args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            name,
-        ]))?;
+        let (createdb, port) = (self.bin.join("createdb"), self.port.to_string());
+        let sh = process::shell()?;
+        process::run(cmd!(sh, "{createdb} -h 127.0.0.1 -p {port} -U postgres {name}"))?;
         Ok(self.url(name))
     }
 
@@ -155,20 +124,19 @@ impl Postgres {
     /// answers, as when a database host hangs or is cut off. `thaw` undoes it.
     pub fn freeze(&self) -> Result<()> {
         let family = process_family(self.pid());
-        signal_each(&family, "STOP");
+        signal_each(&family, Signal::SIGSTOP);
         Ok(())
     }
 
     fn wait_ready(&self) -> Result<()> {
+        let (pg_isready, port) = (self.bin.join("pg_isready"), self.port.to_string());
+        let sh = process::shell()?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.process.child().try_wait() {
                 bail!("postgres exited during start-up: {status}");
             }
-            let ready = Command::new(self.bin.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .status()
-                .is_ok_and(|status| status.success());
+            let ready = process::read(cmd!(sh, "{pg_isready} -q -h 127.0.0.1 -p {port}")).is_some();
             if ready {
                 return Ok(());
             }
@@ -182,7 +150,7 @@ impl Postgres {
 
 /// Continues the server whose postmaster is `pid`, frozen by [`Postgres::freeze`].
 pub fn thaw(pid: u32) -> Result<()> {
-    signal_each(&process_family(pid), "CONT");
+    signal_each(&process_family(pid), Signal::SIGCONT);
     Ok(())
 }
 
@@ -206,12 +174,9 @@ fn process_family(pid: u32) -> Vec<u32> {
     family
 }
 
-fn signal_each(pids: &[u32], signal: &str) {
+fn signal_each(pids: &[u32], signal: Signal) {
     for pid in pids {
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .stderr(Stdio::null())
-            .status();
+        process::signal(*pid, signal);
     }
 }
 
@@ -239,22 +204,20 @@ fn template(bin: &Path, cache_dir: &Path) -> Result<PathBuf> {
         chown_tree(staging.path(), uid, gid)?;
     }
     let fresh = staging.path().join("data");
-    let mut initdb = Command::new(bin.join("initdb"));
-    initdb.arg("-D").arg(&fresh).current_dir(staging.path()).args([
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "-E",
-        "UTF8",
-        "--locale=C",
-        "--no-sync",
-    ]);
-    run_as(&mut initdb, owner);
-    system::run(&mut initdb).context("initdb")?;
+    let initdb = bin.join("initdb");
+    let sh = process::shell_in(staging.path())?;
+    process::run_as(
+        cmd!(
+            sh,
+            "{initdb} -D {fresh} -U postgres --auth=trust -E UTF8 --locale=C --no-sync"
+        ),
+        owner,
+    )
+    .context("initdb")?;
     // Copy under a scratch name, then rename: a concurrent run never sees half a template.
     let scratch = cache_dir.join(format!("postgres-{version}-template.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
-    system::run(Command::new("cp").arg("-a").arg(&fresh).arg(&scratch))?;
+    process::run(cmd!(sh, "cp -a {fresh} {scratch}"))?;
     match std::fs::rename(&scratch, &template) {
         Ok(()) => Ok(template),
         // Another process finished first; its template is as good as ours.
@@ -268,7 +231,7 @@ fn template(bin: &Path, cache_dir: &Path) -> Result<PathBuf> {
 
 /// PostgreSQL refuses to run as root: as root, it runs as Debian's `postgres` user.
 fn server_user() -> Result<Option<(u32, u32)>> {
-    if !system::is_root() {
+    if !host::is_root() {
         return Ok(None);
     }
     let passwd = std::fs::read_to_string("/etc/passwd")?;
@@ -280,77 +243,10 @@ fn server_user() -> Result<Option<(u32, u32)>> {
     Ok(Some((fields[2].parse()?, fields[3].parse()?)))
 }
 
-fn run_as(command: &mut Command, owner: Option<(u32, u32)>) {
-    use std::os::unix::process::CommandExt as _;
-    if let Some((uid, gid)) = owner {
-        command.uid(uid).gid(gid);
-    }
-}
-
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
-    system::run(Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(path))
-}
-
-pub struct Nats {
-    process: ProcessGuard,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Nats {
-    pub fn start() -> Result<Self> {
-        provision("nats-server", || system::which("nats-server").is_some())?;
-        let program = system::which("nats-server").context("nats-server is missing after installing it")?;
-        Self::start_on(&program, free_port()?)
-    }
-
-    /// Starts on a given port, e.g. to restart a stopped server where clients expect it.
-    pub fn start_on(program: &Path, port: u16) -> Result<Self> {
-        let dir = TempDir::new("nats")?;
-        let child = Command::new(program)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .arg("-l")
-            .arg(dir.path().join("nats.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nats-server")?;
-        let nats = Self {
-            process: ProcessGuard::stopped_by(child, "TERM"),
-            port,
-            _dir: dir,
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = nats.process.child().try_wait() {
-                bail!("nats-server exited during start-up: {status}");
-            }
-            if Instant::now() > deadline {
-                bail!("nats-server did not listen within {START_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(nats)
-    }
-
-    pub fn url(&self) -> String {
-        self.url_via("127.0.0.1")
-    }
-
-    /// The URL as seen from elsewhere, e.g. a VM that reaches this host as `host`.
-    pub fn url_via(&self, host: &str) -> String {
-        format!("nats://{host}:{}", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.process.child().id()
-    }
+    let sh = process::shell()?;
+    let owner = format!("{uid}:{gid}");
+    process::run(cmd!(sh, "chown -R {owner} {path}"))
 }
 
 #[cfg(test)]
@@ -398,14 +294,5 @@ mod tests {
         drop(postgres);
         let survivors: Vec<&u32> = family.iter().filter(|pid| running(**pid)).collect();
         assert!(survivors.is_empty(), "left behind: {survivors:?}");
-    }
-
-    #[test]
-    fn nats_listens_and_goes_away() {
-        let nats = Nats::start().unwrap();
-        assert!(TcpStream::connect(("127.0.0.1", nats.port())).is_ok());
-        let pid = nats.pid();
-        drop(nats);
-        assert!(!running(pid), "nats-server outlived its guard");
     }
 }

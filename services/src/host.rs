@@ -1,0 +1,107 @@
+//! Facts about this host that the services need (programs on PATH, root, PostgreSQL's
+//! binaries, a free port), and installing the Debian package of one that is missing,
+//! one installation at a time on the machine.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::{self, cmd};
+
+/// The first match for `program` on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|uids| uids.split_whitespace().nth(1).map(|effective| effective == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// An exclusive lock on this machine named `name`, held until the file is dropped (or the
+/// process dies: the kernel releases it). Toolchain runs go on side by side (tests in
+/// parallel, a developer beside CI), and apt, dpkg and rustup refuse or break on
+/// concurrent installs; whoever waits re-checks what is still missing once it holds it.
+pub fn machine_lock(name: &str) -> Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!("plexichat-xtask-{name}.lock"));
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock().with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
+}
+
+/// Installs Debian packages (root only), refreshing the package lists first.
+pub fn apt_install(packages: &[String]) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "installing {} needs root: run `sudo apt-get install {}`",
+            packages.join(" "),
+            packages.join(" ")
+        );
+    }
+    let sh = process::shell()?;
+    process::run(cmd!(sh, "apt-get update -qq"))?;
+    process::run(
+        cmd!(sh, "apt-get install -y -qq --no-install-recommends {packages...}")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Installs Debian's `package` when `present` says it is missing, as `doctor --fix`
+/// would: root is needed, and one installation at a time on the machine (apt holds a
+/// lock). The lock is the one the toolchain's provisioning takes.
+pub(crate) fn install_if_missing(package: &str, present: impl Fn() -> bool) -> Result<()> {
+    if present() {
+        return Ok(());
+    }
+    let _installing = machine_lock("provision")?;
+    if present() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("{package} is not installed (fix: sudo apt-get install {package}, or sudo cargo xtask doctor --fix)");
+    }
+    apt_install(&[package.to_string()]).with_context(|| format!("installing {package}"))?;
+    if !present() {
+        bail!("{package} was installed but is still not usable");
+    }
+    Ok(())
+}
+
+/// Debian installs PostgreSQL's server programs outside PATH, per major version.
+pub fn postgres_bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+/// A free TCP port on loopback (free when asked; services bind it right after).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
