@@ -3,13 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use cargo_metadata::TargetKind;
 use services::process::{self, cmd};
 
-use crate::cargo::{cargo, rustc_version, with_messages};
+use crate::cargo::{cargo, rustc_version, server_build, with_messages};
 use crate::report::progress::Task;
+use crate::workspace::profile::BuildSection;
+use crate::workspace::targets;
 
 /// One side of the comparison: its source tree and its bench executables.
 pub struct Side {
@@ -35,12 +38,9 @@ pub struct Checkout<'a> {
 /// `filter`.
 pub fn benches(checkout: &Checkout, filter: Option<&str>, task: &Task) -> Result<Side> {
     task.step(format!("building the {} benches", checkout.label));
-    let executables = cargo_executables(
-        checkout,
-        &["bench", "--no-run", "--workspace", "--bench", "*"],
-        &["bench"],
-        task,
-    )?;
+    let mut command = cargo();
+    command.args(["bench", "--no-run", "--workspace", "--bench", "*"]);
+    let executables = cargo_executables(checkout, command, &["bench"], task)?;
     let mut benches = BTreeMap::new();
     for executable in executables.into_values() {
         for id in list(&executable, checkout.root, filter)? {
@@ -55,13 +55,26 @@ pub fn benches(checkout: &Checkout, filter: Option<&str>, task: &Task) -> Result
     })
 }
 
-/// The release build of `targets` (cargo arguments such as `--bin plexichat`) of the
-/// server package: executable name → its copy.
-pub fn release(checkout: &Checkout, targets: &[&str], task: &Task) -> Result<BTreeMap<String, PathBuf>> {
+/// The server's static binary for this host, built as build-native builds it (the one
+/// cargo invocation of `crate::cargo::server_build`), so that the working tree's is the
+/// very artefact the images and VMs use.
+pub fn server(checkout: &Checkout, build: &BuildSection, task: &Task) -> Result<PathBuf> {
     task.step(format!("building the {} server (release)", checkout.label));
-    let mut args = vec!["build", "--locked", "--release", "--package", "plexichat"];
-    args.extend_from_slice(targets);
-    cargo_executables(checkout, &args, &["bin", "example"], task)
+    let host = targets::host()?;
+    let mut executables = cargo_executables(checkout, server_build(checkout.root, build, host), &["bin"], task)?;
+    executables
+        .remove("plexichat")
+        .context("cargo built no `plexichat` executable")
+}
+
+/// The load generator (its own package: a release build of it compiles a few HTTP and
+/// WebSocket crates, not the server's dev-dependencies).
+pub fn load_generator(checkout: &Checkout, task: &Task) -> Result<PathBuf> {
+    task.step("building the load generator (release)");
+    let mut command = cargo();
+    command.args(["build", "--locked", "--release", "--package", "plexichat-load"]);
+    let mut executables = cargo_executables(checkout, command, &["bin"], task)?;
+    executables.remove("load").context("cargo built no `load` executable")
 }
 
 /// The compiler as reports name it: `rustc -vV`'s first line at `root`.
@@ -81,7 +94,7 @@ pub fn compiler(root: &Path) -> String {
 /// directory, and a concurrent run could rebuild them under our feet.
 fn cargo_executables(
     checkout: &Checkout,
-    args: &[&str],
+    mut command: Command,
     kinds: &[&str],
     task: &Task,
 ) -> Result<BTreeMap<String, PathBuf>> {
@@ -99,8 +112,8 @@ fn cargo_executables(
         // made would pass for it. Newer sources than any build force the rebuild.
         touch(root)?;
     }
-    let mut command = cargo();
-    command.args(args).current_dir(root).env("CARGO_TARGET_DIR", target_dir);
+    let described = format!("{command:?}");
+    command.current_dir(root).env("CARGO_TARGET_DIR", target_dir);
     let mut built = Vec::new();
     let (status, errors) = with_messages(command, |artifact| {
         task.detail(format!("{label}: compiled {}", artifact.target.name));
@@ -111,11 +124,10 @@ fn cargo_executables(
             built.push(path.into_std_path_buf());
         }
     })
-    .with_context(|| format!("cargo {}", args.join(" ")))?;
+    .with_context(|| described.clone())?;
     if !status.success() {
         bail!(
-            "cargo {} for the {label} side in {} failed:\n{errors}",
-            args.join(" "),
+            "{described} for the {label} side in {} failed:\n{errors}",
             root.display()
         );
     }

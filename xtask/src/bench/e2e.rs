@@ -123,12 +123,15 @@ pub struct Sides<'a> {
 
 pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, progress: &Progress, task: &Task) -> Result<Outcome> {
     let emulated = emulated_target(progress)?;
-    let current = build::release(&sides.current, &["--bin", "plexichat", "--example", "load"], task)?;
+    let workspace = Workspace::discover()?;
+    let profile = Profile::load(&workspace.profiles_dir(), "bench")?;
+    // Both sides' servers are built the same way, as build-native builds them.
+    let current = build::server(&sides.current, &profile.build, task)?;
     let baseline = if sides.same_sources {
         task.step("the working tree is the baseline commit, unchanged: one build serves both sides");
         current.clone()
     } else {
-        build::release(&sides.baseline, &["--bin", "plexichat"], task)?
+        build::server(&sides.baseline, &profile.build, task)?
     };
     let (base_rustc, current_rustc) = (
         build::compiler(sides.baseline.root),
@@ -137,33 +140,25 @@ pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, progress: &Progres
     if base_rustc != current_rustc {
         return Err(super::different_compilers(&base_rustc, &current_rustc).into());
     }
-    let workspace = Workspace::discover()?;
-    let profile = Profile::load(&workspace.profiles_dir(), "bench")?;
+    let generator = build::load_generator(&sides.current, task)?;
     let foreign = target_binary(&workspace, &profile.build, emulated, task)?;
-    let executable = |built: &std::collections::BTreeMap<String, PathBuf>, name: &str| {
-        built
-            .get(name)
-            .cloned()
-            .with_context(|| format!("cargo built no `{name}` executable"))
-    };
-    let generator = executable(&current, "load")?;
     let profile_of = |root: &Path| root.join("profiles").join("bench.yaml");
     let scenarios = [
         Scenario {
             name: "baseline · native · SQLite".into(),
-            command: vec![executable(&baseline, "plexichat")?],
+            command: vec![baseline.clone()],
             profile: profile_of(sides.baseline.root),
             store: Store::Sqlite,
         },
         Scenario {
             name: "current · native · SQLite".into(),
-            command: vec![executable(&current, "plexichat")?],
+            command: vec![current.clone()],
             profile: profile_of(sides.current.root),
             store: Store::Sqlite,
         },
         Scenario {
             name: "current · native · PostgreSQL".into(),
-            command: vec![executable(&current, "plexichat")?],
+            command: vec![current.clone()],
             profile: profile_of(sides.current.root),
             store: Store::Postgres,
         },

@@ -51,37 +51,15 @@ pub(crate) fn cargo_env(build: &BuildSection, target: &Target) -> Vec<(String, S
     env
 }
 
-/// The server for this host, as the profile builds it (not static: it runs here only).
-/// Cargo rebuilds what is stale and nothing else.
-pub fn host_binary(workspace: &Workspace, build: &BuildSection, task: &Task) -> Result<PathBuf> {
-    run_cargo(workspace, build, None, task)
-}
-
 /// Runs cargo for one target; returns the executable it produced.
 pub fn target_build(workspace: &Workspace, build: &BuildSection, target: &Target, task: &Task) -> Result<PathBuf> {
-    run_cargo(workspace, build, Some(target), task)
-}
-
-/// `cargo build` of the server, for `target` or (with `None`) the host.
-fn run_cargo(workspace: &Workspace, build: &BuildSection, target: Option<&Target>, task: &Task) -> Result<PathBuf> {
     if build.sccache && system::which("sccache").is_none() {
         bail!("the profile asks for sccache, which is not installed (fix: apt-get install sccache)");
     }
-    let mut command = cargo();
-    command
-        .current_dir(&workspace.root)
-        .args(["build", "--locked", "--package", "plexichat", "--bin", "plexichat"])
-        .args(["--profile", &build.cargo_profile]);
-    if let Some(target) = target {
-        command.args(["--target", target.triple]).envs(cargo_env(build, target));
-    }
-    if !build.features.is_empty() {
-        command.args(["--features", &build.features.join(",")]);
-    }
-    let destination = target.map_or("the host", |t| t.triple);
+    let command = server_build(&workspace.root, build, target);
     task.step(format!(
-        "cargo build for {destination} --profile {}",
-        build.cargo_profile
+        "cargo build for {} --profile {}",
+        target.triple, build.cargo_profile
     ));
     let mut executable = None;
     let mut compiled = 0;
@@ -100,6 +78,24 @@ fn run_cargo(workspace: &Workspace, build: &BuildSection, target: Option<&Target
         );
     }
     executable.context("cargo reported no executable for plexichat")
+}
+
+/// The one `cargo build` of the server: its static binary for `target`, as `build` says,
+/// in the workspace at `root`. Every user of a release server (build-native, the images,
+/// the VMs, cluster-local, bench-compare's e2e) builds through it, so that one build in a
+/// target directory serves them all.
+pub fn server_build(root: &Path, build: &BuildSection, target: &Target) -> Command {
+    let mut command = cargo();
+    command
+        .current_dir(root)
+        .args(["build", "--locked", "--package", "plexichat", "--bin", "plexichat"])
+        .args(["--profile", &build.cargo_profile])
+        .args(["--target", target.triple])
+        .envs(cargo_env(build, target));
+    if !build.features.is_empty() {
+        command.args(["--features", &build.features.join(",")]);
+    }
+    command
 }
 
 /// The cargo running us (cargo sets `CARGO` for `cargo xtask`), else the one on PATH.

@@ -10,12 +10,13 @@ use serde::Serialize;
 use services::teardown::TempDir;
 use services::{Durability, Nats, Postgres, ServerProcess};
 
-use crate::cargo::host_binary;
+use crate::cargo::artefact::target_binary;
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
 use crate::report::progress::Progress;
 use crate::report::{Report, Table};
 use crate::system::http;
 use crate::workspace::profile::Profile;
+use crate::workspace::targets;
 use crate::workspace::Workspace;
 
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -64,7 +65,8 @@ pub fn run(args: Args) -> Result<Report> {
     let progress = Progress::new();
 
     let task = progress.task("build");
-    let binary = host_binary(&workspace, &profile.build, &task)?;
+    // The static binary for this host: the same build as build-native's, images' and VMs'.
+    let binary = target_binary(&workspace, &profile.build, targets::host()?, &task)?;
     task.finish("plexichat is up to date");
 
     let task = progress.task("services");

@@ -89,6 +89,17 @@ pub fn by_arch(arch: &str) -> Option<&'static Target> {
     TARGETS.iter().find(|target| target.arch == arch)
 }
 
+/// The target of this host's architecture: its static binaries run here natively.
+pub fn host() -> Result<&'static Target, UsageError> {
+    TARGETS.iter().find(|target| !target.is_foreign()).ok_or_else(|| {
+        UsageError(format!(
+            "this host ({}) is none of the architectures PlexiChat ships for\n  fix: run the toolchain on one of {}",
+            std::env::consts::ARCH,
+            allowed()
+        ))
+    })
+}
+
 pub fn parse(name: &str) -> Result<Vec<&'static Target>, String> {
     if name == "all" {
         return Ok(TARGETS.iter().collect());

@@ -1,8 +1,8 @@
 //! A load generator for a running PlexiChat server, run as a second process.
 //!
 //! ```text
-//! cargo run --release -p plexichat --example load -- post --url http://127.0.0.1:8000 --workers 32 --seconds 10 --subscribers 4
-//! cargo run --release -p plexichat --example load -- idle-ws --url http://127.0.0.1:8000 --count 1000 --server-pid PID
+//! cargo run --release -p plexichat-load -- post --url http://127.0.0.1:8000 --workers 32 --seconds 10 --subscribers 4
+//! cargo run --release -p plexichat-load -- idle-ws --url http://127.0.0.1:8000 --count 1000 --server-pid PID
 //! ```
 //! `post` reports messages/s and latency percentiles, and with `--subscribers` the
 //! WebSocket delivery latency (post sent → message received); `idle-ws` opens subscribed,
