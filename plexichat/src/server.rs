@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::app::App;
 use crate::config::Settings;
 use crate::model::{NodeHeartbeat, Timestamp};
+use crate::startup::StartupError;
 
 /// How long shutdown waits for WebSockets to close and loops to stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,7 +32,7 @@ impl Server {
         let app = App::new(settings).await?;
         let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {listen}"))?;
+            .map_err(|cause| StartupError::listen(listen, cause))?;
         Ok(Self { app, listener })
     }
 

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 
+pub(crate) use self::postgres::redact as redact_url;
 pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 use crate::config::DatabaseSettings;
