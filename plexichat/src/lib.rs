@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod ratelimit;
 mod server;
+pub mod startup;
 pub mod store;
 pub mod ws;
 
