@@ -9,5 +9,6 @@ mod docker_build;
 mod qemu_cluster;
 mod qemu_image;
 mod qmp;
+mod schemathesis;
 mod server_cli;
 mod toolchain;

@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::model::{ChannelId, Timestamp, UserId};
 use crate::ratelimit::RateLimits;
+use crate::startup::StartupError;
 use crate::store::{self, Store};
 
 pub struct App {
@@ -41,7 +42,9 @@ pub struct App {
 
 impl App {
     pub async fn new(settings: Settings) -> anyhow::Result<Arc<Self>> {
-        let store = store::connect(&settings.database).await?;
+        let store = store::connect(&settings.database)
+            .await
+            .map_err(|err| StartupError::database(&store::redact_url(&settings.database.url), err.as_ref()))?;
         let metrics = match settings.metrics.enabled {
             true => Some(crate::metrics::recorder(settings.metrics.upkeep_interval)?),
             false => None,

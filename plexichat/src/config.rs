@@ -2,7 +2,7 @@
 //! overrides, then command-line flags. Every mistake is reported with where it came from
 //! (file or variable), the field's path and what to write instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -336,6 +336,65 @@ pub struct ConfigError {
     pub fix: String,
 }
 
+/// Where each setting came from: a `PLEXICHAT_*` variable, the profile or the defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sources {
+    profile: Option<PathBuf>,
+    /// Dotted paths (below `server`) of the values the profile sets.
+    profile_fields: BTreeSet<String>,
+    /// Dotted path set by each variable, and the variable.
+    env: BTreeMap<String, String>,
+}
+
+impl Sources {
+    /// Where the value behind the first of `fields` that was set came from. A field
+    /// counts as set by a variable or profile that sets it, a value inside it (a rule on
+    /// `rate_limits` is broken by `PLEXICHAT_RATE_LIMITS__API_BURST`) or a mapping
+    /// around it (`PLEXICHAT_LISTEN__PORT` turns `listen` into a mapping).
+    pub fn origin_of(&self, fields: &[&str]) -> Origin {
+        let related = |set: &str, field: &str| {
+            set == field
+                || set.strip_prefix(field).is_some_and(|rest| rest.starts_with('.'))
+                || field.strip_prefix(set).is_some_and(|rest| rest.starts_with('.'))
+        };
+        let fields = fields.iter().map(|field| field.trim_start_matches("server."));
+        for field in fields.clone() {
+            if let Some((_, var)) = self.env.iter().find(|(set, _)| related(set, field)) {
+                return Origin::Env(var.clone());
+            }
+        }
+        match &self.profile {
+            Some(path)
+                if fields
+                    .clone()
+                    .any(|field| self.profile_fields.iter().any(|set| related(set, field))) =>
+            {
+                Origin::File(path.clone())
+            }
+            _ => Origin::Defaults,
+        }
+    }
+}
+
+/// A broken rule of `Settings::check`, before it is known where the values came from.
+struct Invalid {
+    /// The fields the rule reads, the one reported first.
+    fields: &'static [&'static str],
+    problem: String,
+    fix: String,
+}
+
+impl Invalid {
+    fn into_error(self, origin: Origin) -> ConfigError {
+        ConfigError {
+            origin,
+            field: format!("server.{}", self.fields.first().copied().unwrap_or("(settings)")),
+            problem: self.problem,
+            fix: self.fix,
+        }
+    }
+}
+
 impl Settings {
     /// Reads a profile (or the defaults when `profile` is `None`) and applies the
     /// `PLEXICHAT_*` variables in `env`.
@@ -343,12 +402,24 @@ impl Settings {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let origin = profile.map_or(Origin::Defaults, |p| Origin::File(p.to_path_buf()));
+        Self::load_with_sources(profile, env).map(|(settings, _)| settings)
+    }
+
+    /// `load`, also telling where each setting came from, so that a setting the
+    /// environment later refuses (a port in use) can be reported like a bad value.
+    pub fn load_with_sources<I>(profile: Option<&Path>, env: I) -> Result<(Self, Sources), ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut sources = Sources {
+            profile: profile.map(Path::to_path_buf),
+            ..Sources::default()
+        };
         let mut server = match profile {
             Some(path) => read_profile(path)?,
             None => Value::Mapping(Default::default()),
         };
-        let mut env_paths = BTreeMap::new();
+        leaf_paths(&server, "", &mut sources.profile_fields);
         for (var, value) in env {
             if let Some(path) = env_override_path(&var)? {
                 let scalar = if ENV_ALIASES.iter().any(|(alias, _)| *alias == var) {
@@ -357,38 +428,38 @@ impl Settings {
                     serde_yaml::from_str(&value).unwrap_or(Value::String(value))
                 };
                 set_path(&mut server, &path, scalar);
-                env_paths.insert(path.join("."), var);
+                sources.env.insert(path.join("."), var);
             }
         }
         let settings: Settings = serde_path_to_error::deserialize(server).map_err(|err| {
             let field = err.path().to_string();
-            let origin = env_paths
-                .get(&field)
-                .map_or(origin.clone(), |var| Origin::Env(var.clone()));
             let problem = err.into_inner().to_string();
             let fix = fix_for(&problem);
             ConfigError {
-                origin,
+                origin: sources.origin_of(&[&field]),
                 field: format!("server.{field}"),
                 problem,
                 fix,
             }
         })?;
-        settings.validate().map_err(|mut err| {
-            err.origin = env_paths
-                .get(err.field.trim_start_matches("server."))
-                .map_or(origin, |var| Origin::Env(var.clone()));
-            err
+        settings.check().map_err(|invalid| {
+            let origin = sources.origin_of(invalid.fields);
+            invalid.into_error(origin)
         })?;
-        Ok(settings)
+        Ok((settings, sources))
     }
 
     /// Semantic checks that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |field: &str, problem: String, fix: &str| {
-            Err(ConfigError {
-                origin: Origin::Defaults,
-                field: format!("server.{field}"),
+        self.check().map_err(|invalid| invalid.into_error(Origin::Defaults))
+    }
+
+    /// `validate`, naming every field a failed rule read: the value to blame may be any
+    /// of them (a maximum from the environment below a minimum from the profile).
+    fn check(&self) -> Result<(), Invalid> {
+        let fail = |fields: &'static [&'static str], problem: String, fix: &str| {
+            Err(Invalid {
+                fields,
                 problem,
                 fix: fix.to_string(),
             })
@@ -396,14 +467,14 @@ impl Settings {
         let url = &self.database.url;
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return fail(
-                "database.url",
+                &["database.url"],
                 format!("unsupported database URL `{url}`"),
                 "use sqlite://PATH or postgres://USER@HOST/DB",
             );
         }
         if self.database.max_connections == 0 || self.database.min_connections > self.database.max_connections {
             return fail(
-                "database.max_connections",
+                &["database.max_connections", "database.min_connections"],
                 format!(
                     "max_connections {} must be at least 1 and at least min_connections {}",
                     self.database.max_connections, self.database.min_connections
@@ -413,40 +484,41 @@ impl Settings {
         }
         if !(1..=9).contains(&self.compression.level) {
             return fail(
-                "compression.level",
+                &["compression.level"],
                 format!("gzip level {} is out of range", self.compression.level),
                 "use a level from 1 (fastest) to 9 (smallest)",
             );
         }
         if self.http.max_body_bytes < 1024 {
             return fail(
-                "http.max_body_bytes",
+                &["http.max_body_bytes"],
                 format!("{} bytes cannot hold a message", self.http.max_body_bytes),
                 "use at least 1024",
             );
         }
         let http = &self.http;
-        for (field, value, example) in [
-            ("http.request_timeout", http.request_timeout, "30s"),
-            ("http.header_read_timeout", http.header_read_timeout, "10s"),
-            ("http.idle_timeout", http.idle_timeout, "75s"),
-            ("http.shutdown_timeout", http.shutdown_timeout, "30s"),
-        ] {
+        let timeouts: [(&'static [&'static str], Duration, &str); 4] = [
+            (&["http.request_timeout"], http.request_timeout, "30s"),
+            (&["http.header_read_timeout"], http.header_read_timeout, "10s"),
+            (&["http.idle_timeout"], http.idle_timeout, "75s"),
+            (&["http.shutdown_timeout"], http.shutdown_timeout, "30s"),
+        ];
+        for (fields, value, example) in timeouts {
             if value.is_zero() {
-                return fail(field, "must not be zero".into(), &format!("use e.g. {example}"));
+                return fail(fields, "must not be zero".into(), &format!("use e.g. {example}"));
             }
         }
         // TCP_KEEPIDLE counts whole seconds.
         if http.tcp_keepalive < Duration::from_secs(1) {
             return fail(
-                "http.tcp_keepalive",
+                &["http.tcp_keepalive"],
                 format!("{} is under a second", humantime::format_duration(http.tcp_keepalive)),
                 "use whole seconds, e.g. 60s",
             );
         }
         if http.max_uri_bytes < MIN_URI_BYTES {
             return fail(
-                "http.max_uri_bytes",
+                &["http.max_uri_bytes"],
                 format!("{} bytes cannot hold the API's own URIs", http.max_uri_bytes),
                 &format!("use at least {MIN_URI_BYTES}, e.g. 8192"),
             );
@@ -455,7 +527,7 @@ impl Settings {
         // what is wrong.
         if http.max_header_bytes <= http.max_uri_bytes {
             return fail(
-                "http.max_header_bytes",
+                &["http.max_header_bytes", "http.max_uri_bytes"],
                 format!(
                     "{} bytes is not more than max_uri_bytes {}",
                     http.max_header_bytes, http.max_uri_bytes
@@ -466,14 +538,14 @@ impl Settings {
         let rl = &self.rate_limits;
         if rl.enabled && (rl.auth_per_minute == 0 || rl.api_per_second == 0 || rl.api_burst == 0) {
             return fail(
-                "rate_limits",
+                &["rate_limits"],
                 "rates and burst must be at least 1 while rate limiting is enabled".into(),
                 "raise them, or set rate_limits.enabled: false",
             );
         }
         if self.websocket.read_buffer_bytes == 0 || self.websocket.outbound_queue == 0 {
             return fail(
-                "websocket",
+                &["websocket"],
                 "read_buffer_bytes and outbound_queue must be at least 1".into(),
                 "use e.g. read_buffer_bytes: 4096, outbound_queue: 256",
             );
@@ -481,21 +553,21 @@ impl Settings {
         let l = &self.limits;
         if l.username_min == 0 || l.username_min > l.username_max {
             return fail(
-                "limits.username_min",
+                &["limits.username_min", "limits.username_max"],
                 format!("{}..{} is not a usable range", l.username_min, l.username_max),
                 "keep 1 <= username_min <= username_max",
             );
         }
         if l.password_min == 0 || l.password_min > l.password_max {
             return fail(
-                "limits.password_min",
+                &["limits.password_min", "limits.password_max"],
                 format!("{}..{} is not a usable range", l.password_min, l.password_max),
                 "keep 1 <= password_min <= password_max",
             );
         }
         if l.channel_name_max == 0 || l.message_body_max == 0 {
             return fail(
-                "limits",
+                &["limits"],
                 "channel_name_max and message_body_max must be at least 1".into(),
                 "use e.g. 64 and 4000",
             );
@@ -503,7 +575,11 @@ impl Settings {
         let a = &self.auth;
         if argon2::Params::new(a.argon2_memory_kib, a.argon2_iterations, a.argon2_parallelism, None).is_err() {
             return fail(
-                "auth.argon2_memory_kib",
+                &[
+                    "auth.argon2_memory_kib",
+                    "auth.argon2_iterations",
+                    "auth.argon2_parallelism",
+                ],
                 format!(
                     "argon2 rejects memory {} KiB, iterations {}, parallelism {}",
                     a.argon2_memory_kib, a.argon2_iterations, a.argon2_parallelism
@@ -513,7 +589,7 @@ impl Settings {
         }
         if self.cluster.lease <= self.cluster.heartbeat_interval {
             return fail(
-                "cluster.lease",
+                &["cluster.lease", "cluster.heartbeat_interval"],
                 format!(
                     "lease {} is not longer than heartbeat_interval {}",
                     humantime::format_duration(self.cluster.lease),
@@ -528,7 +604,7 @@ impl Settings {
                 .any(|scheme| url.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()));
             if !well_formed {
                 return fail(
-                    "cluster.nats_url",
+                    &["cluster.nats_url"],
                     format!("`{url}` is not a NATS URL"),
                     "use nats://HOST:PORT, e.g. nats://127.0.0.1:4222, or leave it unset for one node",
                 );
@@ -536,7 +612,7 @@ impl Settings {
         }
         if self.node_id.as_deref().is_some_and(|id| id.is_empty() || id.len() > 64) {
             return fail(
-                "node_id",
+                &["node_id"],
                 "must be 1 to 64 characters".into(),
                 "set a short name such as node-1",
             );
@@ -633,6 +709,27 @@ fn env_override_path(var: &str) -> Result<Option<Vec<String>>, ConfigError> {
             known.join(", ")
         ),
     })
+}
+
+/// Collects the dotted paths of the scalar (and sequence) values under `node`.
+fn leaf_paths(node: &Value, prefix: &str, into: &mut BTreeSet<String>) {
+    match node {
+        Value::Mapping(map) => {
+            for (key, value) in map {
+                let key = key.as_str().map_or_else(|| format!("{key:?}"), str::to_string);
+                let path = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_paths(value, &path, into);
+            }
+        }
+        _ if !prefix.is_empty() => {
+            into.insert(prefix.to_string());
+        }
+        _ => {}
+    }
 }
 
 fn set_path(root: &mut Value, path: &[String], leaf: Value) {
@@ -833,6 +930,42 @@ mod tests {
         let env = [("PLEXICHAT_LISTN".to_string(), "x".to_string())];
         let err = Settings::load(None, env).unwrap_err();
         assert!(err.problem.contains("unknown variable PLEXICHAT_LISTN"), "{err}");
+    }
+
+    #[test]
+    fn a_rule_broken_by_a_variable_names_the_variable_not_the_defaults() {
+        let cases = [
+            // The rule is reported on a parent, a sibling or the mapping around the value.
+            ("PLEXICHAT_RATE_LIMITS__API_BURST", "0"),
+            ("PLEXICHAT_LIMITS__USERNAME_MAX", "2"),
+            ("PLEXICHAT_CLUSTER__HEARTBEAT_INTERVAL", "10s"),
+            ("PLEXICHAT_DATABASE__MIN_CONNECTIONS", "50"),
+            ("PLEXICHAT_AUTH__ARGON2_PARALLELISM", "0"),
+            ("PLEXICHAT_LISTEN__PORT", "80"),
+        ];
+        for (var, value) in cases {
+            let err = Settings::load(None, [(var.to_string(), value.to_string())]).unwrap_err();
+            assert_eq!(err.origin, Origin::Env(var.into()), "{err}");
+        }
+    }
+
+    #[test]
+    fn sources_tell_variables_profile_and_defaults_apart() {
+        let file = profile("server:\n  listen: 127.0.0.1:9000\n  limits:\n    username_max: 2\n");
+        let err = Settings::load(Some(file.path()), no_env()).unwrap_err();
+        assert_eq!(err.origin, Origin::File(file.path().to_path_buf()), "{err}");
+        let file = profile("server:\n  listen: 127.0.0.1:9000\n");
+        let env = [("PLEXICHAT_DATABASE_URL".to_string(), "sqlite://x.db".to_string())];
+        let (_, sources) = Settings::load_with_sources(Some(file.path()), env).unwrap();
+        assert_eq!(
+            sources.origin_of(&["server.listen"]),
+            Origin::File(file.path().to_path_buf())
+        );
+        assert_eq!(
+            sources.origin_of(&["server.database.url"]),
+            Origin::Env("PLEXICHAT_DATABASE_URL".into())
+        );
+        assert_eq!(sources.origin_of(&["server.node_id"]), Origin::Defaults);
     }
 
     #[test]

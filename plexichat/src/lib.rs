@@ -19,6 +19,7 @@ pub mod model;
 pub mod protocol;
 pub mod ratelimit;
 mod server;
+pub mod startup;
 pub mod store;
 pub mod ws;
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use plexichat::config::{ConfigError, Origin, Settings};
+use plexichat::config::{ConfigError, Origin, Settings, Sources};
+use plexichat::startup::{chain_once, StartupError};
 use plexichat::Server;
 use tracing_subscriber::EnvFilter;
 
@@ -60,29 +61,64 @@ struct ServeArgs {
 
 impl ServeArgs {
     /// Profile, then environment, then these flags; flags win.
-    fn settings(&self) -> Result<Settings, ConfigError> {
+    fn settings(&self) -> Result<(Settings, Sources), ConfigError> {
         let mut env: Vec<(String, String)> = std::env::vars().collect();
-        let flags = [
-            ("PLEXICHAT_LISTEN", "--listen", &self.listen),
-            ("PLEXICHAT_DATABASE_URL", "--database-url", &self.database_url),
-            ("PLEXICHAT_NATS_URL", "--nats-url", &self.nats_url),
-            ("PLEXICHAT_NODE_ID", "--node-id", &self.node_id),
-        ];
-        for (var, _, value) in &flags {
+        for (var, _, value) in self.flags() {
             if let Some(value) = value {
                 env.retain(|(name, _)| name != var);
                 env.push((var.to_string(), value.clone()));
             }
         }
-        Settings::load(self.config.as_deref(), env).map_err(|mut err| {
-            // A flag travels as its variable; name the flag the user actually typed.
-            if let Origin::Env(var) = &err.origin {
-                if let Some((_, flag, Some(_))) = flags.iter().find(|(name, _, value)| name == var && value.is_some()) {
-                    err.origin = Origin::Flag(flag.to_string());
-                }
-            }
+        Settings::load_with_sources(self.config.as_deref(), env).map_err(|mut err| {
+            err.origin = self.name_flag(err.origin);
             err
         })
+    }
+
+    /// Each flag, the variable it travels as, and its value.
+    fn flags(&self) -> [(&'static str, &'static str, &Option<String>); 4] {
+        [
+            ("PLEXICHAT_LISTEN", "--listen", &self.listen),
+            ("PLEXICHAT_DATABASE_URL", "--database-url", &self.database_url),
+            ("PLEXICHAT_NATS_URL", "--nats-url", &self.nats_url),
+            ("PLEXICHAT_NODE_ID", "--node-id", &self.node_id),
+        ]
+    }
+
+    /// A flag travels as its variable; name the flag the user actually typed.
+    fn name_flag(&self, origin: Origin) -> Origin {
+        if let Origin::Env(var) = &origin {
+            if let Some((_, flag, _)) = self
+                .flags()
+                .into_iter()
+                .find(|(name, _, value)| name == var && value.is_some())
+            {
+                return Origin::Flag(flag.to_string());
+            }
+        }
+        origin
+    }
+}
+
+/// Used when PLEXICHAT_LOG is not set.
+const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
+
+/// The log filter PLEXICHAT_LOG asks for. A filter that does not parse is refused rather
+/// than replaced by the default: the logs someone asked for would silently be missing.
+fn log_filter() -> Result<EnvFilter, ConfigError> {
+    let refuse = |problem: String| ConfigError {
+        origin: Origin::Env("PLEXICHAT_LOG".into()),
+        field: "(log filter)".into(),
+        problem,
+        fix: format!(
+            "use a level (error, warn, info, debug, trace) or directives such as \
+             info,plexichat=debug; unset it for the default {DEFAULT_LOG_FILTER}"
+        ),
+    };
+    match std::env::var("PLEXICHAT_LOG") {
+        Err(std::env::VarError::NotPresent) => Ok(EnvFilter::new(DEFAULT_LOG_FILTER)),
+        Err(std::env::VarError::NotUnicode(_)) => Err(refuse("not valid UTF-8".into())),
+        Ok(text) => EnvFilter::try_new(&text).map_err(|err| refuse(format!("`{text}` is not a log filter: {err}"))),
     }
 }
 
@@ -99,15 +135,16 @@ fn main() -> ExitCode {
         Some(Command::Healthcheck { url, timeout }) => return healthcheck(&url, timeout),
         None => cli.serve,
     };
-    let settings = match args.settings() {
-        Ok(settings) => settings,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(2);
-        }
+    let (settings, sources) = match args.settings() {
+        Ok(loaded) => loaded,
+        Err(err) => return usage_error(&err),
+    };
+    let filter = match log_filter() {
+        Ok(filter) => filter,
+        Err(err) => return usage_error(&err),
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("PLEXICHAT_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         // When stderr is gone (a closed pipe), reporting that on stderr would panic:
@@ -123,11 +160,26 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(serve(settings)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
+        // The surroundings refused a setting: reported like a bad setting, with a fix.
+        Err(err) => match err.downcast_ref::<StartupError>() {
+            Some(startup) => usage_error(&ConfigError {
+                origin: args.name_flag(sources.origin_of(&[startup.field()])),
+                field: startup.field().to_string(),
+                problem: startup.to_string(),
+                fix: startup.fix(),
+            }),
+            None => {
+                eprintln!("error: {}", chain_once(err.as_ref()));
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// Bad usage or configuration: exit 2 with what to change (DESIGN.md's exit codes).
+fn usage_error(err: &ConfigError) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(2)
 }
 
 fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {

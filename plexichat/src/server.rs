@@ -15,6 +15,7 @@ use crate::app::App;
 use crate::config::Settings;
 use crate::connections::{self, Connections};
 use crate::model::{NodeHeartbeat, Timestamp};
+use crate::startup::StartupError;
 
 /// How often expired sessions are deleted.
 const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(300);
@@ -32,7 +33,7 @@ impl Server {
         let app = App::new(settings).await?;
         let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {listen}"))?;
+            .map_err(|cause| StartupError::listen(listen, cause))?;
         Ok(Self { app, listener })
     }
 

@@ -42,6 +42,9 @@ pub struct WsQuery {
         (status = 101, description = "Switching to the WebSocket protocol of API.md"),
         (status = 400, description = "Not a WebSocket upgrade", body = crate::error::ErrorBody),
         (status = 401, description = "Missing, unknown or expired token", body = crate::error::ErrorBody),
+        (status = 429, description = "Over the user's request rate", body = crate::error::ErrorBody),
+        (status = 500, body = crate::error::ErrorBody),
+        (status = 503, description = "Database unavailable or request timed out", body = crate::error::ErrorBody),
     ))]
 pub async fn upgrade(
     State(app): State<Arc<App>>,

@@ -16,6 +16,15 @@ use crate::error::{ApiError, ErrorBody};
 use crate::model::{validate_password, validate_username, Timestamp, User};
 use crate::store::StoreError;
 
+/// A new account. The document states the profile's limits on both fields (see
+/// `http::state_limits`).
+#[derive(Deserialize, ToSchema)]
+pub struct Registration {
+    username: String,
+    password: String,
+}
+
+/// Any strings: an account made under older, looser limits must still be able to log in.
 #[derive(Deserialize, ToSchema)]
 pub struct Credentials {
     username: String,
@@ -30,15 +39,16 @@ pub struct LoginResponse {
 }
 
 /// Create an account.
-#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Credentials, responses(
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = Registration, responses(
     (status = 201, body = User),
-    (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-    (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+    (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+    (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+    (status = 503, body = ErrorBody),
 ))]
 pub async fn register(
     State(app): State<Arc<App>>,
     ClientAddr(client): ClientAddr,
-    ApiJson(credentials): ApiJson<Credentials>,
+    ApiJson(credentials): ApiJson<Registration>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     app.rate_limits.check_auth(client)?;
     let limits = &app.settings.limits;
@@ -59,7 +69,8 @@ pub async fn register(
 /// Exchange a username and password for a session token.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = Credentials, responses(
     (status = 200, body = LoginResponse),
-    (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
+    (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
+    (status = 429, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
 pub async fn login(
     State(app): State<Arc<App>>,
@@ -87,7 +98,8 @@ pub async fn login(
 
 /// Revoke the token used for this request, on every node.
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])), responses(
-    (status = 204), (status = 401, body = ErrorBody),
+    (status = 204), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
+    (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
 pub async fn logout(State(app): State<Arc<App>>, auth: AuthUser) -> Result<StatusCode, ApiError> {
     app.store.delete_session(&auth.token_hash).await?;
@@ -104,7 +116,8 @@ pub async fn logout(State(app): State<Arc<App>>, auth: AuthUser) -> Result<Statu
 
 /// The user the token belongs to.
 #[utoipa::path(get, path = "/api/v1/me", tag = "auth", security(("bearer" = [])), responses(
-    (status = 200, body = User), (status = 401, body = ErrorBody),
+    (status = 200, body = User), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
+    (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
 pub async fn me(auth: AuthUser) -> Json<User> {
     Json(auth.user)

@@ -25,8 +25,9 @@ pub struct NewChannel {
 #[utoipa::path(post, path = "/api/v1/channels", tag = "channels", security(("bearer" = [])),
     request_body = NewChannel, responses(
     (status = 201, body = Channel),
-    (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+    (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+    (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+    (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
 pub async fn create(
     State(app): State<Arc<App>>,
@@ -47,7 +48,8 @@ pub async fn create(
 
 /// Every channel, ordered by id.
 #[utoipa::path(get, path = "/api/v1/channels", tag = "channels", security(("bearer" = [])), responses(
-    (status = 200, body = [Channel]), (status = 401, body = ErrorBody),
+    (status = 200, body = [Channel]), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
+    (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
 pub async fn list(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<Vec<Channel>>, ApiError> {
     Ok(Json(app.store.channels().await?))
@@ -56,8 +58,9 @@ pub async fn list(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<V
 /// One channel.
 #[utoipa::path(get, path = "/api/v1/channels/{id}", tag = "channels", security(("bearer" = [])),
     params(("id" = i64, Path, description = "Channel id")), responses(
-    (status = 200, body = Channel), (status = 400, body = ErrorBody),
-    (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 200, body = Channel), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+    (status = 503, body = ErrorBody),
 ))]
 pub async fn get(
     State(app): State<Arc<App>>,
@@ -71,8 +74,9 @@ pub async fn get(
 /// Become a member (idempotent).
 #[utoipa::path(post, path = "/api/v1/channels/{id}/join", tag = "channels", security(("bearer" = [])),
     params(("id" = i64, Path, description = "Channel id")), responses(
-    (status = 204), (status = 400, body = ErrorBody),
-    (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+    (status = 503, body = ErrorBody),
 ))]
 pub async fn join(
     State(app): State<Arc<App>>,
@@ -93,8 +97,9 @@ pub async fn join(
 /// Stop being a member; live delivery to this user's sockets stops too.
 #[utoipa::path(post, path = "/api/v1/channels/{id}/leave", tag = "channels", security(("bearer" = [])),
     params(("id" = i64, Path, description = "Channel id")), responses(
-    (status = 204), (status = 400, body = ErrorBody),
-    (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+    (status = 503, body = ErrorBody),
 ))]
 pub async fn leave(
     State(app): State<Arc<App>>,

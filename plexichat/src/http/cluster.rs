@@ -26,7 +26,8 @@ pub struct NodeStatus {
 
 /// Every node that has joined the cluster, and whether it is up.
 #[utoipa::path(get, path = "/api/v1/cluster/nodes", tag = "cluster", security(("bearer" = [])), responses(
-    (status = 200, body = [NodeStatus]), (status = 401, body = ErrorBody),
+    (status = 200, body = [NodeStatus]), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
+    (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
 pub async fn nodes(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<Vec<NodeStatus>>, ApiError> {
     let nodes = app.store.nodes(app.settings.cluster.lease).await?;

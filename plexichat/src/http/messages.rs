@@ -24,11 +24,15 @@ pub struct PostMessage {
     body: String,
 }
 
+// `ApiQuery` is our own extractor, so utoipa cannot tell these are query parameters:
+// without `parameter_in` it would document them as required path parameters.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Only messages with a smaller id (older), for paging back.
     before: Option<MessageId>,
-    /// 1 to 200, default 50.
+    /// How many messages, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200, default = 50)]
     limit: Option<u32>,
 }
 
@@ -37,7 +41,8 @@ pub struct PageQuery {
     params(("id" = i64, Path, description = "Channel id")), request_body = PostMessage, responses(
     (status = 201, body = Message), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
     (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-    (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody),
+    (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
+    (status = 503, body = ErrorBody),
 ))]
 pub async fn post(
     State(app): State<Arc<App>>,
@@ -71,7 +76,8 @@ pub async fn post(
 #[utoipa::path(get, path = "/api/v1/channels/{id}/messages", tag = "messages", security(("bearer" = [])),
     params(("id" = i64, Path, description = "Channel id"), PageQuery), responses(
     (status = 200, body = [Message]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
+    (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
 pub async fn page(
     State(app): State<Arc<App>>,

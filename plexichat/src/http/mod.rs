@@ -21,12 +21,15 @@ use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::openapi::schema::{Object, Schema};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Components, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::App;
+use crate::config::Limits;
 use crate::error::{error_response, ApiError};
 use crate::metrics::{HTTP_REQUESTS_TOTAL, HTTP_REQUEST_SECONDS};
 
@@ -71,15 +74,18 @@ fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(crate::ws::upgrade))
 }
 
-/// The OpenAPI document of every route.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+/// The OpenAPI document of every route, stating `limits`.
+pub fn openapi(limits: &Limits) -> utoipa::openapi::OpenApi {
+    let mut document = routes().split_for_parts().1;
+    state_limits(&mut document, limits);
+    document
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    let (router, openapi) = routes().split_for_parts();
-    let openapi = OpenApiJson(openapi.to_json().unwrap_or_default().into());
     let settings = &app.settings;
+    let (router, mut openapi) = routes().split_for_parts();
+    state_limits(&mut openapi, &settings.limits);
+    let openapi = OpenApiJson(openapi.to_json().unwrap_or_default().into());
     let compression = CompressionLayer::new()
         .gzip(true)
         .quality(CompressionLevel::Precise(i32::from(settings.compression.level)))
@@ -105,6 +111,69 @@ pub fn router(app: Arc<App>) -> Router {
         router
     };
     router.layer(TraceLayer::new_for_http()).with_state(app)
+}
+
+/// Writes the value limits into the request schemas. They come from the profile, not
+/// from attributes, so that the document a node serves states the limits it enforces.
+fn state_limits(document: &mut utoipa::openapi::OpenApi, limits: &Limits) {
+    let Some(components) = document.components.as_mut() else {
+        return;
+    };
+    if let Some(username) = property(components, "Registration", "username") {
+        username.min_length = Some(limits.username_min);
+        username.max_length = Some(limits.username_max);
+        username.pattern = Some("^[A-Za-z0-9_.-]+$".into());
+        username.description = Some(format!(
+            "{} to {} characters: letters A-Z and a-z, digits, '_', '.' and '-'",
+            limits.username_min, limits.username_max
+        ));
+    }
+    if let Some(password) = property(components, "Registration", "password") {
+        password.min_length = Some(limits.password_min);
+        password.max_length = Some(limits.password_max);
+        password.description = Some(format!("{} to {} characters", limits.password_min, limits.password_max));
+    }
+    for (schema, field, max) in [
+        ("NewChannel", "name", limits.channel_name_max),
+        ("PostMessage", "body", limits.message_body_max),
+    ] {
+        if let Some(text) = property(components, schema, field) {
+            text.min_length = Some(1);
+            text.pattern = Some(trimmed_length_pattern(max));
+            text.description = Some(format!(
+                "1 to {max} characters after trimming surrounding white space; stored trimmed"
+            ));
+        }
+    }
+}
+
+/// The string property `field` of the object schema `schema`.
+fn property<'a>(components: &'a mut Components, schema: &str, field: &str) -> Option<&'a mut Object> {
+    let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema) else {
+        return None;
+    };
+    match object.properties.get_mut(field) {
+        Some(RefOr::T(Schema::Object(property))) => Some(property),
+        _ => None,
+    }
+}
+
+/// The white space Rust's `str::trim` removes (Unicode White_Space), as a regex class body.
+/// Spelled out rather than `\s`, whose meaning differs between regex dialects (Python's
+/// includes U+001C–U+001F, which `trim` keeps).
+const TRIMMED: &str = r"\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// A pattern matching exactly the strings that are 1 to `max` characters long after
+/// trimming. `maxLength` cannot say this: the limit applies after trimming, so a padded
+/// string longer than `max` is accepted, and a document stating `maxLength` would make
+/// clients (and schemathesis) believe it is refused.
+fn trimmed_length_pattern(max: usize) -> String {
+    let space = format!("[{TRIMMED}]");
+    let solid = format!("[^{TRIMMED}]");
+    match max {
+        0 | 1 => format!("^{space}*{solid}{space}*$"),
+        _ => format!("^{space}*{solid}(?:[\\s\\S]{{0,{}}}{solid})?{space}*$", max - 2),
+    }
 }
 
 /// Counts and times each request by its route template (not its path, which would

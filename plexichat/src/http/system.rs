@@ -26,7 +26,10 @@ pub struct Health {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/health", tag = "system", responses(
+    (status = 200, body = Health),
+    (status = 503, description = "The request timed out", body = crate::error::ErrorBody),
+))]
 pub async fn health(State(app): State<Arc<App>>) -> Json<Health> {
     Json(Health {
         status: "ok",
@@ -43,6 +46,7 @@ pub struct Ready {
 /// Readiness: the database answers, takes writes, and the node is not draining.
 #[utoipa::path(get, path = "/ready", tag = "system", responses(
     (status = 200, body = Ready),
+    (status = 500, description = "The database failed unexpectedly", body = crate::error::ErrorBody),
     (status = 503, description = "Database unreachable or refusing writes, or node draining", body = crate::error::ErrorBody),
 ))]
 pub async fn ready(State(app): State<Arc<App>>) -> Result<Json<Ready>, ApiError> {
@@ -68,6 +72,7 @@ pub async fn ready(State(app): State<Arc<App>>) -> Result<Json<Ready>, ApiError>
 #[utoipa::path(get, path = "/metrics", tag = "system", responses(
     (status = 200, description = "Prometheus text format", content_type = "text/plain"),
     (status = 404, description = "Metrics are turned off in this profile", body = crate::error::ErrorBody),
+    (status = 503, description = "The request timed out", body = crate::error::ErrorBody),
 ))]
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
     let handle = app.metrics.as_ref().ok_or(ApiError::NotFound("metrics are disabled"))?;
@@ -77,6 +82,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", responses(
     (status = 200, description = "OpenAPI 3 document of every route", content_type = "application/json"),
+    (status = 503, description = "The request timed out", body = crate::error::ErrorBody),
 ))]
 pub async fn openapi(Extension(OpenApiJson(document)): Extension<OpenApiJson>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document.to_string())

@@ -14,6 +14,7 @@ use futures_util::future::BoxFuture;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 
 pub use self::health::{WriteFailure, WriteWatch};
+pub(crate) use self::postgres::redact as redact_url;
 pub use self::postgres::PostgresStore;
 pub use self::sqlite::SqliteStore;
 use crate::config::DatabaseSettings;
