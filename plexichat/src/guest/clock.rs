@@ -4,12 +4,14 @@
 //! follows host time throughout, so the clock is set from it at boot and stepped back
 //! onto it whenever the two drift apart.
 
+use std::ffi::c_int;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use libc::{c_int, c_ulong};
+use nix::sys::time::TimeSpec;
+use nix::time::ClockId;
 
 use super::console::say;
 
@@ -37,14 +39,17 @@ pub struct RtcTime {
     pub tm_isdst: c_int,
 }
 
-/// `_IOR('p', 0x09, struct rtc_time)` in the asm-generic ioctl encoding that x86_64,
-/// aarch64 and riscv64 share; the libc crate does not define it.
-const RTC_RD_TIME: c_ulong = ior(b'p', 0x09, std::mem::size_of::<RtcTime>());
+/// `RTC_RD_TIME` is `_IOR('p', 0x09, struct rtc_time)`; neither nix nor libc defines it.
+const RTC_IOC_MAGIC: u8 = b'p';
+const RTC_RD_TIME_NR: u8 = 0x09;
 
-const fn ior(kind: u8, number: u8, size: usize) -> c_ulong {
-    const READ: c_ulong = 2;
-    (READ << 30) | ((size as c_ulong) << 16) | ((kind as c_ulong) << 8) | number as c_ulong
-}
+nix::ioctl_read!(
+    /// `RTC_RD_TIME`: fills a `struct rtc_time` with the RTC's current time.
+    rtc_rd_time,
+    RTC_IOC_MAGIC,
+    RTC_RD_TIME_NR,
+    RtcTime
+);
 
 impl RtcTime {
     /// Seconds since the Unix epoch, or `None` for a field out of range.
@@ -87,12 +92,9 @@ impl Rtc {
     /// The RTC's time in Unix seconds.
     pub fn read(&self) -> io::Result<i64> {
         let mut time = RtcTime::default();
-        // SAFETY: RTC_RD_TIME fills a struct rtc_time, which `time` is, for the duration
-        // of the call; the descriptor is open.
-        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), RTC_RD_TIME as _, std::ptr::from_mut(&mut time)) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: the declaration gives RTC_RD_TIME the struct rtc_time it fills, which
+        // `time` is, and it is written during the call only; the descriptor is open.
+        unsafe { rtc_rd_time(self.0.as_raw_fd(), &mut time) }?;
         time.unix_seconds()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("the RTC reads {time:?}")))
     }
@@ -115,17 +117,12 @@ fn now_nanos() -> i128 {
 }
 
 fn set_clock(nanos: i128) -> io::Result<()> {
-    let time = libc::timespec {
-        tv_sec: nanos.div_euclid(NANOS_PER_SEC) as libc::time_t,
-        tv_nsec: nanos.rem_euclid(NANOS_PER_SEC) as libc::c_long,
-    };
-    // SAFETY: clock_settime only reads the timespec during the call.
-    let rc = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &time) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    let time = TimeSpec::new(
+        nanos.div_euclid(NANOS_PER_SEC) as _,
+        nanos.rem_euclid(NANOS_PER_SEC) as _,
+    );
+    nix::time::clock_settime(ClockId::CLOCK_REALTIME, time)?;
+    Ok(())
 }
 
 /// Sets the clock from the RTC and keeps it there from a background thread. Without an
@@ -227,7 +224,9 @@ mod tests {
     #[test]
     fn rtc_rd_time_is_the_kernel_request_number() {
         assert_eq!(std::mem::size_of::<RtcTime>(), 36);
-        assert_eq!(RTC_RD_TIME, 0x8024_7009);
+        // What the request number is on x86_64, aarch64 and riscv64 (asm-generic ioctls).
+        let request = nix::request_code_read!(RTC_IOC_MAGIC, RTC_RD_TIME_NR, std::mem::size_of::<RtcTime>());
+        assert_eq!(request as u64, 0x8024_7009);
     }
 
     #[test]

@@ -4,16 +4,19 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::kmod::ModuleInitFlags;
 
 use super::console::say;
 
 /// One module path per line; written by the image builder.
 pub const LIST: &str = "/etc/plexichat/modules";
 
-/// `finit_module` flag: the kernel decompresses the file itself (`.ko.xz`, `.ko.zst`).
-const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
+/// `finit_module` flag from <linux/module.h>: the kernel decompresses the file itself
+/// (`.ko.xz`, `.ko.zst`). Neither nix's ModuleInitFlags nor libc names it yet.
+const MODULE_INIT_COMPRESSED_FILE: ModuleInitFlags = ModuleInitFlags::from_bits_retain(4);
 
 /// The module paths in a list file: one per line; blank lines and `#` comments are skipped.
 pub fn parse_list(text: &str) -> Vec<PathBuf> {
@@ -48,7 +51,7 @@ pub fn load_listed(list: &Path) -> Loaded {
     for path in parse_list(&text) {
         match load(&path) {
             Ok(()) => outcome.loaded += 1,
-            Err(err) if err.raw_os_error() == Some(libc::EEXIST) => outcome.already += 1,
+            Err(err) if err.raw_os_error() == Some(Errno::EEXIST as i32) => outcome.already += 1,
             Err(err) => {
                 outcome.failed += 1;
                 say(format_args!("cannot load kernel module {}: {err}", path.display()));
@@ -63,15 +66,13 @@ fn load(path: &Path) -> io::Result<()> {
     let compressed = path
         .extension()
         .is_some_and(|ext| ext == "xz" || ext == "zst" || ext == "gz");
-    let flags = if compressed { MODULE_INIT_COMPRESSED_FILE } else { 0 };
-    // SAFETY: finit_module reads the open file and the NUL-terminated (empty) parameter
-    // string during the call only; `file` stays open until after it returns.
-    let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), flags) };
-    if rc == 0 {
-        Ok(())
+    let flags = if compressed {
+        MODULE_INIT_COMPRESSED_FILE
     } else {
-        Err(io::Error::last_os_error())
-    }
+        ModuleInitFlags::empty()
+    };
+    nix::kmod::finit_module(&file, c"", flags)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,16 +2,18 @@
 //! Distribution kernels lack CONFIG_IP_PNP, so the `ip=` kernel option does nothing and
 //! init has to do it.
 
-use std::ffi::CString;
+use std::ffi::{c_char, c_short, c_ulong, c_ushort, c_void, CString};
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use libc::{c_char, c_short, c_ulong, c_ushort, c_void, sockaddr};
+use nix::errno::Errno;
+use nix::libc::{self, sockaddr};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType};
 
 /// An IPv4 address with its prefix length, as in `10.0.2.15/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,30 +75,33 @@ pub fn wait_for_interface(name: &str, timeout: Duration) -> bool {
 
 /// Gives `iface` an address and brings it up.
 pub fn configure(iface: &str, net: Ipv4Net) -> io::Result<()> {
-    let socket = ControlSocket::open()?;
+    let socket = control_socket()?;
+    let fd = socket.as_raw_fd();
     let mut request = ifreq(iface)?;
     request.ifr_ifru.ifru_addr = sockaddr_in(net.addr);
-    // SAFETY: SIOCSIFADDR takes an ifreq, whose address field was just set.
-    unsafe { socket.ioctl(libc::SIOCSIFADDR, &mut request) }.map_err(|err| context(err, "setting the address"))?;
+    // SAFETY: SIOCSIFADDR is declared with the ifreq it takes, and `request` is one that
+    // names the interface and holds the address; the kernel reads it during the call only.
+    unsafe { ioctl::set_address(fd, &request) }.map_err(|err| context(err, "setting the address"))?;
     request.ifr_ifru.ifru_netmask = sockaddr_in(net.netmask());
-    // SAFETY: SIOCSIFNETMASK takes an ifreq, whose netmask field was just set.
-    unsafe { socket.ioctl(libc::SIOCSIFNETMASK, &mut request) }.map_err(|err| context(err, "setting the netmask"))?;
-    // SAFETY: SIOCGIFFLAGS fills the flags field of an ifreq naming the interface.
-    unsafe { socket.ioctl(libc::SIOCGIFFLAGS, &mut request) }.map_err(|err| context(err, "reading the flags"))?;
+    // SAFETY: as for SIOCSIFADDR, with the netmask just set.
+    unsafe { ioctl::set_netmask(fd, &request) }.map_err(|err| context(err, "setting the netmask"))?;
+    // SAFETY: SIOCGIFFLAGS is declared with the ifreq it reads the name from and writes the
+    // flags into; `request` is borrowed mutably for the call only.
+    unsafe { ioctl::get_flags(fd, &mut request) }.map_err(|err| context(err, "reading the flags"))?;
     // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags.
     let flags = unsafe { request.ifr_ifru.ifru_flags };
     request.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as c_short;
-    // SAFETY: SIOCSIFFLAGS takes an ifreq, whose flags field was just set.
-    unsafe { socket.ioctl(libc::SIOCSIFFLAGS, &mut request) }.map_err(|err| context(err, "bringing it up"))?;
+    // SAFETY: as for SIOCSIFADDR, with the flags just set.
+    unsafe { ioctl::set_flags(fd, &request) }.map_err(|err| context(err, "bringing it up"))?;
     Ok(())
 }
 
 /// Routes everything not on a local network through `gateway` on `iface`. An existing
 /// default route is left alone.
 pub fn add_default_route(iface: &str, gateway: Ipv4Addr) -> io::Result<()> {
-    let socket = ControlSocket::open()?;
+    let socket = control_socket()?;
     let dev = CString::new(iface)?;
-    let mut route = RtEntry {
+    let route = RtEntry {
         rt_pad1: 0,
         rt_dst: sockaddr_in(Ipv4Addr::UNSPECIFIED),
         rt_gateway: sockaddr_in(gateway),
@@ -111,11 +116,12 @@ pub fn add_default_route(iface: &str, gateway: Ipv4Addr) -> io::Result<()> {
         rt_window: 0,
         rt_irtt: 0,
     };
-    // SAFETY: SIOCADDRT takes a struct rtentry; `rt_dev` points into `dev`, which lives
-    // until after the call, and the kernel only reads it.
-    match unsafe { socket.ioctl(libc::SIOCADDRT, &mut route) } {
-        Err(err) if err.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        result => result,
+    // SAFETY: SIOCADDRT is declared with the struct rtentry it takes, which `route` is;
+    // `rt_dev` points into `dev`, which lives until after the call, and the kernel only
+    // reads them.
+    match unsafe { ioctl::add_route(socket.as_raw_fd(), &route) } {
+        Ok(_) | Err(Errno::EEXIST) => Ok(()),
+        Err(err) => Err(err.into()),
     }
 }
 
@@ -133,16 +139,12 @@ pub fn write_hosts(hostname: &str, addr: Option<Ipv4Addr>) -> io::Result<()> {
 
 /// The kernel's host name, which the server uses as its node id when none is given.
 pub fn set_hostname(name: &str) -> io::Result<()> {
-    // SAFETY: the kernel copies `len` bytes from the pointer, which `name` provides.
-    let rc = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    nix::unistd::sethostname(name)?;
+    Ok(())
 }
 
-fn context(err: io::Error, doing: &str) -> io::Error {
+fn context(err: impl Into<io::Error>, doing: &str) -> io::Error {
+    let err = err.into();
     io::Error::new(err.kind(), format!("{doing}: {err}"))
 }
 
@@ -164,31 +166,24 @@ struct RtEntry {
     rt_irtt: c_ushort,
 }
 
+/// The interface and routing requests nix has no wrappers for, each declared with the
+/// structure the kernel takes for it, so no call can pass the wrong one.
+mod ioctl {
+    use nix::libc::{self, ifreq};
+
+    use super::RtEntry;
+
+    nix::ioctl_write_ptr_bad!(set_address, libc::SIOCSIFADDR, ifreq);
+    nix::ioctl_write_ptr_bad!(set_netmask, libc::SIOCSIFNETMASK, ifreq);
+    nix::ioctl_readwrite_bad!(get_flags, libc::SIOCGIFFLAGS, ifreq);
+    nix::ioctl_write_ptr_bad!(set_flags, libc::SIOCSIFFLAGS, ifreq);
+    nix::ioctl_write_ptr_bad!(add_route, libc::SIOCADDRT, RtEntry);
+}
+
 /// The socket the interface and routing ioctls go through.
-struct ControlSocket(OwnedFd);
-
-impl ControlSocket {
-    fn open() -> io::Result<Self> {
-        // SAFETY: socket() takes no pointers; the result is checked before use.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// # Safety
-    /// `T` must be the structure the kernel expects for `request`.
-    unsafe fn ioctl<T>(&self, request: c_ulong, arg: &mut T) -> io::Result<()> {
-        // SAFETY: the caller vouches for the argument type; `arg` is valid for the call.
-        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), request as _, std::ptr::from_mut(arg)) };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
+fn control_socket() -> io::Result<OwnedFd> {
+    let socket = nix::sys::socket::socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    Ok(socket)
 }
 
 fn ifreq(iface: &str) -> io::Result<libc::ifreq> {
@@ -208,18 +203,18 @@ fn ifreq(iface: &str) -> io::Result<libc::ifreq> {
     Ok(request)
 }
 
+/// A `struct sockaddr_in` for `addr`, in the `struct sockaddr` the ioctls take: built as
+/// the latter directly (its 14 data bytes are the port, 0, then the address in network
+/// order, then zeroes), so no reinterpreting cast is needed.
 fn sockaddr_in(addr: Ipv4Addr) -> sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(addr.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: both are 16-byte plain C structs (transmute checks the size); the kernel
-    // reads a sockaddr as sockaddr_in when its family is AF_INET.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, sockaddr>(sin) }
+    let mut sa_data = [0 as c_char; 14];
+    for (dst, src) in sa_data[2..6].iter_mut().zip(addr.octets()) {
+        *dst = src as c_char;
+    }
+    sockaddr {
+        sa_family: libc::AF_INET as libc::sa_family_t,
+        sa_data,
+    }
 }
 
 #[cfg(test)]

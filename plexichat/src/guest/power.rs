@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::reboot::{reboot, RebootMode};
+
 use super::console::say;
 
 const INPUT_DIR: &str = "/dev/input";
@@ -23,7 +25,7 @@ const KEY_PRESSED: i32 = 1;
 
 /// `struct input_event`: a `struct timeval`, then u16 type, u16 code, i32 value; 24 bytes on
 /// 64-bit targets.
-pub const EVENT_SIZE: usize = std::mem::size_of::<libc::input_event>();
+pub const EVENT_SIZE: usize = std::mem::size_of::<nix::libc::input_event>();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputEvent {
@@ -160,13 +162,10 @@ fn watch(path: &Path, mut device: File, on_press: &(dyn Fn() + Send + Sync)) {
 /// kernel refuse, the thread sleeps forever rather than return.
 pub fn power_off() -> ! {
     say("powering off");
-    // SAFETY: sync takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    // SAFETY: reboot takes no pointers; as PID 1 the call does not return on success.
-    let rc = unsafe { libc::reboot(libc::RB_POWER_OFF) };
-    if rc != 0 {
-        say(format_args!("power-off failed: {}", io::Error::last_os_error()));
-    }
+    nix::unistd::sync();
+    // As PID 1 the call does not return on success.
+    let Err(err) = reboot(RebootMode::RB_POWER_OFF);
+    say(format_args!("power-off failed: {}", io::Error::from(err)));
     loop {
         std::thread::park();
     }
