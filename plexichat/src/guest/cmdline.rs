@@ -12,7 +12,7 @@ use super::net::Ipv4Net;
 /// Tokens this guest reads start with this; everything else belongs to the kernel.
 pub const PREFIX: &str = "plexichat.";
 
-/// Keys with a variable of their own in config.rs, so that `plexichat.listen` reads like
+/// Keys with a variable of their own in the config module (`config::load`), so that `plexichat.listen` reads like
 /// the `--listen` flag instead of `plexichat.database.url`-style paths.
 const ALIASES: &[(&str, &str)] = &[
     ("listen", "PLEXICHAT_LISTEN"),
@@ -126,7 +126,7 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     Ok(boot)
 }
 
-/// The variable config.rs reads for a key: an alias, or the `__`-separated path form
+/// The variable the config module reads for a key: an alias, or the `__`-separated path form
 /// (`rate_limits.enabled` → `PLEXICHAT_RATE_LIMITS__ENABLED`).
 fn env_var(key: &str) -> String {
     if let Some((_, var)) = ALIASES.iter().find(|(alias, _)| *alias == key) {
