@@ -1,4 +1,6 @@
 //! Helpers for driving the workspace's binaries from outside, as a user would.
+// A unit-test build sees the dev-dependencies too; the plain library build is checked.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

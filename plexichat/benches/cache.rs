@@ -1,5 +1,8 @@
 //! The L1 cache on every authenticated request: session, channel and membership
 //! lookups that hit, and a miss that falls through to its loader.
+// The package's other targets' dependencies are in scope here too; unused ones are
+// the library's lint to catch.
+#![allow(unused_crate_dependencies)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;

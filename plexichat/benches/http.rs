@@ -1,6 +1,9 @@
 //! A request through the whole axum stack in process (no network): routing, tracing,
 //! metrics, timeout, body limit, compression, the bearer-token extractor, the caches and
 //! the SQLite store, as `tower::ServiceExt::oneshot` drives the router.
+// The package's other targets' dependencies are in scope here too; unused ones are
+// the library's lint to catch.
+#![allow(unused_crate_dependencies)]
 
 use std::sync::Arc;
 

@@ -1,5 +1,8 @@
 //! A message's JSON: encoded once per post (the response and the fan-out frame) and
 //! decoded by every client; a page of history is encoded per read.
+// The package's other targets' dependencies are in scope here too; unused ones are
+// the library's lint to catch.
+#![allow(unused_crate_dependencies)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use plexichat::model::{Message, Timestamp};

@@ -1,4 +1,7 @@
 //! The SQLite store's hot paths: committing a message, and reading a page of history.
+// The package's other targets' dependencies are in scope here too; unused ones are
+// the library's lint to catch.
+#![allow(unused_crate_dependencies)]
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use plexichat::config::DatabaseSettings;

@@ -1,6 +1,8 @@
 //! PlexiChat: an async chat server (REST + WebSocket) on SQLite by default.
 //!
 //! The contract it keeps is API.md; [`Server`] runs it, [`config::Settings`] configures it.
+// A unit-test build sees the dev-dependencies too; the plain library build is checked.
+#![cfg_attr(test, allow(unused_crate_dependencies))]
 
 pub mod app;
 pub mod auth;
@@ -24,3 +26,6 @@ pub mod store;
 pub mod ws;
 
 pub use server::Server;
+
+// The binary's command line (src/main.rs): a dependency of the package, not of this library.
+use clap as _;

@@ -1,4 +1,7 @@
 //! The `plexichat` binary: `plexichat [serve] [flags]`.
+// The package's other targets' dependencies are in scope here too; unused ones are
+// the library's lint to catch.
+#![allow(unused_crate_dependencies)]
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

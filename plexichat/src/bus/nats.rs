@@ -65,7 +65,7 @@ impl NatsBus {
 }
 
 /// The subject an event travels on.
-pub fn subject(event: &ClusterEvent) -> String {
+pub(super) fn subject(event: &ClusterEvent) -> String {
     match event.channel_id() {
         Some(channel) => format!("plexichat.v1.channel.{channel}"),
         None => "plexichat.v1.sessions".into(),

@@ -15,7 +15,7 @@ use nix::time::ClockId;
 
 use super::console::say;
 
-pub const RTC_DEVICE: &str = "/dev/rtc0";
+pub(super) const RTC_DEVICE: &str = "/dev/rtc0";
 
 /// The RTC counts whole seconds, so a smaller difference is reading noise, not drift.
 const MAX_DRIFT_NANOS: i128 = 2 * NANOS_PER_SEC;
@@ -25,7 +25,7 @@ const NANOS_PER_SEC: i128 = 1_000_000_000;
 /// `struct rtc_time` from <linux/rtc.h>: broken-down UTC time, `struct tm`'s layout.
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct RtcTime {
+pub(super) struct RtcTime {
     pub tm_sec: c_int,
     pub tm_min: c_int,
     pub tm_hour: c_int,
@@ -53,7 +53,7 @@ nix::ioctl_read!(
 
 impl RtcTime {
     /// Seconds since the Unix epoch, or `None` for a field out of range.
-    pub fn unix_seconds(&self) -> Option<i64> {
+    pub(super) fn unix_seconds(&self) -> Option<i64> {
         let in_range = (0..=60).contains(&self.tm_sec)
             && (0..=59).contains(&self.tm_min)
             && (0..=23).contains(&self.tm_hour)
@@ -82,15 +82,15 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// The real-time clock device.
-pub struct Rtc(File);
+pub(super) struct Rtc(File);
 
 impl Rtc {
-    pub fn open() -> io::Result<Self> {
+    pub(super) fn open() -> io::Result<Self> {
         File::open(RTC_DEVICE).map(Self)
     }
 
     /// The RTC's time in Unix seconds.
-    pub fn read(&self) -> io::Result<i64> {
+    pub(super) fn read(&self) -> io::Result<i64> {
         let mut time = RtcTime::default();
         // SAFETY: the declaration gives RTC_RD_TIME the struct rtc_time it fills, which
         // `time` is, and it is written during the call only; the descriptor is open.
@@ -127,7 +127,7 @@ fn set_clock(nanos: i128) -> io::Result<()> {
 
 /// Sets the clock from the RTC and keeps it there from a background thread. Without an
 /// RTC the clock is left to the kernel, and that is said once.
-pub fn sync_with_rtc() {
+pub(super) fn sync_with_rtc() {
     let rtc = match Rtc::open() {
         Ok(rtc) => rtc,
         Err(err) => {

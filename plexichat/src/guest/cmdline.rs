@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use super::net::Ipv4Net;
 
 /// Tokens this guest reads start with this; everything else belongs to the kernel.
-pub const PREFIX: &str = "plexichat.";
+pub(super) const PREFIX: &str = "plexichat.";
 
 /// Keys with a variable of their own in the config module (`config::load`), so that `plexichat.listen` reads like
 /// the `--listen` flag instead of `plexichat.database.url`-style paths.
@@ -26,7 +26,7 @@ const GUEST_KEYS: &[&str] = &["guest.address", "guest.gateway"];
 
 /// Everything the command line says, before it is merged with profile and defaults.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct BootConfig {
+pub(super) struct BootConfig {
     /// `plexichat.config`: the profile file, `Settings::load`'s first argument.
     pub profile: Option<PathBuf>,
     /// `plexichat.log`: a tracing filter, like `PLEXICHAT_LOG`.
@@ -39,7 +39,7 @@ pub struct BootConfig {
 /// A server setting given on the command line, with the key it was written as so that
 /// a configuration error can name what the user typed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EnvSetting {
+pub(super) struct EnvSetting {
     pub var: String,
     pub value: String,
     pub key: String,
@@ -47,7 +47,7 @@ pub struct EnvSetting {
 
 /// eth0's address; the defaults are what QEMU's user-mode networking expects.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GuestNet {
+pub(super) struct GuestNet {
     pub address: Ipv4Net,
     pub gateway: Ipv4Addr,
 }
@@ -66,14 +66,14 @@ impl Default for GuestNet {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("kernel command line: `{token}`: {problem}")]
-pub struct CmdlineError {
+pub(super) struct CmdlineError {
     pub token: String,
     pub problem: String,
 }
 
 /// Reads the `plexichat.*` tokens of a kernel command line; a later token wins over an
 /// earlier one with the same key, as with kernel parameters.
-pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
+pub(super) fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     let mut boot = BootConfig::default();
     for token in tokens(cmdline) {
         let Some(rest) = token.strip_prefix(PREFIX) else {

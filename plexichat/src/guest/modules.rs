@@ -12,14 +12,14 @@ use nix::kmod::ModuleInitFlags;
 use super::console::say;
 
 /// One module path per line; written by the image builder.
-pub const LIST: &str = "/etc/plexichat/modules";
+pub(super) const LIST: &str = "/etc/plexichat/modules";
 
 /// `finit_module` flag from <linux/module.h>: the kernel decompresses the file itself
 /// (`.ko.xz`, `.ko.zst`). Neither nix's ModuleInitFlags nor libc names it yet.
 const MODULE_INIT_COMPRESSED_FILE: ModuleInitFlags = ModuleInitFlags::from_bits_retain(4);
 
 /// The module paths in a list file: one per line; blank lines and `#` comments are skipped.
-pub fn parse_list(text: &str) -> Vec<PathBuf> {
+pub(super) fn parse_list(text: &str) -> Vec<PathBuf> {
     text.lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
@@ -29,7 +29,7 @@ pub fn parse_list(text: &str) -> Vec<PathBuf> {
 
 /// How loading went, for one console line.
 #[derive(Debug, Default, PartialEq)]
-pub struct Loaded {
+pub(super) struct Loaded {
     pub loaded: usize,
     pub already: usize,
     pub failed: usize,
@@ -37,7 +37,7 @@ pub struct Loaded {
 
 /// Loads every module in the list file. A module that fails is reported and the rest are
 /// still tried: a missing power button must not cost the VM its network.
-pub fn load_listed(list: &Path) -> Loaded {
+pub(super) fn load_listed(list: &Path) -> Loaded {
     let mut outcome = Loaded::default();
     let text = match std::fs::read_to_string(list) {
         Ok(text) => text,

@@ -54,7 +54,7 @@ const MOUNTS: &[Mount] = &[
 
 /// Mounts every filesystem, reporting each failure on the console and going on: a server
 /// without /sys still serves, and a missing /proc is reported where it matters.
-pub fn mount_all() {
+pub(super) fn mount_all() {
     for mount in MOUNTS {
         match mount_one(mount) {
             Ok(()) => {}

@@ -17,18 +17,18 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType};
 
 /// An IPv4 address with its prefix length, as in `10.0.2.15/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Net {
+pub(super) struct Ipv4Net {
     pub addr: Ipv4Addr,
     pub prefix: u8,
 }
 
 impl Ipv4Net {
-    pub const LOOPBACK: Ipv4Net = Ipv4Net {
+    pub(super) const LOOPBACK: Ipv4Net = Ipv4Net {
         addr: Ipv4Addr::LOCALHOST,
         prefix: 8,
     };
 
-    pub fn netmask(&self) -> Ipv4Addr {
+    pub(super) fn netmask(&self) -> Ipv4Addr {
         let bits = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
         Ipv4Addr::from(bits)
     }
@@ -59,7 +59,7 @@ impl FromStr for Ipv4Net {
 
 /// Waits for a network interface to be registered: a NIC appears shortly after its
 /// driver module loads, not when `finit_module` returns.
-pub fn wait_for_interface(name: &str, timeout: Duration) -> bool {
+pub(super) fn wait_for_interface(name: &str, timeout: Duration) -> bool {
     let path = Path::new("/sys/class/net").join(name);
     let deadline = Instant::now() + timeout;
     loop {
@@ -74,7 +74,7 @@ pub fn wait_for_interface(name: &str, timeout: Duration) -> bool {
 }
 
 /// Gives `iface` an address and brings it up.
-pub fn configure(iface: &str, net: Ipv4Net) -> io::Result<()> {
+pub(super) fn configure(iface: &str, net: Ipv4Net) -> io::Result<()> {
     let socket = control_socket()?;
     let fd = socket.as_raw_fd();
     let mut request = ifreq(iface)?;
@@ -98,7 +98,7 @@ pub fn configure(iface: &str, net: Ipv4Net) -> io::Result<()> {
 
 /// Routes everything not on a local network through `gateway` on `iface`. An existing
 /// default route is left alone.
-pub fn add_default_route(iface: &str, gateway: Ipv4Addr) -> io::Result<()> {
+pub(super) fn add_default_route(iface: &str, gateway: Ipv4Addr) -> io::Result<()> {
     let socket = control_socket()?;
     let dev = CString::new(iface)?;
     let route = RtEntry {
@@ -127,7 +127,7 @@ pub fn add_default_route(iface: &str, gateway: Ipv4Addr) -> io::Result<()> {
 
 /// Name resolution for a system with no resolver configuration: localhost and this host
 /// from /etc/hosts, first, so nothing waits on a DNS server that is not there.
-pub fn write_hosts(hostname: &str, addr: Option<Ipv4Addr>) -> io::Result<()> {
+pub(super) fn write_hosts(hostname: &str, addr: Option<Ipv4Addr>) -> io::Result<()> {
     std::fs::create_dir_all("/etc")?;
     let own = addr.unwrap_or(Ipv4Addr::new(127, 0, 1, 1));
     std::fs::write(
@@ -138,7 +138,7 @@ pub fn write_hosts(hostname: &str, addr: Option<Ipv4Addr>) -> io::Result<()> {
 }
 
 /// The kernel's host name, which the server uses as its node id when none is given.
-pub fn set_hostname(name: &str) -> io::Result<()> {
+pub(super) fn set_hostname(name: &str) -> io::Result<()> {
     nix::unistd::sethostname(name)?;
     Ok(())
 }

@@ -25,10 +25,10 @@ const KEY_PRESSED: i32 = 1;
 
 /// `struct input_event`: a `struct timeval`, then u16 type, u16 code, i32 value; 24 bytes on
 /// 64-bit targets.
-pub const EVENT_SIZE: usize = std::mem::size_of::<nix::libc::input_event>();
+pub(super) const EVENT_SIZE: usize = std::mem::size_of::<nix::libc::input_event>();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputEvent {
+pub(super) struct InputEvent {
     pub kind: u16,
     pub code: u16,
     pub value: i32,
@@ -37,7 +37,7 @@ pub struct InputEvent {
 impl InputEvent {
     /// Decodes one record as the kernel writes it (native byte order). The timestamp is
     /// not needed, so its width does not matter: the fields are the last 8 bytes.
-    pub fn decode(record: &[u8]) -> Option<Self> {
+    pub(super) fn decode(record: &[u8]) -> Option<Self> {
         if record.len() != EVENT_SIZE {
             return None;
         }
@@ -49,7 +49,7 @@ impl InputEvent {
         })
     }
 
-    pub fn is_power_press(&self) -> bool {
+    pub(super) fn is_power_press(&self) -> bool {
         self.kind == EV_KEY && self.code == KEY_POWER && self.value == KEY_PRESSED
     }
 }
@@ -57,7 +57,7 @@ impl InputEvent {
 /// Calls `on_press` for every press of a power button on any input device, from
 /// background threads. Devices are looked for during the first seconds, while their
 /// drivers come up; a VM with none is told on the console.
-pub fn watch_power_button(on_press: impl Fn() + Send + Sync + 'static) {
+pub(super) fn watch_power_button(on_press: impl Fn() + Send + Sync + 'static) {
     let on_press: Arc<dyn Fn() + Send + Sync> = Arc::new(on_press);
     let spawned = std::thread::Builder::new()
         .name("input-scan".into())
@@ -160,7 +160,7 @@ fn watch(path: &Path, mut device: File, on_press: &(dyn Fn() + Send + Sync)) {
 
 /// Flushes filesystems and powers the machine off. PID 1 has no other way out: should the
 /// kernel refuse, the thread sleeps forever rather than return.
-pub fn power_off() -> ! {
+pub(super) fn power_off() -> ! {
     say("powering off");
     nix::unistd::sync();
     // As PID 1 the call does not return on success.
@@ -175,7 +175,7 @@ pub fn power_off() -> ! {
 /// which the kernel answers with a panic of its own, so the VM powers off instead. A
 /// panic elsewhere (a request handler on a runtime worker) is contained as it is on any
 /// host: powering off there would let one bad request take a node down.
-pub fn install_panic_hook() {
+pub(super) fn install_panic_hook() {
     let init_thread = std::thread::current().id();
     std::panic::set_hook(Box::new(move |info| {
         say(format_args!("panic: {info}"));
@@ -187,7 +187,7 @@ pub fn install_panic_hook() {
 
 /// Powers off if shutdown takes longer than `grace`, so a hung drain cannot keep the VM up
 /// after the user asked for it to stop.
-pub fn power_off_after(grace: Duration) {
+pub(super) fn power_off_after(grace: Duration) {
     let spawned = std::thread::Builder::new()
         .name("power-off-timer".into())
         .spawn(move || {

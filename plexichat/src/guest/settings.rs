@@ -23,7 +23,7 @@ const GUEST_DEFAULTS: &[(&str, &[&str], &str)] = &[
 
 /// Profile, then environment (`PLEXICHAT_*` variables the kernel passed to init), then the
 /// command line; a command-line error names the `plexichat.*` token rather than a variable.
-pub fn load(boot: &BootConfig, process_env: Vec<(String, String)>) -> Result<Settings, ConfigError> {
+pub(super) fn load(boot: &BootConfig, process_env: Vec<(String, String)>) -> Result<Settings, ConfigError> {
     let profile = profile_path(boot, &process_env);
     let env = settings_env(boot, process_env, |path| {
         profile.as_deref().is_some_and(|profile| profile_sets(profile, path))
@@ -55,7 +55,7 @@ fn blamed_setting<'a>(boot: &'a BootConfig, err: &ConfigError) -> Option<&'a Env
 }
 
 /// `plexichat.config`, else `PLEXICHAT_CONFIG` as on a host.
-pub fn profile_path(boot: &BootConfig, process_env: &[(String, String)]) -> Option<PathBuf> {
+pub(super) fn profile_path(boot: &BootConfig, process_env: &[(String, String)]) -> Option<PathBuf> {
     boot.profile.clone().or_else(|| {
         process_env
             .iter()
@@ -65,7 +65,7 @@ pub fn profile_path(boot: &BootConfig, process_env: &[(String, String)]) -> Opti
 }
 
 /// The log filter: `plexichat.log`, else `PLEXICHAT_LOG`.
-pub fn log_filter(boot: &BootConfig, process_env: &[(String, String)]) -> Option<String> {
+pub(super) fn log_filter(boot: &BootConfig, process_env: &[(String, String)]) -> Option<String> {
     boot.log.clone().or_else(|| {
         process_env
             .iter()

@@ -19,20 +19,20 @@ use crate::store::StoreError;
 /// A new account. The document states the profile's limits on both fields (see
 /// `http::state_limits`).
 #[derive(Deserialize, ToSchema)]
-pub struct Registration {
+pub(super) struct Registration {
     username: String,
     password: String,
 }
 
 /// Any strings: an account made under older, looser limits must still be able to log in.
 #[derive(Deserialize, ToSchema)]
-pub struct Credentials {
+pub(super) struct Credentials {
     username: String,
     password: String,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct LoginResponse {
+pub(super) struct LoginResponse {
     token: String,
     #[schema(value_type = String, format = DateTime)]
     expires_at: Timestamp,
@@ -45,7 +45,7 @@ pub struct LoginResponse {
     (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
     (status = 503, body = ErrorBody),
 ))]
-pub async fn register(
+pub(super) async fn register(
     State(app): State<Arc<App>>,
     ClientAddr(client): ClientAddr,
     ApiJson(credentials): ApiJson<Registration>,
@@ -72,7 +72,7 @@ pub async fn register(
     (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
     (status = 429, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
-pub async fn login(
+pub(super) async fn login(
     State(app): State<Arc<App>>,
     ClientAddr(client): ClientAddr,
     ApiJson(credentials): ApiJson<Credentials>,
@@ -101,7 +101,7 @@ pub async fn login(
     (status = 204), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
     (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
-pub async fn logout(State(app): State<Arc<App>>, auth: AuthUser) -> Result<StatusCode, ApiError> {
+pub(super) async fn logout(State(app): State<Arc<App>>, auth: AuthUser) -> Result<StatusCode, ApiError> {
     app.store.delete_session(&auth.token_hash).await?;
     // Forget it and close its sockets here at once, whatever becomes of the event on
     // its way to other nodes.
@@ -119,6 +119,6 @@ pub async fn logout(State(app): State<Arc<App>>, auth: AuthUser) -> Result<Statu
     (status = 200, body = User), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
     (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
-pub async fn me(auth: AuthUser) -> Json<User> {
+pub(super) async fn me(auth: AuthUser) -> Json<User> {
     Json(auth.user)
 }

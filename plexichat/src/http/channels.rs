@@ -17,7 +17,7 @@ use crate::model::{validate_channel_name, Channel, ChannelId, Timestamp};
 use crate::store::StoreError;
 
 #[derive(Deserialize, ToSchema)]
-pub struct NewChannel {
+pub(super) struct NewChannel {
     name: String,
 }
 
@@ -29,7 +29,7 @@ pub struct NewChannel {
     (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
     (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
-pub async fn create(
+pub(super) async fn create(
     State(app): State<Arc<App>>,
     auth: AuthUser,
     ApiJson(new): ApiJson<NewChannel>,
@@ -51,7 +51,7 @@ pub async fn create(
     (status = 200, body = [Channel]), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
     (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
-pub async fn list(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<Vec<Channel>>, ApiError> {
+pub(super) async fn list(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<Vec<Channel>>, ApiError> {
     Ok(Json(app.store.channels().await?))
 }
 
@@ -62,7 +62,7 @@ pub async fn list(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<V
     (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
     (status = 503, body = ErrorBody),
 ))]
-pub async fn get(
+pub(super) async fn get(
     State(app): State<Arc<App>>,
     _auth: AuthUser,
     ApiPath(id): ApiPath<ChannelId>,
@@ -78,7 +78,7 @@ pub async fn get(
     (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
     (status = 503, body = ErrorBody),
 ))]
-pub async fn join(
+pub(super) async fn join(
     State(app): State<Arc<App>>,
     auth: AuthUser,
     ApiPath(id): ApiPath<ChannelId>,
@@ -101,7 +101,7 @@ pub async fn join(
     (status = 404, body = ErrorBody), (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
     (status = 503, body = ErrorBody),
 ))]
-pub async fn leave(
+pub(super) async fn leave(
     State(app): State<Arc<App>>,
     auth: AuthUser,
     ApiPath(id): ApiPath<ChannelId>,

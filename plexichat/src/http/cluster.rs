@@ -13,7 +13,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::model::Timestamp;
 
 #[derive(Serialize, ToSchema)]
-pub struct NodeStatus {
+pub(super) struct NodeStatus {
     node_id: String,
     addr: String,
     version: String,
@@ -29,7 +29,7 @@ pub struct NodeStatus {
     (status = 200, body = [NodeStatus]), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
     (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
-pub async fn nodes(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<Vec<NodeStatus>>, ApiError> {
+pub(super) async fn nodes(State(app): State<Arc<App>>, _auth: AuthUser) -> Result<Json<Vec<NodeStatus>>, ApiError> {
     let nodes = app.store.nodes(app.settings.cluster.lease).await?;
     Ok(Json(
         nodes

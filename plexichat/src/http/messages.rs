@@ -20,7 +20,7 @@ const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
 
 #[derive(Deserialize, ToSchema)]
-pub struct PostMessage {
+pub(super) struct PostMessage {
     body: String,
 }
 
@@ -28,7 +28,7 @@ pub struct PostMessage {
 // without `parameter_in` it would document them as required path parameters.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageQuery {
+pub(super) struct PageQuery {
     /// Only messages with a smaller id (older), for paging back.
     before: Option<MessageId>,
     /// How many messages, 1 to 200 (default 50).
@@ -44,7 +44,7 @@ pub struct PageQuery {
     (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 500, body = ErrorBody),
     (status = 503, body = ErrorBody),
 ))]
-pub async fn post(
+pub(super) async fn post(
     State(app): State<Arc<App>>,
     auth: AuthUser,
     ApiPath(channel_id): ApiPath<ChannelId>,
@@ -79,7 +79,7 @@ pub async fn post(
     (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
     (status = 500, body = ErrorBody), (status = 503, body = ErrorBody),
 ))]
-pub async fn page(
+pub(super) async fn page(
     State(app): State<Arc<App>>,
     auth: AuthUser,
     ApiPath(channel_id): ApiPath<ChannelId>,

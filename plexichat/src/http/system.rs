@@ -19,7 +19,7 @@ use crate::error::ApiError;
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Serialize, ToSchema)]
-pub struct Health {
+pub(super) struct Health {
     status: &'static str,
     node_id: String,
     version: &'static str,
@@ -30,7 +30,7 @@ pub struct Health {
     (status = 200, body = Health),
     (status = 503, description = "The request timed out", body = crate::error::ErrorBody),
 ))]
-pub async fn health(State(app): State<Arc<App>>) -> Json<Health> {
+pub(super) async fn health(State(app): State<Arc<App>>) -> Json<Health> {
     Json(Health {
         status: "ok",
         node_id: app.node_id.clone(),
@@ -39,7 +39,7 @@ pub async fn health(State(app): State<Arc<App>>) -> Json<Health> {
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Ready {
+pub(super) struct Ready {
     status: &'static str,
 }
 
@@ -49,7 +49,7 @@ pub struct Ready {
     (status = 500, description = "The database failed unexpectedly", body = crate::error::ErrorBody),
     (status = 503, description = "Database unreachable or refusing writes, or node draining", body = crate::error::ErrorBody),
 ))]
-pub async fn ready(State(app): State<Arc<App>>) -> Result<Json<Ready>, ApiError> {
+pub(super) async fn ready(State(app): State<Arc<App>>) -> Result<Json<Ready>, ApiError> {
     if app.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Unavailable("node is draining".into()));
     }
@@ -74,7 +74,7 @@ pub async fn ready(State(app): State<Arc<App>>) -> Result<Json<Ready>, ApiError>
     (status = 404, description = "Metrics are turned off in this profile", body = crate::error::ErrorBody),
     (status = 503, description = "The request timed out", body = crate::error::ErrorBody),
 ))]
-pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
     let handle = app.metrics.as_ref().ok_or(ApiError::NotFound("metrics are disabled"))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()))
 }
@@ -84,6 +84,6 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     (status = 200, description = "OpenAPI 3 document of every route", content_type = "application/json"),
     (status = 503, description = "The request timed out", body = crate::error::ErrorBody),
 ))]
-pub async fn openapi(Extension(OpenApiJson(document)): Extension<OpenApiJson>) -> impl IntoResponse {
+pub(super) async fn openapi(Extension(OpenApiJson(document)): Extension<OpenApiJson>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document.to_string())
 }

@@ -90,14 +90,14 @@ fn refuses_service(err: &dyn sqlx::error::DatabaseError) -> bool {
 
 /// SQLite's primary result codes that mean "not now" rather than "not this".
 mod sqlite_codes {
-    pub const BUSY: i32 = 5;
-    pub const LOCKED: i32 = 6;
-    pub const NOMEM: i32 = 7;
-    pub const READONLY: i32 = 8;
-    pub const IOERR: i32 = 10;
-    pub const FULL: i32 = 13;
-    pub const CANTOPEN: i32 = 14;
-    pub const PROTOCOL: i32 = 15;
+    pub(super) const BUSY: i32 = 5;
+    pub(super) const LOCKED: i32 = 6;
+    pub(super) const NOMEM: i32 = 7;
+    pub(super) const READONLY: i32 = 8;
+    pub(super) const IOERR: i32 = 10;
+    pub(super) const FULL: i32 = 13;
+    pub(super) const CANTOPEN: i32 = 14;
+    pub(super) const PROTOCOL: i32 = 15;
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -13,9 +13,9 @@ use services::{Durability, Nats, Postgres};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::api_backend::Backend;
+pub(crate) use crate::api_backend::Backend;
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     stop: CancellationToken,
@@ -27,7 +27,7 @@ pub struct TestApp {
 }
 
 /// Settings every test starts from: a fresh database file, a free port, cheap hashing.
-pub fn test_settings(dir: &std::path::Path) -> Settings {
+pub(crate) fn test_settings(dir: &std::path::Path) -> Settings {
     let defaults = Settings::default();
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -45,7 +45,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
@@ -55,7 +55,7 @@ fn postgres_cache() -> PathBuf {
 }
 
 /// Spawns a server after `configure` has adjusted the test settings.
-pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings(dir.path());
     let postgres = match super::BACKEND {
@@ -71,12 +71,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 /// Spawns a SQLite server whose database lives alone on a fresh tmpfs of `size`.
-pub async fn spawn_app_on_tmpfs(size: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
+pub(crate) async fn spawn_app_on_tmpfs(size: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_on(Tmpfs::mount(size), configure).await
 }
 
 /// Spawns a SQLite server whose database (`test.db`) lives on `disk`.
-pub async fn spawn_app_on(disk: Tmpfs, configure: impl FnOnce(&mut Settings)) -> TestApp {
+pub(crate) async fn spawn_app_on(disk: Tmpfs, configure: impl FnOnce(&mut Settings)) -> TestApp {
     assert_eq!(
         super::BACKEND,
         Backend::Sqlite,
@@ -117,12 +117,12 @@ async fn start(settings: Settings, dir: tempfile::TempDir, postgres: Option<Post
 
 /// A tmpfs of `size` mounted on a fresh temporary directory, unmounted on drop (which
 /// also discards whatever immutable file a test left there).
-pub struct Tmpfs {
+pub(crate) struct Tmpfs {
     dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
-    pub fn mount(size: &str) -> Self {
+    pub(crate) fn mount(size: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let options = format!("size={size},mode=0700");
         mount(
@@ -141,11 +141,11 @@ impl Tmpfs {
         Self { dir }
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    pub fn free_bytes(&self) -> u64 {
+    pub(crate) fn free_bytes(&self) -> u64 {
         let stats = nix::sys::statvfs::statvfs(self.dir.path()).expect("statvfs of the tmpfs");
         stats.blocks_available() as u64 * stats.fragment_size() as u64
     }
@@ -154,7 +154,7 @@ impl Tmpfs {
 impl Tmpfs {
     /// Fills the disk with a file until at most `room` bytes are left; returns the file,
     /// whose removal frees the disk again.
-    pub fn fill_leaving(&self, room: u64) -> PathBuf {
+    pub(crate) fn fill_leaving(&self, room: u64) -> PathBuf {
         use std::io::Write as _;
         let filler = self.path("filler");
         let mut file = std::fs::File::create(&filler).expect("creating the filler file");
@@ -178,7 +178,7 @@ impl Drop for Tmpfs {
 
 /// Nodes sharing one database and one NATS server, as a cluster does.
 #[allow(dead_code)] // only the PostgreSQL copy of the suite runs clusters
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub nodes: Vec<TestApp>,
     pub nats: Option<Nats>,
     pub lease: Duration,
@@ -189,7 +189,7 @@ pub struct Cluster {
 
 /// Starts `size` nodes named node-0, node-1, … with a short membership lease.
 #[allow(dead_code)] // only the PostgreSQL copy of the suite runs clusters
-pub async fn spawn_cluster(size: usize) -> Cluster {
+pub(crate) async fn spawn_cluster(size: usize) -> Cluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let (postgres, database_url) = match super::BACKEND {
         // Several nodes may share one SQLite file, as long as they share one machine.
@@ -222,7 +222,7 @@ pub async fn spawn_cluster(size: usize) -> Cluster {
 #[allow(dead_code)] // only the PostgreSQL copy of the suite runs clusters
 impl Cluster {
     /// Starts a node with `node_id` on the cluster's database and NATS.
-    pub async fn start_node(&self, node_id: &str) -> TestApp {
+    pub(crate) async fn start_node(&self, node_id: &str) -> TestApp {
         let node_dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(node_dir.path());
         settings.database.url = self.database_url.clone();
@@ -236,7 +236,7 @@ impl Cluster {
 
 /// A registered, logged-in user.
 #[derive(Debug, Clone)]
-pub struct TestUser {
+pub(crate) struct TestUser {
     pub id: i64,
     pub username: String,
     pub password: String,
@@ -244,19 +244,19 @@ pub struct TestUser {
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
     /// The tmpfs under a server from `spawn_app_on_tmpfs`.
-    pub fn disk(&self) -> &Tmpfs {
+    pub(crate) fn disk(&self) -> &Tmpfs {
         self.disk.as_ref().expect("the app was spawned on a tmpfs")
     }
 
     /// Makes the database refuse service until the returned outage is ended: SQLite's
     /// disk is filled (the app must have been spawned on a tmpfs); PostgreSQL's processes
     /// are frozen.
-    pub async fn database_outage(&self) -> Outage {
+    pub(crate) async fn database_outage(&self) -> Outage {
         match &self.postgres {
             Some(postgres) => {
                 postgres.freeze().expect("freezing postgres");
@@ -266,13 +266,13 @@ impl TestApp {
         }
     }
 
-    pub fn ws_url(&self, token: &str) -> String {
+    pub(crate) fn ws_url(&self, token: &str) -> String {
         format!("ws://{}/api/v1/ws?token={}", self.addr, token)
     }
 
     /// Sends a request; `body` is JSON when given. Returns status and parsed JSON
     /// (`Value::Null` for an empty body).
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -302,26 +302,26 @@ impl TestApp {
         (status, json)
     }
 
-    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, Some(token), None).await
     }
 
-    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
 
-    pub async fn register(&self, username: &str, password: &str) -> (StatusCode, Value) {
+    pub(crate) async fn register(&self, username: &str, password: &str) -> (StatusCode, Value) {
         let body = json!({"username": username, "password": password});
         self.call(Method::POST, "/api/v1/auth/register", None, Some(body)).await
     }
 
-    pub async fn login(&self, username: &str, password: &str) -> (StatusCode, Value) {
+    pub(crate) async fn login(&self, username: &str, password: &str) -> (StatusCode, Value) {
         let body = json!({"username": username, "password": password});
         self.call(Method::POST, "/api/v1/auth/login", None, Some(body)).await
     }
 
     /// Registers and logs in `username` with a valid password.
-    pub async fn user(&self, username: &str) -> TestUser {
+    pub(crate) async fn user(&self, username: &str) -> TestUser {
         let password = format!("{username}-password");
         let (status, registered) = self.register(username, &password).await;
         assert_eq!(status, StatusCode::CREATED, "register {username}: {registered}");
@@ -336,13 +336,13 @@ impl TestApp {
     }
 
     /// Creates a channel owned by `owner`; returns its id.
-    pub async fn channel(&self, owner: &TestUser, name: &str) -> i64 {
+    pub(crate) async fn channel(&self, owner: &TestUser, name: &str) -> i64 {
         let (status, channel) = self.post("/api/v1/channels", &owner.token, json!({"name": name})).await;
         assert_eq!(status, StatusCode::CREATED, "create channel {name}: {channel}");
         channel["id"].as_i64().unwrap()
     }
 
-    pub async fn join(&self, user: &TestUser, channel: i64) {
+    pub(crate) async fn join(&self, user: &TestUser, channel: i64) {
         let (status, body) = self
             .post(&format!("/api/v1/channels/{channel}/join"), &user.token, Value::Null)
             .await;
@@ -350,7 +350,7 @@ impl TestApp {
     }
 
     /// Posts a message; returns the created message.
-    pub async fn say(&self, user: &TestUser, channel: i64, body: &str) -> Value {
+    pub(crate) async fn say(&self, user: &TestUser, channel: i64, body: &str) -> Value {
         let (status, message) = self
             .post(
                 &format!("/api/v1/channels/{channel}/messages"),
@@ -363,19 +363,19 @@ impl TestApp {
     }
 
     /// Stops the server gracefully and waits for it.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.cancel();
         self.server.take().expect("running").await?
     }
 }
 
-pub enum Outage {
+pub(crate) enum Outage {
     DiskFull(PathBuf),
     Frozen(u32),
 }
 
 impl Outage {
-    pub async fn end(self) {
+    pub(crate) async fn end(self) {
         match self {
             Outage::DiskFull(filler) => std::fs::remove_file(filler).expect("freeing the disk"),
             Outage::Frozen(group) => services::thaw(group).expect("thawing postgres"),
@@ -391,7 +391,7 @@ impl Drop for TestApp {
 
 /// Asserts API.md's error body with the given status and code.
 #[track_caller]
-pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &str) {
+pub(crate) fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &str) {
     let (actual, body) = response;
     assert_eq!(*actual, status, "body: {body}");
     assert_eq!(body["error"]["code"], code, "body: {body}");
@@ -404,7 +404,7 @@ pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, code: &s
 impl TestApp {
     /// Sends a prepared request (for raw bodies or unusual headers); returns status and
     /// parsed JSON like `call` does.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
         let response = request.send().await.expect("request sent");
         let status = response.status();
         let bytes = response.bytes().await.expect("body read");
@@ -421,7 +421,7 @@ impl TestApp {
     }
 
     /// POSTs `body` exactly as given, JSON or not.
-    pub async fn post_raw(
+    pub(crate) async fn post_raw(
         &self,
         path: &str,
         token: Option<&str>,
@@ -441,7 +441,7 @@ impl TestApp {
 
 /// Parses an RFC 3339 UTC time from a JSON string, failing the test when it is not one.
 #[track_caller]
-pub fn rfc3339(value: &Value) -> std::time::SystemTime {
+pub(crate) fn rfc3339(value: &Value) -> std::time::SystemTime {
     let text = value
         .as_str()
         .unwrap_or_else(|| panic!("expected an RFC 3339 string, got {value}"));

@@ -5,7 +5,7 @@
 /// The store this copy of the suite runs against.
 use super::BACKEND;
 
-pub mod helpers;
+pub(super) mod helpers;
 
 mod auth;
 mod channels;
