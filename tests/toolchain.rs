@@ -1,7 +1,7 @@
 //! `cargo xtask` driven as its users drive it: doctor's report, the cross-compile
 //! matrix with its cache and smoke runs, and the errors for bad profiles and flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use plexichat_e2e::{
@@ -59,6 +59,15 @@ fn elf_machine_and_interpreter(path: &Path) -> (u16, bool) {
     (machine, interpreter)
 }
 
+/// Cargo's target directory, where build-native puts target/dist: CARGO_TARGET_DIR when
+/// it is set (absolute), as for the cargo running these tests; else the workspace's.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 #[test]
 fn build_native_makes_a_static_aarch64_binary_that_runs_and_caches_it() {
     let first = run_xtask(&["build-native", "--target", "aarch64", "--json"]);
@@ -85,10 +94,7 @@ fn build_native_makes_a_static_aarch64_binary_that_runs_and_caches_it() {
 
     // Checked here independently of the tool: machine, static, and it runs.
     let path = Path::new(artefact["path"].as_str().unwrap());
-    assert_eq!(
-        path,
-        workspace_root().join("target/dist/aarch64-unknown-linux-gnu/plexichat")
-    );
+    assert_eq!(path, target_dir().join("dist/aarch64-unknown-linux-gnu/plexichat"));
     assert_eq!(elf_machine_and_interpreter(path), (183, false));
     let version = Command::new("qemu-aarch64-static")
         .arg(path)
@@ -101,7 +107,7 @@ fn build_native_makes_a_static_aarch64_binary_that_runs_and_caches_it() {
     );
 
     let manifest: Value =
-        serde_json::from_slice(&std::fs::read(workspace_root().join("target/dist/manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(target_dir().join("dist/manifest.json")).unwrap()).unwrap();
     let listed = manifest["artefacts"]
         .as_array()
         .unwrap()
