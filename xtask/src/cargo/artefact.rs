@@ -97,9 +97,8 @@ pub fn produce(
     let started = Instant::now();
     let executable = super::target_build(workspace, &profile.build, target, task)?;
     std::fs::create_dir_all(dest.parent().context("dist path has a parent")?)?;
-    std::fs::copy(&executable, &dest).with_context(|| format!("copying to {}", dest.display()))?;
+    let bytes = put_in_place(&executable, &dest)?;
     let seconds = started.elapsed().as_secs_f64();
-    let bytes = std::fs::read(&dest)?;
     let info = check_static(&bytes, target, &dest)?;
     Ok(Artefact {
         target: target.triple.into(),
@@ -161,6 +160,20 @@ fn cached_artefact<'m>(
         .filter(|cached| cached.cache_key == key)
         .filter(|cached| file_sha256(&path).ok().as_deref() == Some(cached.sha256.as_str()))
         .map(|cached| (cached, path))
+}
+
+/// Copies `executable` to `dest` through a rename, so that whoever has the previous file
+/// open (another build-native run hashing it, a smoke server under qemu-user) keeps a
+/// whole file instead of watching it being rewritten. Returns the bytes put there.
+fn put_in_place(executable: &Path, dest: &Path) -> Result<Vec<u8>> {
+    let partial = dest.with_extension(format!("partial-{}", std::process::id()));
+    let copied = std::fs::copy(executable, &partial)
+        .and_then(|_| std::fs::read(&partial))
+        .and_then(|bytes| std::fs::rename(&partial, dest).map(|()| bytes));
+    if copied.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    copied.with_context(|| format!("copying {} to {}", executable.display(), dest.display()))
 }
 
 /// A binary of the target's machine with no program interpreter, or an error.
@@ -314,6 +327,26 @@ mod tests {
             key(&build, x86),
             cache_key(&root, &build, x86, "rustc 2", "gcc 1").unwrap()
         );
+    }
+
+    #[test]
+    fn an_artefact_is_replaced_whole_under_whoever_has_the_old_one_open() {
+        use std::io::Read;
+        let dir = std::env::temp_dir().join(format!("xtask-unit-put-in-place-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (built, dest) = (dir.join("built"), dir.join("plexichat"));
+        std::fs::write(&dest, "the previous binary").unwrap();
+        std::fs::write(&built, "the new one").unwrap();
+        let mut reader = std::fs::File::open(&dest).unwrap();
+
+        assert_eq!(put_in_place(&built, &dest).unwrap(), b"the new one");
+        let mut seen = String::new();
+        reader.read_to_string(&mut seen).unwrap();
+        assert_eq!(seen, "the previous binary");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"the new one");
+        let left = std::fs::read_dir(&dir).unwrap().count();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(left, 2, "a partial file was left behind");
     }
 
     #[test]
