@@ -134,6 +134,23 @@ fn build_native_makes_a_static_aarch64_binary_that_runs_and_caches_it() {
     assert_eq!(again["seconds"], 0.0);
     assert_eq!(again["sha256"], artefact["sha256"]);
     assert_eq!(again["cache_key"], artefact["cache_key"]);
+    // The same binary with the same inputs passed its smoke run already: the result stands.
+    assert_eq!(again["smoke"]["cached"], true, "{}", again["smoke"]);
+    assert_eq!(again["smoke"]["ok"], true);
+    assert_eq!(again["smoke"]["steps"], artefact["smoke"]["steps"]);
+    assert!(!stderr_of(&second).contains("smoke health"), "{}", stderr_of(&second));
+
+    let forced = run_xtask(&["build-native", "--target", "aarch64", "--smoke", "always", "--json"]);
+    assert_eq!(forced.status.code(), Some(0), "{}", stderr_of(&forced));
+    let fresh = &json_of(&forced)["artefacts"][0];
+    assert_eq!(fresh["cache_hit"], true);
+    assert_eq!(fresh["smoke"]["cached"], false, "{}", fresh["smoke"]);
+    assert_eq!(fresh["smoke"]["ok"], true);
+    assert!(
+        stderr_of(&forced).contains("smoke health: ok"),
+        "{}",
+        stderr_of(&forced)
+    );
 }
 
 fn profile_file(text: &str) -> tempfile::NamedTempFile {
@@ -209,8 +226,9 @@ fn sigint_during_a_smoke_run_leaves_no_process_or_temp_dir() {
     // Build first, so the interrupted run goes straight to its smoke run.
     let built = run_xtask(&["build-native", "--target", "aarch64"]);
     assert_eq!(built.status.code(), Some(0), "{}", stderr_of(&built));
+    // `always`: the smoke result of the build above would be reused otherwise.
     let mut run = Command::new(binary("xtask", "xtask").unwrap())
-        .args(["build-native", "--target", "aarch64"])
+        .args(["build-native", "--target", "aarch64", "--smoke", "always"])
         .current_dir(workspace_root())
         .env("CI", "true")
         .stderr(std::process::Stdio::piped())

@@ -1,6 +1,8 @@
 //! Build-native's artefacts and their cache: a content-addressed key per artefact (every
 //! input that can change the binary), the manifest in target/dist/ that records them,
-//! and the static binary each target gets, from the cache when its key matches.
+//! and the static binary each target gets, from the cache when its key matches; and its
+//! smoke result, recorded with it and reused while neither the binary nor the smoke's
+//! inputs change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::smoke::Smoke;
+use super::smoke::{self, Policy, Smoke};
+use super::KeyHasher;
 use crate::report::progress::Task;
 use crate::system::elf;
 use crate::system::{self, file_sha256, hex};
@@ -113,11 +116,41 @@ pub fn produce(
         cache_hit: false,
         machine: elf::machine_name(info.machine).into(),
         is_static: info.is_static,
-        smoke: Smoke {
-            ok: false,
-            steps: Vec::new(),
-        },
+        smoke: Smoke::default(),
     })
+}
+
+/// The smoke result of `artefact`: the one `manifest` records for the target when it
+/// passed for this very binary and these inputs and `policy` allows reusing it, else a
+/// fresh run.
+pub fn smoke(
+    artefact: &Artefact,
+    target: &Target,
+    profile: &Profile,
+    version: &str,
+    manifest: &Manifest,
+    policy: Policy,
+    task: &Task,
+) -> Smoke {
+    // Without a key (the profile became unreadable) the smoke runs, and reports why it fails.
+    let key = smoke::key(&artefact.sha256, target, &profile.path, version).ok();
+    if let Some(reused) = recorded_smoke(manifest, target, key.as_deref(), policy) {
+        task.step("smoke: passed before for this binary and these inputs (cached)");
+        return reused;
+    }
+    Smoke {
+        key: key.unwrap_or_default(),
+        ..smoke::run(&artefact.path, target, &profile.path, version, task)
+    }
+}
+
+/// The manifest's smoke result for `target`, if `policy` allows reusing one and it passed
+/// with the inputs `key` stands for (the binary's hash among them).
+fn recorded_smoke(manifest: &Manifest, target: &Target, key: Option<&str>, policy: Policy) -> Option<Smoke> {
+    if policy == Policy::Always {
+        return None;
+    }
+    manifest.find(target.triple)?.smoke.reuse(key?)
 }
 
 /// The static server for `target` as `build` makes it: build-native's artefact when its
@@ -198,39 +231,33 @@ fn check_static(bytes: &[u8], target: &Target, path: &Path) -> Result<elf::ElfIn
 /// Everything that can change the artefact: sources and lockfile, the profile's build
 /// section, the target, the compiler and linker, and the environment cargo reads.
 fn cache_key(root: &Path, build: &BuildSection, target: &Target, toolchain: &str, linker: &str) -> Result<String> {
-    let mut hasher = Sha256::new();
-    let mut feed = |label: &str, bytes: &[u8]| {
-        hasher.update((label.len() as u64).to_le_bytes());
-        hasher.update(label.as_bytes());
-        hasher.update((bytes.len() as u64).to_le_bytes());
-        hasher.update(bytes);
-    };
-    feed("target", target.triple.as_bytes());
-    feed("toolchain", toolchain.as_bytes());
-    feed("linker", linker.as_bytes());
+    let mut key = KeyHasher::default();
+    key.feed("target", target.triple.as_bytes());
+    key.feed("toolchain", toolchain.as_bytes());
+    key.feed("linker", linker.as_bytes());
     // The target list says which artefacts to make, not how any one is made.
     let build = BuildSection {
         targets: Vec::new(),
         ..build.clone()
     };
-    feed("build", &serde_json::to_vec(&build)?);
+    key.feed("build", &serde_json::to_vec(&build)?);
     for (name, value) in super::cargo_env(&build, target) {
-        feed(&name, value.as_bytes());
+        key.feed(&name, value.as_bytes());
     }
     for (name, value) in std::env::vars()
         .filter(|(name, _)| affects_build(name))
         .collect::<BTreeMap<_, _>>()
     {
-        feed(&name, value.as_bytes());
+        key.feed(&name, value.as_bytes());
     }
     for file in input_files(root)? {
         let relative = file.strip_prefix(root).unwrap_or(&file).to_string_lossy().into_owned();
-        feed(
+        key.feed(
             &relative,
             &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
         );
     }
-    Ok(hex(&hasher.finalize()))
+    Ok(key.finish())
 }
 
 /// Environment variables cargo, rustc or cc-rs read when compiling.
@@ -327,6 +354,84 @@ mod tests {
             key(&build, x86),
             cache_key(&root, &build, x86, "rustc 2", "gcc 1").unwrap()
         );
+    }
+
+    fn artefact(target: &Target, sha256: &str, smoke: Smoke) -> Artefact {
+        Artefact {
+            target: target.triple.into(),
+            arch: target.arch.into(),
+            path: PathBuf::from("plexichat"),
+            sha256: sha256.into(),
+            bytes: 1,
+            profile: "release".into(),
+            git_revision: String::new(),
+            cache_key: String::new(),
+            seconds: 0.0,
+            cache_hit: true,
+            machine: String::new(),
+            is_static: true,
+            smoke,
+        }
+    }
+
+    #[test]
+    fn a_smoke_result_is_reused_only_for_the_same_binary_and_inputs() {
+        let root = workspace_root();
+        let (release, dev) = (root.join("profiles/release.yaml"), root.join("profiles/dev.yaml"));
+        let (x86, arm) = (
+            &crate::workspace::targets::TARGETS[0],
+            &crate::workspace::targets::TARGETS[1],
+        );
+        let key = |sha: &str, target: &Target, profile: &Path, version: &str| {
+            smoke::key(sha, target, profile, version).unwrap()
+        };
+        let passed = Smoke {
+            ok: true,
+            steps: vec![smoke::Step {
+                name: "version".into(),
+                ok: true,
+                detail: "plexichat 1.0.0".into(),
+            }],
+            key: key("aa", arm, &release, "1.0.0"),
+            cached: false,
+        };
+        let only = |smoke: Smoke| Manifest {
+            artefacts: vec![artefact(arm, "aa", smoke)],
+        };
+        let manifest = only(passed.clone());
+        let recorded = |key: &str, policy| recorded_smoke(&manifest, arm, Some(key), policy);
+
+        let reused = recorded(&key("aa", arm, &release, "1.0.0"), Policy::Auto).expect("same binary, same inputs");
+        assert!(reused.ok && reused.cached, "{reused:?}");
+        assert_eq!(reused.steps.len(), 1);
+        for (other, differs) in [
+            (key("bb", arm, &release, "1.0.0"), "binary"),
+            (key("aa", arm, &dev, "1.0.0"), "profile"),
+            (key("aa", arm, &release, "1.0.1"), "version"),
+        ] {
+            assert!(recorded(&other, Policy::Auto).is_none(), "another {differs}");
+        }
+        assert!(
+            recorded(&key("aa", arm, &release, "1.0.0"), Policy::Always).is_none(),
+            "--smoke always"
+        );
+        assert!(recorded_smoke(&manifest, arm, None, Policy::Auto).is_none(), "no key");
+        let other_target = key("aa", x86, &release, "1.0.0");
+        assert!(recorded_smoke(&manifest, x86, Some(&other_target), Policy::Auto).is_none());
+
+        // Neither a failure nor a result recorded before results were keyed is reused.
+        let failed = Smoke {
+            ok: false,
+            ..passed.clone()
+        };
+        let unkeyed: Smoke = serde_json::from_str(r#"{"ok": true, "steps": []}"#).unwrap();
+        for (smoke, what) in [(failed, "a failure"), (unkeyed, "an unkeyed result")] {
+            let manifest = only(smoke);
+            assert!(
+                recorded_smoke(&manifest, arm, Some(&passed.key), Policy::Auto).is_none(),
+                "{what}"
+            );
+        }
     }
 
     #[test]

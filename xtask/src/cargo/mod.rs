@@ -12,9 +12,10 @@ use std::process::{Command, ExitStatus, Stdio};
 use anyhow::{bail, Context, Result};
 use cargo_metadata::{Artifact, Message};
 use services::process::{self, cmd};
+use sha2::{Digest, Sha256};
 
 use crate::report::progress::Task;
-use crate::system;
+use crate::system::{self, hex};
 use crate::workspace::profile::BuildSection;
 use crate::workspace::targets::Target;
 use crate::workspace::Workspace;
@@ -128,6 +129,24 @@ pub fn with_messages(mut command: Command, mut on_artifact: impl FnMut(Artifact)
     }
     let status = child.wait().context("waiting for cargo")?;
     Ok((status, stderr_reader.join().unwrap_or_default()))
+}
+
+/// A SHA-256 over labelled fields, for cache keys. Each label and value is length-prefixed
+/// so that no two different lists of fields feed the same bytes.
+#[derive(Default)]
+pub(crate) struct KeyHasher(Sha256);
+
+impl KeyHasher {
+    pub(crate) fn feed(&mut self, label: &str, bytes: &[u8]) {
+        self.0.update((label.len() as u64).to_le_bytes());
+        self.0.update(label.as_bytes());
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    pub(crate) fn finish(self) -> String {
+        hex(&self.0.finalize())
+    }
 }
 
 /// `rustc -vV` as the workspace at `dir` sees it (its toolchain file included): the

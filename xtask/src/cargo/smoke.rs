@@ -1,8 +1,10 @@
 //! The smoke run of a built binary: it prints its version, serves /health on loopback,
 //! resolves a host name from a root file system holding nothing but itself and
 //! /etc/hosts (as in a FROM-scratch image or a VM's initramfs), and stops on SIGTERM.
-//! Foreign binaries run under qemu-user.
+//! Foreign binaries run under qemu-user. A passing result is keyed on everything it
+//! depends on, so that the same binary with the same inputs need not be run again.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use services::process::{self, cmd, Cmd, Shell};
 use services::teardown::TempDir;
 use services::ServerProcess;
 
+use super::KeyHasher;
 use crate::report::progress::Task;
 use crate::system;
 use crate::workspace::targets::Target;
@@ -22,11 +25,42 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The name the bare root file system's /etc/hosts gives to loopback.
 const SMOKE_HOST: &str = "plexichat-smoke.test";
+/// Part of every smoke key: bump it when the checks below change, so that results of
+/// the old checks are not taken for results of the new ones.
+const CHECKS_REVISION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Whether a recorded smoke result may stand in for a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Policy {
+    /// Reuse a passing result recorded for the same binary and the same inputs.
+    #[default]
+    Auto,
+    /// Run the smoke afresh every time.
+    Always,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Smoke {
     pub ok: bool,
     pub steps: Vec<Step>,
+    /// The [`key`] of the inputs this result was obtained with; empty when unknown
+    /// (manifests written before results were reused), which never matches.
+    #[serde(default)]
+    pub key: String,
+    /// Whether this is a recorded result reused instead of a fresh run.
+    #[serde(default)]
+    pub cached: bool,
+}
+
+impl Smoke {
+    /// This result again, marked cached, if it passed with exactly the inputs `key`
+    /// stands for. A failure is never reused: the next run tries again.
+    pub fn reuse(&self, key: &str) -> Option<Smoke> {
+        (self.ok && !self.key.is_empty() && self.key == key).then(|| Smoke {
+            cached: true,
+            ..self.clone()
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +68,27 @@ pub struct Step {
     pub name: String,
     pub ok: bool,
     pub detail: String,
+}
+
+/// What a smoke run's verdict depends on besides the checks themselves: the binary (by
+/// its SHA-256), the target it runs as, the profile file the server starts with (the
+/// whole file: the server reads its `server` section and rejects unknown sections), the
+/// version it must print, and the `PLEXICHAT_*` settings the server inherits from here.
+pub fn key(sha256: &str, target: &Target, profile: &Path, version: &str) -> Result<String> {
+    let profile_text = std::fs::read(profile).with_context(|| format!("reading {}", profile.display()))?;
+    let settings: BTreeMap<String, String> = std::env::vars()
+        .filter(|(name, _)| name.starts_with("PLEXICHAT_"))
+        .collect();
+    let mut key = KeyHasher::default();
+    key.feed("checks", &CHECKS_REVISION.to_le_bytes());
+    key.feed("binary", sha256.as_bytes());
+    key.feed("target", target.triple.as_bytes());
+    key.feed("profile", &profile_text);
+    key.feed("version", version.as_bytes());
+    for (name, value) in &settings {
+        key.feed(name, value.as_bytes());
+    }
+    Ok(key.finish())
 }
 
 pub fn run(binary: &Path, target: &Target, profile: &Path, version: &str, task: &Task) -> Smoke {
@@ -72,6 +127,7 @@ pub fn run(binary: &Path, target: &Target, profile: &Path, version: &str, task: 
     Smoke {
         ok: steps.iter().all(|s| s.ok),
         steps,
+        ..Smoke::default()
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cargo::artefact::{self, Artefact, Manifest};
-use crate::cargo::smoke::{self, Smoke};
+use crate::cargo::smoke::{Policy, Smoke};
 use crate::provision::{self, Requirement};
 use crate::report::progress::Progress;
 use crate::report::{Report, Table};
@@ -27,6 +27,10 @@ pub struct Args {
     /// Default: the profile's build.targets.
     #[arg(long = "target", value_name = "TARGET")]
     targets: Vec<String>,
+    /// auto: reuse a passing smoke result recorded for the same binary and the same
+    /// inputs; always: run the smoke afresh.
+    #[arg(long, value_enum, default_value_t = Policy::Auto)]
+    smoke: Policy,
 }
 
 #[derive(Serialize)]
@@ -68,13 +72,15 @@ pub fn run(args: Args) -> Result<Report> {
             match outcome {
                 Ok(mut artefact) => {
                     artefact.git_revision = revision.clone();
-                    let (profile_path, version) = (&profile.path, &workspace.server_version);
+                    let (profile, version, manifest) = (&profile, &workspace.server_version, &manifest);
                     smokes.push(scope.spawn(move || {
-                        artefact.smoke = smoke::run(&artefact.path, target, profile_path, version, &task);
+                        artefact.smoke =
+                            artefact::smoke(&artefact, target, profile, version, manifest, args.smoke, &task);
                         let verdict = if artefact.smoke.ok { "ok" } else { "smoke FAILED" };
                         task.finish(format!(
-                            "{verdict} ({})",
-                            if artefact.cache_hit { "cached" } else { "built" }
+                            "{verdict} ({}{})",
+                            if artefact.cache_hit { "cached" } else { "built" },
+                            if artefact.smoke.cached { ", smoke cached" } else { "" }
                         ));
                         artefact
                     }));
@@ -115,13 +121,7 @@ pub fn run(args: Args) -> Result<Report> {
                 format!("{:.1}", artefact.seconds),
                 format!("{:.2} MB", artefact.bytes as f64 / 1e6),
                 if artefact.is_static { "yes" } else { "NO" }.into(),
-                artefact
-                    .smoke
-                    .steps
-                    .iter()
-                    .map(|s| format!("{}:{}", s.name, if s.ok { "ok" } else { "FAIL" }))
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                smoke_column(&artefact.smoke),
             ]);
         } else {
             let error = failures.get(target.triple).map(|e| first_line(e)).unwrap_or_default();
@@ -158,6 +158,21 @@ fn smoke_failure(smoke: &Smoke) -> String {
         .map(|step| format!("smoke {}: {}", step.name, step.detail))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Each step's verdict, after "cached" when the result was reused rather than run.
+fn smoke_column(smoke: &Smoke) -> String {
+    let steps = smoke
+        .steps
+        .iter()
+        .map(|s| format!("{}:{}", s.name, if s.ok { "ok" } else { "FAIL" }))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if smoke.cached {
+        format!("cached {steps}")
+    } else {
+        steps
+    }
 }
 
 fn first_line(text: &str) -> String {
