@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use services::teardown;
 use xtask::commands::{bench_compare, build_native, ci, cluster_local, docker_build, doctor, qemu_cluster, qemu_image};
 use xtask::report::error::UsageError;
-use xtask::report::Report;
+use xtask::report::{Outcome, Report};
 
 /// The PlexiChat toolchain: provision the host, cross-compile, benchmark, containerise
 /// and emulate PlexiChat.
@@ -66,16 +66,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     teardown::install_signal_handler();
-    let result = match cli.command {
-        Command::Doctor(args) => doctor::run(args),
-        Command::BuildNative(args) => build_native::run(args),
-        Command::BenchCompare(args) => bench_compare::run(args),
-        Command::ClusterLocal(args) => cluster_local::run(args),
-        Command::QemuImage(args) => qemu_image::run(args),
-        Command::QemuCluster(args) => qemu_cluster::run(args),
-        Command::DockerBuild(args) => docker_build::run(args),
-        Command::Ci(args) => ci::run(args),
-    };
+    let json = cli.json;
+    match cli.command {
+        Command::Doctor(args) => finish(doctor::run(args), json),
+        Command::BuildNative(args) => finish(build_native::run(args), json),
+        Command::BenchCompare(args) => finish(bench_compare::run(args), json),
+        Command::ClusterLocal(args) => finish(cluster_local::run(args), json),
+        Command::QemuImage(args) => finish(qemu_image::run(args), json),
+        Command::QemuCluster(args) => finish(qemu_cluster::run(args), json),
+        Command::DockerBuild(args) => finish(docker_build::run(args), json),
+        Command::Ci(args) => finish(ci::run(args), json),
+    }
+}
+
+/// Renders what the command did, or says why it could not; the exit status follows.
+fn finish(result: anyhow::Result<impl Outcome>, json: bool) -> ExitCode {
     if teardown::interrupted() {
         // The signal handler is tearing down and exits with 130 when it is done.
         loop {
@@ -83,7 +88,7 @@ fn main() -> ExitCode {
         }
     }
     match result {
-        Ok(report) => finish(&report, cli.json),
+        Ok(outcome) => render(&outcome, json),
         Err(err) => {
             teardown::run_all();
             eprintln!("error: {err:#}");
@@ -96,7 +101,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn finish(report: &Report, json: bool) -> ExitCode {
+/// The table and summary on stderr, the document on stdout with --json.
+fn render(outcome: &impl Outcome, json: bool) -> ExitCode {
+    let report = Report::of(outcome);
     eprint!("{}", report.table);
     if let Some(summary) = &report.summary {
         eprintln!("{summary}");

@@ -14,7 +14,7 @@ use crate::bench::{
 };
 use crate::report::error::UsageError;
 use crate::report::progress::Progress;
-use crate::report::{Report, Table};
+use crate::report::{Outcome, Table};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -62,8 +62,16 @@ struct BenchReport {
     verdict: Verdict,
 }
 
+/// What a comparison found: criterion's benches or, with `--e2e`, whole servers.
 #[derive(Serialize)]
-struct CompareReport {
+#[serde(untagged)]
+pub enum BenchOutcome {
+    Benches(CompareReport),
+    E2e(E2eReport),
+}
+
+#[derive(Serialize)]
+pub struct CompareReport {
     ok: bool,
     mode: Mode,
     threshold_pct: f64,
@@ -82,11 +90,27 @@ struct SideReport {
     commit: String,
 }
 
+#[derive(Serialize)]
+pub struct E2eReport {
+    ok: bool,
+    /// Always `e2e`: tells this document from a benches one.
+    kind: &'static str,
+    baseline: SideReport,
+    current: SideReport,
+    report: serde_json::Value,
+    seconds: f64,
+    /// The end-to-end comparison renders its servers itself.
+    #[serde(skip)]
+    table: Table,
+    #[serde(skip)]
+    summary: String,
+}
+
 /// Threshold of an end-to-end comparison: whole servers on a shared machine are noisier
 /// than criterion's functions.
 const E2E_THRESHOLD_PCT: f64 = 10.0;
 
-pub fn run(args: Args) -> Result<Report> {
+pub fn run(args: Args) -> Result<BenchOutcome> {
     let started = Instant::now();
     let mode = args.mode.unwrap_or(if std::env::var_os("CI").is_some() {
         Mode::Instructions
@@ -156,15 +180,16 @@ pub fn run(args: Args) -> Result<Report> {
         drop(worktree);
         task.finish(format!("{} rounds of {} s per server", load.rounds, load.seconds));
         let [baseline, current] = sides_report;
-        let json = serde_json::json!({
-            "ok": outcome.ok,
-            "kind": "e2e",
-            "baseline": baseline,
-            "current": current,
-            "report": outcome.json,
-            "seconds": started.elapsed().as_secs_f64(),
-        });
-        return Ok(Report::new(outcome.ok, outcome.table, &json).with_summary(outcome.summary));
+        return Ok(BenchOutcome::E2e(E2eReport {
+            ok: outcome.ok,
+            kind: "e2e",
+            baseline,
+            current,
+            report: outcome.json,
+            seconds: started.elapsed().as_secs_f64(),
+            table: outcome.table,
+            summary: outcome.summary,
+        }));
     }
 
     let base_side = build::benches(&sides.baseline, args.filter.as_deref(), &task)?;
@@ -226,22 +251,8 @@ pub fn run(args: Args) -> Result<Report> {
     let improved = benches.iter().filter(|b| b.verdict == Verdict::Improved).count();
     task.finish(format!("{} benchmarks compared", measured.len()));
 
-    let mut table = Table::new(&["bench", "baseline", "current", "change", "interval", "verdict"]);
-    for bench in &benches {
-        let value = |v: Option<f64>| v.map_or("-".to_string(), |v| format_value(mode, v));
-        table.row(vec![
-            bench.id.clone(),
-            value(bench.baseline),
-            value(bench.current),
-            bench.change_pct.map_or("-".into(), |c| format!("{c:+.2}%")),
-            bench
-                .interval_pct
-                .map_or("-".into(), |[l, u]| format!("[{l:+.2}%, {u:+.2}%]")),
-            bench.verdict.label().into(),
-        ]);
-    }
     let [baseline, current] = sides_report;
-    let report = CompareReport {
+    Ok(BenchOutcome::Benches(CompareReport {
         ok: regressed == 0,
         mode,
         threshold_pct: threshold,
@@ -252,16 +263,144 @@ pub fn run(args: Args) -> Result<Report> {
         regressed,
         improved,
         seconds: started.elapsed().as_secs_f64(),
-    };
-    let summary = format!(
-        "{} mode, threshold {threshold}%: {regressed} regressed, {improved} improved, against {} ({}) in {:.0}s",
-        match mode {
-            Mode::Time => "time",
-            Mode::Instructions => "instructions",
-        },
-        report.baseline.reference,
-        short(&report.baseline.commit),
-        report.seconds,
-    );
-    Ok(Report::new(report.ok, table, &report).with_summary(summary))
+    }))
+}
+
+impl Outcome for BenchOutcome {
+    fn ok(&self) -> bool {
+        match self {
+            BenchOutcome::Benches(report) => report.ok(),
+            BenchOutcome::E2e(report) => report.ok(),
+        }
+    }
+
+    fn table(&self) -> Table {
+        match self {
+            BenchOutcome::Benches(report) => report.table(),
+            BenchOutcome::E2e(report) => report.table(),
+        }
+    }
+
+    fn summary(&self) -> Option<String> {
+        match self {
+            BenchOutcome::Benches(report) => report.summary(),
+            BenchOutcome::E2e(report) => report.summary(),
+        }
+    }
+}
+
+impl Outcome for E2eReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn table(&self) -> Table {
+        self.table.clone()
+    }
+
+    fn summary(&self) -> Option<String> {
+        Some(self.summary.clone())
+    }
+}
+
+impl Outcome for CompareReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn table(&self) -> Table {
+        let mut table = Table::new(&["bench", "baseline", "current", "change", "interval", "verdict"]);
+        for bench in &self.benches {
+            let value = |v: Option<f64>| v.map_or("-".to_string(), |v| format_value(self.mode, v));
+            table.row(vec![
+                bench.id.clone(),
+                value(bench.baseline),
+                value(bench.current),
+                bench.change_pct.map_or("-".into(), |c| format!("{c:+.2}%")),
+                bench
+                    .interval_pct
+                    .map_or("-".into(), |[l, u]| format!("[{l:+.2}%, {u:+.2}%]")),
+                bench.verdict.label().into(),
+            ]);
+        }
+        table
+    }
+
+    fn summary(&self) -> Option<String> {
+        Some(format!(
+            "{} mode, threshold {}%: {} regressed, {} improved, against {} ({}) in {:.0}s",
+            match self.mode {
+                Mode::Time => "time",
+                Mode::Instructions => "instructions",
+            },
+            self.threshold_pct,
+            self.regressed,
+            self.improved,
+            self.baseline.reference,
+            short(&self.baseline.commit),
+            self.seconds,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(reference: &str) -> SideReport {
+        SideReport {
+            reference: reference.into(),
+            commit: "0123456789abcdef".into(),
+        }
+    }
+
+    /// The two kinds of document stay as they were: no tag from the enum around them.
+    #[test]
+    fn documents_are_untagged() {
+        let benches = BenchOutcome::Benches(CompareReport {
+            ok: true,
+            mode: Mode::Instructions,
+            threshold_pct: 2.0,
+            baseline: side("main"),
+            current: side("working tree"),
+            rustc: "rustc 1.85.0".into(),
+            benches: Vec::new(),
+            regressed: 0,
+            improved: 0,
+            seconds: 1.0,
+        });
+        let json = serde_json::to_value(&benches).unwrap();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "baseline",
+                "benches",
+                "current",
+                "improved",
+                "mode",
+                "ok",
+                "regressed",
+                "rustc",
+                "seconds",
+                "threshold_pct"
+            ]
+        );
+        let e2e = BenchOutcome::E2e(E2eReport {
+            ok: false,
+            kind: "e2e",
+            baseline: side("main"),
+            current: side("working tree"),
+            report: serde_json::json!({"servers": []}),
+            seconds: 2.0,
+            table: Table::new(&["server"]),
+            summary: "a summary".into(),
+        });
+        let json = serde_json::to_value(&e2e).unwrap();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["baseline", "current", "kind", "ok", "report", "seconds"]);
+        assert_eq!(json["kind"], "e2e");
+        assert!(!e2e.ok());
+        assert_eq!(e2e.summary().as_deref(), Some("a summary"));
+    }
 }

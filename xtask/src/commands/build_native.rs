@@ -13,7 +13,7 @@ use crate::cargo::artefact::{self, Artefact, Manifest};
 use crate::cargo::smoke::{Policy, Smoke};
 use crate::provision::{self, Requirement};
 use crate::report::progress::Progress;
-use crate::report::{Report, Table};
+use crate::report::{Outcome, Table};
 use crate::workspace::profile::Profile;
 use crate::workspace::targets::{self, Target};
 use crate::workspace::Workspace;
@@ -34,15 +34,18 @@ pub struct Args {
 }
 
 #[derive(Serialize)]
-struct BuildReport<'a> {
+pub struct BuildReport {
     ok: bool,
-    profile: &'a str,
+    profile: String,
     manifest: PathBuf,
-    artefacts: Vec<&'a Artefact>,
-    failures: &'a BTreeMap<String, String>,
+    artefacts: Vec<Artefact>,
+    failures: BTreeMap<String, String>,
+    /// Every target asked for, in matrix order: a row each, built or not.
+    #[serde(skip)]
+    targets: Vec<&'static Target>,
 }
 
-pub fn run(args: Args) -> Result<Report> {
+pub fn run(args: Args) -> Result<BuildReport> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
     let targets = if args.targets.is_empty() {
@@ -110,44 +113,61 @@ pub fn run(args: Args) -> Result<Report> {
     }
     manifest.save(&workspace)?;
 
-    let ok = failures.is_empty();
-    let mut table = Table::new(&["target", "result", "cache", "build s", "size", "static", "smoke"]);
-    for target in &targets {
-        if let Some(artefact) = built.iter().find(|a| a.target == target.triple) {
-            table.row(vec![
-                target.triple.into(),
-                if artefact.smoke.ok { "ok" } else { "FAILED" }.into(),
-                if artefact.cache_hit { "hit" } else { "miss" }.into(),
-                format!("{:.1}", artefact.seconds),
-                format!("{:.2} MB", artefact.bytes as f64 / 1e6),
-                if artefact.is_static { "yes" } else { "NO" }.into(),
-                smoke_column(&artefact.smoke),
-            ]);
-        } else {
-            let error = failures.get(target.triple).map(|e| first_line(e)).unwrap_or_default();
-            table.row(vec![
-                target.triple.into(),
-                "FAILED".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                error,
-            ]);
-        }
-    }
-    let mut summary = format!("artefacts and manifest: {}", Manifest::path(&workspace).display());
-    for (target, error) in &failures {
-        summary.push_str(&format!("\n{target}: {error}"));
-    }
-    let report = BuildReport {
-        ok,
-        profile: &profile.name,
+    Ok(BuildReport {
+        ok: failures.is_empty(),
+        profile: profile.name,
         manifest: Manifest::path(&workspace),
-        artefacts: built.iter().collect(),
-        failures: &failures,
-    };
-    Ok(Report::new(ok, table, &report).with_summary(summary))
+        artefacts: built,
+        failures,
+        targets,
+    })
+}
+
+impl Outcome for BuildReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn table(&self) -> Table {
+        let mut table = Table::new(&["target", "result", "cache", "build s", "size", "static", "smoke"]);
+        for target in &self.targets {
+            if let Some(artefact) = self.artefacts.iter().find(|a| a.target == target.triple) {
+                table.row(vec![
+                    target.triple.into(),
+                    if artefact.smoke.ok { "ok" } else { "FAILED" }.into(),
+                    if artefact.cache_hit { "hit" } else { "miss" }.into(),
+                    format!("{:.1}", artefact.seconds),
+                    format!("{:.2} MB", artefact.bytes as f64 / 1e6),
+                    if artefact.is_static { "yes" } else { "NO" }.into(),
+                    smoke_column(&artefact.smoke),
+                ]);
+            } else {
+                let error = self
+                    .failures
+                    .get(target.triple)
+                    .map(|e| first_line(e))
+                    .unwrap_or_default();
+                table.row(vec![
+                    target.triple.into(),
+                    "FAILED".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    error,
+                ]);
+            }
+        }
+        table
+    }
+
+    fn summary(&self) -> Option<String> {
+        let mut summary = format!("artefacts and manifest: {}", self.manifest.display());
+        for (target, error) in &self.failures {
+            summary.push_str(&format!("\n{target}: {error}"));
+        }
+        Some(summary)
+    }
 }
 
 fn smoke_failure(smoke: &Smoke) -> String {

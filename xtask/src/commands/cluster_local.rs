@@ -13,7 +13,7 @@ use services::{Durability, Nats, Postgres, ServerProcess};
 use crate::cargo::artefact::target_binary;
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
 use crate::report::progress::Progress;
-use crate::report::{Report, Table};
+use crate::report::{Outcome, Report, Table};
 use crate::system::http;
 use crate::workspace::profile::Profile;
 use crate::workspace::targets;
@@ -35,11 +35,11 @@ pub struct Args {
 }
 
 #[derive(Serialize)]
-struct ClusterReport<'a> {
+pub struct ClusterReport {
     ok: bool,
     #[serde(flatten)]
-    description: &'a Description,
-    checks: &'a [CheckResult],
+    description: Description,
+    checks: Vec<CheckResult>,
     delivery_latency_ms: Option<Percentiles>,
     failover_detection_seconds: Option<f64>,
 }
@@ -59,7 +59,7 @@ impl Node {
     }
 }
 
-pub fn run(args: Args) -> Result<Report> {
+pub fn run(args: Args) -> Result<ClusterReport> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
     let progress = Progress::new();
@@ -146,39 +146,38 @@ pub fn run(args: Args) -> Result<Report> {
     let ok = !checks.iter().any(CheckResult::failed);
     task.finish(if ok { "every check held" } else { "a check FAILED" });
 
-    let report = cluster_report(ok, &description, &checks, latencies, detection);
-    if args.hold {
-        cluster::hold(&workspace, "cluster-local", &description, &report)?;
-    }
-    Ok(report)
-}
-
-fn cluster_report(
-    ok: bool,
-    description: &Description,
-    checks: &[CheckResult],
-    latencies: Option<Percentiles>,
-    detection: Option<f64>,
-) -> Report {
-    let mut table = Table::new(&["item", "result", "detail"]);
-    for node in &description.nodes {
-        table.row(vec![
-            node.node_id.clone(),
-            format!("healthy in {:.2} s", node.healthy_seconds),
-            format!("{} (pid {})", node.url, node.pid.unwrap_or_default()),
-        ]);
-    }
-    for check in checks {
-        table.row(vec![check.name.into(), check.result.into(), check.detail.clone()]);
-    }
-    let json = ClusterReport {
+    let report = ClusterReport {
         ok,
         description,
         checks,
         delivery_latency_ms: latencies,
         failover_detection_seconds: detection,
     };
-    Report::new(ok, table, &json)
+    if args.hold {
+        cluster::hold(&workspace, "cluster-local", &report.description, &Report::of(&report))?;
+    }
+    Ok(report)
+}
+
+impl Outcome for ClusterReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn table(&self) -> Table {
+        let mut table = Table::new(&["item", "result", "detail"]);
+        for node in &self.description.nodes {
+            table.row(vec![
+                node.node_id.clone(),
+                format!("healthy in {:.2} s", node.healthy_seconds),
+                format!("{} (pid {})", node.url, node.pid.unwrap_or_default()),
+            ]);
+        }
+        for check in &self.checks {
+            table.row(vec![check.name.into(), check.result.into(), check.detail.clone()]);
+        }
+        table
+    }
 }
 
 fn wait_healthy(server: &ServerProcess) -> Result<()> {

@@ -11,7 +11,7 @@
 //! start, any left behind by runs whose process is gone.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -26,7 +26,7 @@ use crate::docker::{build_one, Image};
 use crate::provision::{self, Requirement};
 use crate::report::error::UsageError;
 use crate::report::progress::Progress;
-use crate::report::{Report, Table};
+use crate::report::{Outcome, Table};
 use crate::workspace::profile::Profile;
 use crate::workspace::targets::{self, Target};
 use crate::workspace::Workspace;
@@ -54,17 +54,23 @@ pub struct Args {
 }
 
 #[derive(Serialize)]
-struct DockerReport<'a> {
+pub struct DockerReport {
     ok: bool,
-    profile: &'a str,
-    engine: &'a str,
-    api_version: &'a str,
-    images: &'a [Image],
-    export: Option<&'a Path>,
-    failures: &'a BTreeMap<String, String>,
+    profile: String,
+    engine: String,
+    api_version: String,
+    images: Vec<Image>,
+    export: Option<PathBuf>,
+    failures: BTreeMap<String, String>,
+    /// Every architecture asked for, in matrix order: a row each, built or not.
+    #[serde(skip)]
+    targets: Vec<&'static Target>,
+    /// The host's image, `NAME:TAG`, for the summary's `docker run`.
+    #[serde(skip)]
+    reference: String,
 }
 
-pub fn run(args: Args) -> Result<Report> {
+pub fn run(args: Args) -> Result<DockerReport> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
     let targets = chosen_targets(&args.arches)?;
@@ -160,7 +166,7 @@ pub fn run(args: Args) -> Result<Report> {
             match engine.block(export_images(&engine.docker, &names, file)) {
                 Ok(bytes) => {
                     task.finish(format!("{} ({:.1} MB)", file.display(), bytes as f64 / 1e6));
-                    Some(file.as_path())
+                    Some(file.clone())
                 }
                 Err(err) => {
                     task.finish(format!("FAILED: {err:#}"));
@@ -174,60 +180,77 @@ pub fn run(args: Args) -> Result<Report> {
     // Images a rebuild untagged are ours and of no further use.
     engine.block(prune_untagged(&engine.docker));
 
-    let ok = failures.is_empty();
-    let mut table = Table::new(&["arch", "result", "tags", "size", "platform", "user", "build s", "smoke"]);
-    for target in &targets {
-        match images.iter().find(|i| i.arch == target.arch) {
-            Some(image) => table.row(vec![
-                target.arch.into(),
-                if failures.contains_key(target.triple) {
-                    "FAILED"
-                } else {
-                    "ok"
-                }
-                .into(),
-                image.tags.join(" "),
-                format!("{:.2} MB", image.size_bytes as f64 / 1e6),
-                image.platform.clone(),
-                image.user.clone(),
-                format!("{:.1}", image.build_seconds),
-                match &image.smoke {
-                    None => "-".into(),
-                    Some(smoke) => format!("{} ({:.1} s)", if smoke.ok { "ok" } else { "FAILED" }, smoke.seconds),
-                },
-            ]),
-            None => table.row(vec![
-                target.arch.into(),
-                "FAILED".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                failures.get(target.triple).map(|e| first_line(e)).unwrap_or_default(),
-            ]),
-        }
-    }
-    let mut summary = match export {
-        Some(file) => format!(
-            "images exported to {} (load with `docker load -i FILE`)",
-            file.display()
-        ),
-        None => format!("run one: docker run --rm -p 8000:8000 {repository}:{tag}"),
-    };
-    for (what, error) in &failures {
-        summary.push_str(&format!("\n{what}: {error}"));
-    }
-    let report = DockerReport {
-        ok,
-        profile: &profile.name,
-        engine: &engine.version,
-        api_version: &engine.api_version,
-        images: &images,
+    Ok(DockerReport {
+        ok: failures.is_empty(),
+        profile: profile.name,
+        engine: engine.version.clone(),
+        api_version: engine.api_version.clone(),
+        images,
         export,
-        failures: &failures,
-    };
-    Ok(Report::new(ok, table, &report).with_summary(summary))
+        failures,
+        targets,
+        reference: format!("{repository}:{tag}"),
+    })
+}
+
+impl Outcome for DockerReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn table(&self) -> Table {
+        let mut table = Table::new(&["arch", "result", "tags", "size", "platform", "user", "build s", "smoke"]);
+        for target in &self.targets {
+            match self.images.iter().find(|i| i.arch == target.arch) {
+                Some(image) => table.row(vec![
+                    target.arch.into(),
+                    if self.failures.contains_key(target.triple) {
+                        "FAILED"
+                    } else {
+                        "ok"
+                    }
+                    .into(),
+                    image.tags.join(" "),
+                    format!("{:.2} MB", image.size_bytes as f64 / 1e6),
+                    image.platform.clone(),
+                    image.user.clone(),
+                    format!("{:.1}", image.build_seconds),
+                    match &image.smoke {
+                        None => "-".into(),
+                        Some(smoke) => format!("{} ({:.1} s)", if smoke.ok { "ok" } else { "FAILED" }, smoke.seconds),
+                    },
+                ]),
+                None => table.row(vec![
+                    target.arch.into(),
+                    "FAILED".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    self.failures
+                        .get(target.triple)
+                        .map(|e| first_line(e))
+                        .unwrap_or_default(),
+                ]),
+            }
+        }
+        table
+    }
+
+    fn summary(&self) -> Option<String> {
+        let mut summary = match &self.export {
+            Some(file) => format!(
+                "images exported to {} (load with `docker load -i FILE`)",
+                file.display()
+            ),
+            None => format!("run one: docker run --rm -p 8000:8000 {}", self.reference),
+        };
+        for (what, error) in &self.failures {
+            summary.push_str(&format!("\n{what}: {error}"));
+        }
+        Some(summary)
+    }
 }
 
 /// `--arch` values in matrix order, de-duplicated; the host's architecture by default.

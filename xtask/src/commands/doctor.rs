@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::provision::{self, Check, Requirement, Status};
-use crate::report::{Report, Table};
+use crate::report::{Outcome, Table};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,11 +15,14 @@ pub struct Args {
 }
 
 #[derive(Serialize)]
-struct DoctorReport<'a> {
+pub struct DoctorReport {
     ok: bool,
-    checks: &'a [Check],
+    checks: Vec<Check>,
     fixed: Vec<String>,
     not_fixed: Vec<NotFixed>,
+    /// Whether `--fix` ran: what the summary advises depends on it.
+    #[serde(skip)]
+    fix_ran: bool,
 }
 
 #[derive(Serialize)]
@@ -29,7 +32,7 @@ struct NotFixed {
     reason: String,
 }
 
-pub fn run(args: Args) -> Result<Report> {
+pub fn run(args: Args) -> Result<DoctorReport> {
     let everything = Requirement::all();
     let mut checks = provision::probe_all(&everything);
     let mut fixed = Vec::new();
@@ -63,41 +66,54 @@ pub fn run(args: Args) -> Result<Report> {
             }
         }
     }
-    let ok = !checks.iter().any(|c| c.required && c.is_missing());
-    let mut table = Table::new(&["item", "status", "version / detail", "fix"]);
-    for check in &checks {
-        let status = match check.status {
-            Status::Found => "ok",
-            Status::Missing => "MISSING",
-            Status::Unusable => "unusable",
-        };
-        let detail = check
-            .version
-            .clone()
-            .or_else(|| check.detail.clone())
-            .unwrap_or_default();
-        let fix = check.fix.as_ref().map(ToString::to_string).unwrap_or_default();
-        table.row(vec![check.requirement.to_string(), status.into(), detail, fix]);
-    }
-    let missing = checks.iter().filter(|c| c.is_missing()).count();
-    let mut summary = if missing == 0 {
-        "everything PlexiChat's toolchain needs is here".to_string()
-    } else if args.fix {
-        format!("{missing} item(s) still missing")
-    } else {
-        format!("{missing} item(s) missing: `cargo xtask doctor --fix` installs what it can")
-    };
-    for item in &not_fixed {
-        summary.push_str(&format!(
-            "\n  could not fix {}: {} ({})",
-            item.item, item.reason, item.fix
-        ));
-    }
-    let report = DoctorReport {
-        ok,
-        checks: &checks,
+    Ok(DoctorReport {
+        ok: !checks.iter().any(|c| c.required && c.is_missing()),
+        checks,
         fixed,
         not_fixed,
-    };
-    Ok(Report::new(ok, table, &report).with_summary(summary))
+        fix_ran: args.fix,
+    })
+}
+
+impl Outcome for DoctorReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn table(&self) -> Table {
+        let mut table = Table::new(&["item", "status", "version / detail", "fix"]);
+        for check in &self.checks {
+            let status = match check.status {
+                Status::Found => "ok",
+                Status::Missing => "MISSING",
+                Status::Unusable => "unusable",
+            };
+            let detail = check
+                .version
+                .clone()
+                .or_else(|| check.detail.clone())
+                .unwrap_or_default();
+            let fix = check.fix.as_ref().map(ToString::to_string).unwrap_or_default();
+            table.row(vec![check.requirement.to_string(), status.into(), detail, fix]);
+        }
+        table
+    }
+
+    fn summary(&self) -> Option<String> {
+        let missing = self.checks.iter().filter(|c| c.is_missing()).count();
+        let mut summary = if missing == 0 {
+            "everything PlexiChat's toolchain needs is here".to_string()
+        } else if self.fix_ran {
+            format!("{missing} item(s) still missing")
+        } else {
+            format!("{missing} item(s) missing: `cargo xtask doctor --fix` installs what it can")
+        };
+        for item in &self.not_fixed {
+            summary.push_str(&format!(
+                "\n  could not fix {}: {} ({})",
+                item.item, item.reason, item.fix
+            ));
+        }
+        Some(summary)
+    }
 }

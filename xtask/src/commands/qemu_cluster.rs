@@ -20,7 +20,7 @@ use crate::guest::{self as guest_images, ImageDefinition};
 use crate::qemu::vm::{Launch, Vm};
 use crate::qemu::{checks, plan, qmp, vm};
 use crate::report::progress::Progress;
-use crate::report::{Report, Table};
+use crate::report::{Outcome, Report, Table};
 use crate::workspace::profile::Profile;
 use crate::workspace::Workspace;
 
@@ -62,17 +62,17 @@ struct VmReport {
 }
 
 #[derive(Serialize)]
-struct ClusterReport<'a> {
+pub struct ClusterReport {
     ok: bool,
     #[serde(flatten)]
-    description: &'a Description,
-    vms: &'a [VmReport],
+    description: Description,
+    vms: Vec<VmReport>,
     launch_to_all_healthy_seconds: f64,
-    checks: &'a [CheckResult],
+    checks: Vec<CheckResult>,
     delivery_latency_ms: Option<Percentiles>,
 }
 
-pub fn run(args: Args) -> Result<Report> {
+pub fn run(args: Args) -> Result<ClusterReport> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
     let arches = plan::arches(&args.arch, usize::from(args.nodes))?;
@@ -194,7 +194,7 @@ pub fn run(args: Args) -> Result<Report> {
     let ok = !checks.iter().any(CheckResult::failed);
     task.finish(if ok { "every check held" } else { "a check FAILED" });
 
-    let vm_reports: Vec<VmReport> = vms
+    let vm_reports = vms
         .iter()
         .zip(healthy.iter().zip(memory.iter().zip(statuses)))
         .map(|(vm, (seconds, (rss, status)))| VmReport {
@@ -208,9 +208,16 @@ pub fn run(args: Args) -> Result<Report> {
             serial_log: vm.serial_log.clone(),
         })
         .collect();
-    let report = cluster_report(ok, &description, &vm_reports, all_healthy, &checks, latencies);
+    let report = ClusterReport {
+        ok,
+        description,
+        vms: vm_reports,
+        launch_to_all_healthy_seconds: all_healthy,
+        checks,
+        delivery_latency_ms: latencies,
+    };
     if args.hold {
-        cluster::hold(&workspace, "qemu-cluster", &description, &report)?;
+        cluster::hold(&workspace, "qemu-cluster", &report.description, &Report::of(&report))?;
     }
     Ok(report)
 }
@@ -274,39 +281,38 @@ fn with_profile(initramfs: &Path, profile: &Path, run_dir: &Path) -> Result<Path
     Ok(path)
 }
 
-fn cluster_report(
-    ok: bool,
-    description: &Description,
-    vms: &[VmReport],
-    all_healthy: f64,
-    checks: &[CheckResult],
-    latencies: Option<Percentiles>,
-) -> Report {
-    let mut table = Table::new(&["item", "result", "detail"]);
-    for vm in vms {
-        table.row(vec![
-            vm.node_id.clone(),
-            format!("healthy in {:.2} s", vm.launch_to_healthy_seconds),
-            format!(
-                "{} {}, {} MiB, QMP {}, {}",
-                vm.arch,
-                vm.accelerator,
-                vm.rss_mib.map_or("?".into(), |mib| format!("{mib:.0}")),
-                vm.qmp_status,
-                vm.url
-            ),
-        ]);
+impl Outcome for ClusterReport {
+    fn ok(&self) -> bool {
+        self.ok
     }
-    for check in checks {
-        table.row(vec![check.name.into(), check.result.into(), check.detail.clone()]);
+
+    fn table(&self) -> Table {
+        let mut table = Table::new(&["item", "result", "detail"]);
+        for vm in &self.vms {
+            table.row(vec![
+                vm.node_id.clone(),
+                format!("healthy in {:.2} s", vm.launch_to_healthy_seconds),
+                format!(
+                    "{} {}, {} MiB, QMP {}, {}",
+                    vm.arch,
+                    vm.accelerator,
+                    vm.rss_mib.map_or("?".into(), |mib| format!("{mib:.0}")),
+                    vm.qmp_status,
+                    vm.url
+                ),
+            ]);
+        }
+        for check in &self.checks {
+            table.row(vec![check.name.into(), check.result.into(), check.detail.clone()]);
+        }
+        table
     }
-    let json = ClusterReport {
-        ok,
-        description,
-        vms,
-        launch_to_all_healthy_seconds: all_healthy,
-        checks,
-        delivery_latency_ms: latencies,
-    };
-    Report::new(ok, table, &json).with_summary(format!("{} VMs: launch → all healthy {all_healthy:.2} s", vms.len()))
+
+    fn summary(&self) -> Option<String> {
+        Some(format!(
+            "{} VMs: launch → all healthy {:.2} s",
+            self.vms.len(),
+            self.launch_to_all_healthy_seconds
+        ))
+    }
 }

@@ -5,6 +5,7 @@
 //! target/xtask/qemu-images/<arch>/ with an image.json; an image whose inputs have not
 //! changed is reused, not rebuilt.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -12,12 +13,12 @@ use serde::Serialize;
 
 use crate::cargo::artefact::target_binary;
 use crate::guest::image::{self, BuiltImage};
-use crate::guest::{load_definition, load_file};
+use crate::guest::{load_definition, load_file, ImageDefinition};
 use crate::provision::{self, Requirement};
 use crate::qemu::boot_command;
 use crate::report::error::UsageError;
 use crate::report::progress::Progress;
-use crate::report::{Report, Table};
+use crate::report::{Outcome, Table};
 use crate::workspace::profile::Profile;
 use crate::workspace::targets::{Target, TARGETS};
 use crate::workspace::Workspace;
@@ -36,14 +37,20 @@ pub struct Args {
 }
 
 #[derive(Serialize)]
-struct ImageReport<'a> {
+pub struct ImageReport {
     ok: bool,
-    profile: &'a str,
-    images: &'a [BuiltImage],
-    failures: &'a std::collections::BTreeMap<String, String>,
+    profile: String,
+    images: Vec<BuiltImage>,
+    failures: BTreeMap<String, String>,
+    /// Where the images live, for the summary.
+    #[serde(skip)]
+    images_dir: PathBuf,
+    /// For the summary's hand-boot command of the first image.
+    #[serde(skip)]
+    definitions: Vec<ImageDefinition>,
 }
 
-pub fn run(args: Args) -> Result<Report> {
+pub fn run(args: Args) -> Result<ImageReport> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
     let definitions = match &args.definition {
@@ -87,62 +94,76 @@ pub fn run(args: Args) -> Result<Report> {
             }
         }
     }
-    let ok = failures.is_empty();
-    let mut table = Table::new(&[
-        "image",
-        "result",
-        "cache",
-        "kernel package",
-        "modules",
-        "kernel",
-        "initramfs",
-        "s",
-    ]);
-    for image in &images {
-        let built_in = image.modules.iter().filter(|m| m.built_in).count();
-        table.row(vec![
-            image.name.clone(),
-            "ok".into(),
-            if image.cache_hit { "hit" } else { "miss" }.into(),
-            image.kernel_package.clone(),
-            format!("{} (+{built_in} built in)", image.modules.len() - built_in),
-            megabytes(image.kernel_bytes),
-            megabytes(image.initramfs_bytes),
-            format!("{:.1}", image.seconds),
+    Ok(ImageReport {
+        ok: failures.is_empty(),
+        profile: profile.name,
+        images,
+        failures,
+        images_dir: workspace.target_dir.join("xtask/qemu-images"),
+        definitions,
+    })
+}
+
+impl Outcome for ImageReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn table(&self) -> Table {
+        let mut table = Table::new(&[
+            "image",
+            "result",
+            "cache",
+            "kernel package",
+            "modules",
+            "kernel",
+            "initramfs",
+            "s",
         ]);
-    }
-    for (name, error) in &failures {
-        let mut row = vec![name.clone(), "FAILED".into()];
-        row.extend(["-"; 5].map(String::from));
-        row.push(first_line(error));
-        table.row(row);
-    }
-    let mut summary = format!(
-        "images: {}/<arch>/ (kernel, initramfs.cpio.gz, image.json)",
-        workspace.target_dir.join("xtask/qemu-images").display()
-    );
-    if let Some((image, definition)) = images.first().and_then(|image| {
-        let definition = definitions.iter().find(|d| d.name() == image.name)?;
-        Some((image, definition))
-    }) {
-        if let Ok((accelerator, _)) = definition.accelerator() {
-            summary.push_str(&format!(
-                "\nboot {} by hand: {}",
-                image.name,
-                shell_words(&boot_command(definition, image, accelerator))
-            ));
+        for image in &self.images {
+            let built_in = image.modules.iter().filter(|m| m.built_in).count();
+            table.row(vec![
+                image.name.clone(),
+                "ok".into(),
+                if image.cache_hit { "hit" } else { "miss" }.into(),
+                image.kernel_package.clone(),
+                format!("{} (+{built_in} built in)", image.modules.len() - built_in),
+                megabytes(image.kernel_bytes),
+                megabytes(image.initramfs_bytes),
+                format!("{:.1}", image.seconds),
+            ]);
         }
+        for (name, error) in &self.failures {
+            let mut row = vec![name.clone(), "FAILED".into()];
+            row.extend(["-"; 5].map(String::from));
+            row.push(first_line(error));
+            table.row(row);
+        }
+        table
     }
-    for (name, error) in &failures {
-        summary.push_str(&format!("\n{name}: {error}"));
+
+    fn summary(&self) -> Option<String> {
+        let mut summary = format!(
+            "images: {}/<arch>/ (kernel, initramfs.cpio.gz, image.json)",
+            self.images_dir.display()
+        );
+        if let Some((image, definition)) = self.images.first().and_then(|image| {
+            let definition = self.definitions.iter().find(|d| d.name() == image.name)?;
+            Some((image, definition))
+        }) {
+            if let Ok((accelerator, _)) = definition.accelerator() {
+                summary.push_str(&format!(
+                    "\nboot {} by hand: {}",
+                    image.name,
+                    shell_words(&boot_command(definition, image, accelerator))
+                ));
+            }
+        }
+        for (name, error) in &self.failures {
+            summary.push_str(&format!("\n{name}: {error}"));
+        }
+        Some(summary)
     }
-    let report = ImageReport {
-        ok,
-        profile: &profile.name,
-        images: &images,
-        failures: &failures,
-    };
-    Ok(Report::new(ok, table, &report).with_summary(summary))
 }
 
 /// The architectures `--arch` names.

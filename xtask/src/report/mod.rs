@@ -1,5 +1,6 @@
 //! What a subcommand reports: a table for people (stderr), a JSON document for programs
-//! (stdout with --json), and whether every check held.
+//! (stdout with --json), and whether every check held — all three read from one
+//! [`Outcome`], so that they cannot disagree.
 
 pub mod error;
 pub mod progress;
@@ -8,6 +9,20 @@ use std::fmt;
 
 use serde::Serialize;
 
+/// What a command did, as data. Serialised, it is the JSON document; the table and the
+/// summary are views of the same fields, kept beside the type rather than in `run`.
+/// Whatever a view needs that the document leaves out is a `#[serde(skip)]` field.
+pub trait Outcome: Serialize {
+    /// Whether every check held: exit status 0, else 1.
+    fn ok(&self) -> bool;
+    fn table(&self) -> Table;
+    /// Lines printed under the table: where the results are, what to do next.
+    fn summary(&self) -> Option<String> {
+        None
+    }
+}
+
+/// An outcome rendered: what `main` prints, and what a held cluster shows while it waits.
 pub struct Report {
     pub ok: bool,
     pub table: Table,
@@ -16,23 +31,20 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(ok: bool, table: Table, json: &impl Serialize) -> Self {
+    pub fn of(outcome: &impl Outcome) -> Self {
         Self {
-            ok,
-            table,
-            summary: None,
-            json: serde_json::to_value(json).unwrap_or_default(),
+            ok: outcome.ok(),
+            table: outcome.table(),
+            summary: outcome.summary(),
+            // Through a `Value`, whose maps are sorted: the documents keep the key order
+            // they have always had, whatever the order of the fields.
+            json: serde_json::to_value(outcome).unwrap_or_default(),
         }
-    }
-
-    pub fn with_summary(mut self, summary: impl Into<String>) -> Self {
-        self.summary = Some(summary.into());
-        self
     }
 }
 
 /// A plain text table: columns padded to their widest cell.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Table {
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
@@ -82,6 +94,42 @@ impl fmt::Display for Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Serialize)]
+    struct Built {
+        targets: Vec<&'static str>,
+        ok: bool,
+    }
+
+    impl Outcome for Built {
+        fn ok(&self) -> bool {
+            self.ok
+        }
+
+        fn table(&self) -> Table {
+            let mut table = Table::new(&["target"]);
+            for target in &self.targets {
+                table.row(vec![target.to_string()]);
+            }
+            table
+        }
+    }
+
+    #[test]
+    fn a_report_renders_one_outcome() {
+        let report = Report::of(&Built {
+            targets: vec!["aarch64"],
+            ok: false,
+        });
+        assert!(!report.ok);
+        assert_eq!(report.table.to_string(), "target\n-------\naarch64\n");
+        assert_eq!(report.summary, None);
+        // Keys sorted, not in field order: the documents' order before outcomes.
+        assert_eq!(
+            serde_json::to_string(&report.json).unwrap(),
+            r#"{"ok":false,"targets":["aarch64"]}"#
+        );
+    }
 
     #[test]
     fn columns_line_up() {
