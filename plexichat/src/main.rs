@@ -199,28 +199,37 @@ fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // The handlers are installed before the server answers anything: a SIGTERM that comes
+    // right after the first answer must drain, not kill, the process.
+    let shutdown = shutdown_signal();
     let server = Server::bind(settings).await?;
-    server.run_until(shutdown_signal()).await
+    server.run_until(shutdown).await
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Watches SIGINT and SIGTERM from now on; the future completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot watch SIGTERM; only Ctrl-C stops the server");
-                let _ = interrupt.await;
-                return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let watched = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        async move {
+            match watched {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                (interrupt, terminate) => {
+                    let err = interrupt.err().or(terminate.err()).map(|err| err.to_string());
+                    tracing::warn!(error = ?err, "cannot watch SIGINT/SIGTERM; only Ctrl-C stops the server");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
         }
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    async move {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
