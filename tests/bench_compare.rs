@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use plexichat_e2e::{binary, json_of, run_xtask, workspace_root};
 use serde_json::Value;
+use services::process::{self, cmd};
 
 const MANIFEST: &str = r#"[package]
 name = "spin"
@@ -87,12 +88,12 @@ impl Fixture {
     }
 
     fn git(&self, args: &[&str]) -> String {
-        let output = Command::new("git")
-            .args(["-c", "user.name=fixture", "-c", "user.email=fixture@example.invalid"])
-            .args(args)
-            .current_dir(self.root())
-            .output()
-            .expect("git runs");
+        let sh = process::shell_in(self.root()).expect("a shell in the fixture");
+        let output = process::output(cmd!(
+            sh,
+            "git -c user.name=fixture -c user.email=fixture@example.invalid {args...}"
+        ))
+        .expect("git runs");
         assert!(
             output.status.success(),
             "git {args:?}: {}",

@@ -9,8 +9,12 @@ use std::process::Child;
 use plexichat_e2e::{assert_nothing_left, assert_sigint_leaves_nothing, http_get, signal, spawn_xtask, workspace_root};
 use serde_json::Value;
 
+/// The release profile: its static build is the one the other e2e tests (bench-compare,
+/// docker-build, qemu) use, so these tests compile no server of their own.
+const PROFILE: [&str; 2] = ["--profile", "release"];
+
 fn cluster_local(args: &[&str]) -> Child {
-    spawn_xtask("cluster-local", args)
+    spawn_xtask("cluster-local", &[args, &PROFILE[..]].concat())
 }
 
 #[test]
@@ -49,7 +53,7 @@ fn three_nodes_pass_every_check_and_are_torn_down() {
 #[test]
 fn sigint_during_boot_leaves_nothing_behind() {
     // PostgreSQL is up and NATS is starting: the middle of the boot.
-    assert_sigint_leaves_nothing("cluster-local", &["3"], "starting NATS");
+    assert_sigint_leaves_nothing("cluster-local", &["3", PROFILE[0], PROFILE[1]], "starting NATS");
 }
 
 #[test]

@@ -2,7 +2,6 @@
 // A unit-test build sees the dev-dependencies too; the plain library build is checked.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,22 +36,31 @@ pub fn workspace_root() -> &'static Path {
         .expect("tests/ sits in the workspace")
 }
 
-/// Builds `bin` of `package` once per test process (a no-op when it is fresh) and
-/// returns its path: tests must run the binary of the source they test.
+/// The path of `bin` (of `package`) as the README's test command builds it, built first
+/// if needed, once per test process: tests must run the binary of the source they test.
+///
+/// It is built by the test command itself (`cargo test --workspace --all-targets --no-run`),
+/// a no-op when that command is what runs the tests. `cargo build -p PACKAGE` would
+/// resolve the package's features alone, differently from the whole workspace's, and
+/// rebuild the binary and most of its dependencies a second time.
 pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
-    static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    static BUILT: Mutex<bool> = Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(path) = built.get(bin) {
-        return Ok(path.clone());
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--package", package, "--bin", bin])
-        .current_dir(workspace_root())
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build -p {package} --bin {bin} failed: {status}");
+    if !*built {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = Command::new(cargo)
+            .args(["test", "--workspace", "--all-targets", "--no-run", "--quiet"])
+            .current_dir(workspace_root())
+            .output()
+            .context("running cargo test --no-run")?;
+        if !output.status.success() {
+            bail!(
+                "cargo test --workspace --all-targets --no-run failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        *built = true;
     }
     // This test binary lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe()?;
@@ -61,7 +69,12 @@ pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
         .and_then(Path::parent)
         .context("unexpected test binary location")?;
     let path = profile_dir.join(bin);
-    built.insert(bin.to_string(), path.clone());
+    if !path.is_file() {
+        bail!(
+            "{} is not built: is `{bin}` a binary of the package {package}?",
+            path.display()
+        );
+    }
     Ok(path)
 }
 

@@ -8,6 +8,7 @@ use plexichat_e2e::{
     binary, json_of, processes_mentioning, run_xtask, signal, stderr_of, temp_dirs_of, workspace_root,
 };
 use serde_json::Value;
+use services::process::{self, cmd};
 
 #[test]
 fn doctor_reports_every_item_with_a_fix_for_each_gap() {
@@ -96,14 +97,10 @@ fn build_native_makes_a_static_aarch64_binary_that_runs_and_caches_it() {
     let path = Path::new(artefact["path"].as_str().unwrap());
     assert_eq!(path, target_dir().join("dist/aarch64-unknown-linux-gnu/plexichat"));
     assert_eq!(elf_machine_and_interpreter(path), (183, false));
-    let version = Command::new("qemu-aarch64-static")
-        .arg(path)
-        .arg("--version")
-        .output()
-        .unwrap();
+    let sh = process::shell().unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
-        format!("plexichat {}", env!("CARGO_PKG_VERSION"))
+        process::read(cmd!(sh, "qemu-aarch64-static {path} --version")).as_deref(),
+        Some(format!("plexichat {}", env!("CARGO_PKG_VERSION")).as_str())
     );
 
     let manifest: Value =

@@ -106,11 +106,83 @@ struct ComparisonReport {
     verdict: Option<Verdict>,
 }
 
-pub struct Outcome {
-    pub ok: bool,
-    pub table: Table,
-    pub json: serde_json::Value,
-    pub summary: String,
+/// What whole servers did under the same load: the `report` of `--e2e`'s document, and
+/// the table and summary printed from it.
+#[derive(Serialize)]
+pub struct Comparison {
+    load: Load,
+    threshold_pct: f64,
+    servers: Vec<ScenarioReport>,
+    /// The working tree against the baseline first: the only pair with a verdict.
+    comparisons: Vec<ComparisonReport>,
+}
+
+impl Comparison {
+    /// Pairs the servers, given in `compare`'s order: baseline, working tree, working tree
+    /// on PostgreSQL, working tree emulated.
+    fn of(load: Load, threshold_pct: f64, servers: Vec<ScenarioReport>) -> Self {
+        let comparisons = vec![
+            pair(
+                "working tree against baseline",
+                &servers[1],
+                &servers[0],
+                Some(threshold_pct),
+            ),
+            pair("PostgreSQL against SQLite", &servers[2], &servers[1], None),
+            pair("emulated against native", &servers[3], &servers[1], None),
+        ];
+        Self {
+            load,
+            threshold_pct,
+            servers,
+            comparisons,
+        }
+    }
+
+    pub fn regressed(&self) -> bool {
+        self.comparisons
+            .iter()
+            .any(|comparison| comparison.verdict == Some(Verdict::Regressed))
+    }
+
+    pub fn table(&self) -> Table {
+        let mut table = Table::new(&[
+            "server",
+            "messages/s",
+            "post p50",
+            "post p99",
+            "delivery p50",
+            "delivery p99",
+            "delivered",
+        ]);
+        for report in &self.servers {
+            table.row(vec![
+                report.name.clone(),
+                format!("{:.0}", report.messages_per_second),
+                millis(report.latency_ms.p50),
+                millis(report.latency_ms.p99),
+                millis(report.delivery_ms.p50),
+                millis(report.delivery_ms.p99),
+                format!("{}/{}", report.deliveries, report.deliveries_expected),
+            ]);
+        }
+        table
+    }
+
+    /// One line per pair of servers: the ratio, the change and, for the baseline pair, the verdict.
+    pub fn summary(&self) -> String {
+        self.comparisons
+            .iter()
+            .map(|c| {
+                let verdict = c.verdict.map(|v| format!(" → {}", v.label())).unwrap_or_default();
+                format!(
+                    "{}: ×{:.2} messages/s, {:+.1}% per message [{:+.1}%, {:+.1}%]{verdict}",
+                    c.name, c.throughput_ratio, c.change_pct, c.interval_pct[0], c.interval_pct[1]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// The baseline's checkout and the working tree's.
@@ -121,7 +193,7 @@ pub struct Sides<'a> {
     pub same_sources: bool,
 }
 
-pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, progress: &Progress, task: &Task) -> Result<Outcome> {
+pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, progress: &Progress, task: &Task) -> Result<Comparison> {
     let emulated = emulated_target(progress)?;
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), "bench")?;
@@ -197,61 +269,7 @@ pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, progress: &Progres
         .zip(results)
         .map(|(scenario, rounds)| summarise(scenario, rounds))
         .collect();
-    let comparisons = vec![
-        pair(
-            "working tree against baseline",
-            &reports[1],
-            &reports[0],
-            Some(threshold_pct),
-        ),
-        pair("PostgreSQL against SQLite", &reports[2], &reports[1], None),
-        pair("emulated against native", &reports[3], &reports[1], None),
-    ];
-    let regressed = comparisons[0].verdict == Some(Verdict::Regressed);
-
-    let mut table = Table::new(&[
-        "server",
-        "messages/s",
-        "post p50",
-        "post p99",
-        "delivery p50",
-        "delivery p99",
-        "delivered",
-    ]);
-    for report in &reports {
-        table.row(vec![
-            report.name.clone(),
-            format!("{:.0}", report.messages_per_second),
-            millis(report.latency_ms.p50),
-            millis(report.latency_ms.p99),
-            millis(report.delivery_ms.p50),
-            millis(report.delivery_ms.p99),
-            format!("{}/{}", report.deliveries, report.deliveries_expected),
-        ]);
-    }
-    let summary = comparisons
-        .iter()
-        .map(|c| {
-            let verdict = c.verdict.map(|v| format!(" → {}", v.label())).unwrap_or_default();
-            format!(
-                "{}: ×{:.2} messages/s, {:+.1}% per message [{:+.1}%, {:+.1}%]{verdict}",
-                c.name, c.throughput_ratio, c.change_pct, c.interval_pct[0], c.interval_pct[1]
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let json = serde_json::json!({
-        "load": load,
-        "threshold_pct": threshold_pct,
-        "servers": reports,
-        "comparisons": comparisons,
-    });
-    Ok(Outcome {
-        ok: !regressed,
-        table,
-        json,
-        summary,
-    })
+    Ok(Comparison::of(load, threshold_pct, reports))
 }
 
 /// The emulated side's target, with what building and emulating it needs (cross linker,
@@ -400,35 +418,55 @@ fn millis(value: Option<f64>) -> String {
     value.map_or("-".into(), |ms| format!("{ms:.2} ms"))
 }
 
+/// A server's report with one round per rate, for tests.
+#[cfg(test)]
+fn scenario(rates: &[f64]) -> ScenarioReport {
+    let rounds: Vec<LoadResult> = rates
+        .iter()
+        .map(|&rate| LoadResult {
+            messages: 1,
+            failures: 0,
+            messages_per_second: rate,
+            latency_ms: Percentiles::default(),
+            deliveries: 0,
+            deliveries_expected: 0,
+            delivery_ms: Percentiles::default(),
+        })
+        .collect();
+    ScenarioReport {
+        name: "s".into(),
+        store: Store::Sqlite,
+        messages_per_second: median(rates.to_vec()).unwrap(),
+        latency_ms: Percentiles::default(),
+        delivery_ms: Percentiles::default(),
+        deliveries: 0,
+        deliveries_expected: 0,
+        failures: 0,
+        rounds,
+    }
+}
+
+/// Four servers under one load, the working tree a fifth slower than the baseline, for tests.
+#[cfg(test)]
+pub(crate) fn regressed_comparison() -> Comparison {
+    let load = Load {
+        rounds: 3,
+        seconds: 1,
+        workers: 1,
+        subscribers: 1,
+    };
+    let servers = vec![
+        scenario(&[1000.0, 1010.0, 990.0]),
+        scenario(&[800.0, 820.0, 790.0]),
+        scenario(&[700.0, 700.0, 700.0]),
+        scenario(&[100.0, 100.0, 100.0]),
+    ];
+    Comparison::of(load, 10.0, servers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scenario(rates: &[f64]) -> ScenarioReport {
-        let rounds: Vec<LoadResult> = rates
-            .iter()
-            .map(|&rate| LoadResult {
-                messages: 1,
-                failures: 0,
-                messages_per_second: rate,
-                latency_ms: Percentiles::default(),
-                deliveries: 0,
-                deliveries_expected: 0,
-                delivery_ms: Percentiles::default(),
-            })
-            .collect();
-        ScenarioReport {
-            name: "s".into(),
-            store: Store::Sqlite,
-            messages_per_second: median(rates.to_vec()).unwrap(),
-            latency_ms: Percentiles::default(),
-            delivery_ms: Percentiles::default(),
-            deliveries: 0,
-            deliveries_expected: 0,
-            failures: 0,
-            rounds,
-        }
-    }
 
     #[test]
     fn a_throughput_drop_in_every_round_is_a_regression() {
@@ -446,6 +484,25 @@ mod tests {
         assert_eq!(
             pair("t", &noisy, &baseline, Some(10.0)).verdict,
             Some(Verdict::NoChange)
+        );
+    }
+
+    #[test]
+    fn the_table_and_summary_are_read_from_the_comparison() {
+        let comparison = regressed_comparison();
+        assert!(comparison.regressed());
+        assert_eq!(comparison.table().to_string().lines().count(), 2 + 4);
+        let summary = comparison.summary();
+        let lines: Vec<&str> = summary.lines().collect();
+        assert_eq!(lines.len(), 3, "{summary}");
+        assert!(
+            lines[0].starts_with("working tree against baseline: ×0.80"),
+            "{summary}"
+        );
+        assert!(lines[0].ends_with("→ REGRESSED"), "{summary}");
+        assert!(
+            !lines[1].contains('→'),
+            "only the baseline pair gets a verdict: {summary}"
         );
     }
 

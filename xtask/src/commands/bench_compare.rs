@@ -97,13 +97,8 @@ pub struct E2eReport {
     kind: &'static str,
     baseline: SideReport,
     current: SideReport,
-    report: serde_json::Value,
+    report: e2e::Comparison,
     seconds: f64,
-    /// The end-to-end comparison renders its servers itself.
-    #[serde(skip)]
-    table: Table,
-    #[serde(skip)]
-    summary: String,
 }
 
 /// Threshold of an end-to-end comparison: whole servers on a shared machine are noisier
@@ -176,19 +171,17 @@ pub fn run(args: Args) -> Result<BenchOutcome> {
             workers: args.workers,
             subscribers: args.subscribers,
         };
-        let outcome = e2e::compare(&sides, load, threshold, &progress, &task)?;
+        let comparison = e2e::compare(&sides, load, threshold, &progress, &task)?;
         drop(worktree);
         task.finish(format!("{} rounds of {} s per server", load.rounds, load.seconds));
         let [baseline, current] = sides_report;
         return Ok(BenchOutcome::E2e(E2eReport {
-            ok: outcome.ok,
+            ok: !comparison.regressed(),
             kind: "e2e",
             baseline,
             current,
-            report: outcome.json,
+            report: comparison,
             seconds: started.elapsed().as_secs_f64(),
-            table: outcome.table,
-            summary: outcome.summary,
         }));
     }
 
@@ -295,11 +288,11 @@ impl Outcome for E2eReport {
     }
 
     fn table(&self) -> Table {
-        self.table.clone()
+        self.report.table()
     }
 
     fn summary(&self) -> Option<String> {
-        Some(self.summary.clone())
+        Some(self.report.summary())
     }
 }
 
@@ -391,16 +384,15 @@ mod tests {
             kind: "e2e",
             baseline: side("main"),
             current: side("working tree"),
-            report: serde_json::json!({"servers": []}),
+            report: e2e::regressed_comparison(),
             seconds: 2.0,
-            table: Table::new(&["server"]),
-            summary: "a summary".into(),
         });
         let json = serde_json::to_value(&e2e).unwrap();
         let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["baseline", "current", "kind", "ok", "report", "seconds"]);
         assert_eq!(json["kind"], "e2e");
         assert!(!e2e.ok());
-        assert_eq!(e2e.summary().as_deref(), Some("a summary"));
+        assert_eq!(e2e.table().to_string(), e2e::regressed_comparison().table().to_string());
+        assert_eq!(json["report"]["servers"].as_array().map(Vec::len), Some(4));
     }
 }

@@ -4,10 +4,12 @@ pub mod profile;
 pub mod targets;
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use services::process::{self, cmd};
 
+#[derive(Debug, Clone)]
 pub struct Workspace {
     pub root: PathBuf,
     pub target_dir: PathBuf,
@@ -19,7 +21,18 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// The workspace of the current directory, read once per process: commands and
+    /// provisioning probes all ask, and each `cargo metadata` costs a tenth of a second.
     pub fn discover() -> Result<Self> {
+        static DISCOVERED: OnceLock<Workspace> = OnceLock::new();
+        if let Some(workspace) = DISCOVERED.get() {
+            return Ok(workspace.clone());
+        }
+        let workspace = Self::read()?;
+        Ok(DISCOVERED.get_or_init(|| workspace).clone())
+    }
+
+    fn read() -> Result<Self> {
         let metadata = cargo_metadata::MetadataCommand::new()
             .no_deps()
             .exec()
