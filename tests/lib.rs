@@ -40,9 +40,10 @@ pub fn workspace_root() -> &'static Path {
 /// if needed, once per test process: tests must run the binary of the source they test.
 ///
 /// It is built by the test command itself (`cargo test --workspace --all-targets --no-run`),
-/// a no-op when that command is what runs the tests. `cargo build -p PACKAGE` would
-/// resolve the package's features alone, differently from the whole workspace's, and
-/// rebuild the binary and most of its dependencies a second time.
+/// a no-op when that command is what runs the tests: `plexichat`'s and `xtask`'s own
+/// integration tests make it build their executables. `cargo build -p PACKAGE` would
+/// resolve the package's features alone, differently from the whole workspace's test
+/// build, and compile the binary and most of its dependencies a second time.
 pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
     static BUILT: Mutex<bool> = Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
