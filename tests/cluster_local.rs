@@ -2,11 +2,12 @@
 //! no process, database or temporary directory behind — after success, on SIGINT during
 //! boot, and on SIGTERM while holding.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::Child;
 
-use plexichat_e2e::{assert_nothing_left, assert_sigint_leaves_nothing, http_get, signal, spawn_xtask, workspace_root};
+use plexichat_e2e::{
+    assert_nothing_left, assert_sigint_leaves_nothing, held_description, http_get, signal, spawn_xtask, workspace_root,
+};
 use serde_json::Value;
 
 /// The release profile: its static build is the one the other e2e tests (bench-compare,
@@ -60,13 +61,7 @@ fn sigint_during_boot_leaves_nothing_behind() {
 fn hold_serves_until_sigterm_then_tears_down() {
     let mut run = cluster_local(&["2", "--hold", "--json"]);
     let pid = run.id();
-    let stdout = BufReader::new(run.stdout.take().unwrap());
-    let line = stdout
-        .lines()
-        .map_while(Result::ok)
-        .next()
-        .expect("a cluster description on stdout");
-    let description: Value = serde_json::from_str(&line).unwrap();
+    let description = held_description(&mut run);
     let file = PathBuf::from(workspace_root()).join("target/xtask/cluster-local/cluster.json");
     let written: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(written, description);

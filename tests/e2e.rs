@@ -12,6 +12,7 @@ mod docker_build;
 mod qemu_cluster;
 mod qemu_image;
 mod qmp;
+mod scenarios;
 mod schemathesis;
 mod server_cli;
 mod toolchain;

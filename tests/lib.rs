@@ -139,6 +139,18 @@ pub fn spawn_xtask(subcommand: &str, args: &[&str]) -> Child {
         .expect("xtask starts")
 }
 
+/// The cluster description a `--hold` run prints on stdout (its first line), once the
+/// cluster is up.
+pub fn held_description(run: &mut Child) -> serde_json::Value {
+    let stdout = BufReader::new(run.stdout.take().expect("stdout is piped"));
+    let line = stdout
+        .lines()
+        .map_while(Result::ok)
+        .next()
+        .expect("a cluster description on stdout");
+    serde_json::from_str(&line).expect("the description is JSON")
+}
+
 /// Sends the signal `name` (INT, TERM, …) to `child`.
 pub fn signal(child: &Child, name: &str) {
     let signal: Signal = format!("SIG{name}").parse().expect("a signal's name");

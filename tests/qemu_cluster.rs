@@ -2,8 +2,11 @@
 //! and failed over QMP, torn down without a trace — after success and on SIGINT during
 //! boot.
 
-use plexichat_e2e::{assert_nothing_left, assert_sigint_leaves_nothing, spawn_xtask};
+use plexichat_e2e::{
+    assert_nothing_left, assert_sigint_leaves_nothing, held_description, http_get, signal, spawn_xtask,
+};
 use serde_json::Value;
+use services::process::{self, cmd};
 
 fn checks_of(report: &Value) -> Vec<(String, String)> {
     report["checks"]
@@ -66,6 +69,58 @@ fn aarch64_and_riscv64_guests_boot_serve_fail_over_and_power_off() {
     for vm in vms {
         assert_eq!(vm["accelerator"], "tcg", "a foreign guest never gets KVM: {vm}");
     }
+}
+
+/// A QMP client that is not the toolchain's: a few lines of Python's standard library, as a
+/// user would write them. It stops and continues the VM, printing the status each time.
+const FOREIGN_QMP_CLIENT: &str = r#"
+import json, socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.settimeout(30)
+sock.connect(sys.argv[1])
+stream = sock.makefile("rw")
+json.loads(stream.readline())  # the greeting
+def execute(command):
+    stream.write(json.dumps({"execute": command}) + "\n")
+    stream.flush()
+    while True:
+        reply = json.loads(stream.readline())
+        if "event" not in reply:
+            return reply["return"]
+execute("qmp_capabilities")
+for command in ["query-status", "stop", "query-status", "cont", "query-status"]:
+    reply = execute(command)
+    if command == "query-status":
+        print(reply["status"])
+"#;
+
+#[test]
+fn a_foreign_qmp_client_drives_a_held_vm() {
+    let mut run = spawn_xtask("qemu-cluster", &["1", "--hold", "--json"]);
+    let pid = run.id();
+    let description = held_description(&mut run);
+    let node = &description["nodes"][0];
+    let socket = node["qmp_socket"].as_str().expect("a QMP socket for users");
+    let sh = process::shell().unwrap();
+    let output = process::output(cmd!(sh, "python3 -c {FOREIGN_QMP_CLIENT} {socket}")).unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(said.lines().collect::<Vec<_>>(), ["running", "paused", "running"]);
+    // The VM still serves, and the toolchain still holds its own monitor.
+    let addr = node["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    assert_eq!(http_get(addr, "/health").unwrap().0, 200);
+    signal(&run, "TERM");
+    assert_eq!(run.wait().unwrap().code(), Some(0));
+    assert_nothing_left(pid, &[]);
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //! - `teardown`: the registry of guards, the signal handler, temporary directories;
 //! - `host`: facts about this host the services need, and installing what they lack;
 //! - `postgres`, `nats`: the ephemeral servers;
-//! - `server`: a `plexichat serve` process.
+//! - `server`: a `plexichat serve` process;
+//! - `relay`: a TCP relay that can be cut, slowed and reset: a node's fault point.
 // A unit-test build sees the dev-dependencies too; the plain library build is checked.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
@@ -17,6 +18,7 @@ pub mod host;
 pub mod nats;
 pub mod postgres;
 pub mod process;
+pub mod relay;
 pub mod server;
 pub mod teardown;
 
@@ -25,6 +27,7 @@ use std::time::Duration;
 pub use host::free_port;
 pub use nats::Nats;
 pub use postgres::{thaw, Durability, Postgres};
+pub use relay::Relay;
 pub use server::ServerProcess;
 
 /// How long PostgreSQL and NATS may take to accept connections.

@@ -27,7 +27,9 @@ pub struct Postgres {
     process: ProcessGuard,
     port: u16,
     bin: PathBuf,
-    _dir: TempDir,
+    durability: Durability,
+    owner: Option<(u32, u32)>,
+    dir: TempDir,
 }
 
 impl Postgres {
@@ -46,53 +48,39 @@ impl Postgres {
             chown_tree(dir.path(), uid, gid)?;
         }
         let port = free_port()?;
-        // The server runs until the guard stops it: a child of ours, not a command.
-        let mut command = Command::new(bin.join("postgres"));
-        command
-            .current_dir(dir.path())
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "max_connections=200",
-            ])
-            .arg("-k")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if durability == Durability::Fast {
-            command.args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ]);
-        }
-        process::as_user(&mut command, owner);
-        let child = command.spawn().context("starting postgres")?;
-        let process = ProcessGuard::with_teardown(child, |postmaster| {
-            let family = process_family(postmaster.id());
-            // A frozen server must run again to obey; SIGQUIT is PostgreSQL's immediate
-            // shutdown, which also stops the backends. Whatever remains is killed.
-            signal_each(&family, Signal::SIGCONT);
-            process::stop(postmaster, Signal::SIGQUIT);
-            signal_each(&family, Signal::SIGKILL);
-        });
+        let process = spawn(&bin, dir.path(), port, durability, owner)?;
         let postgres = Self {
             process,
             port,
             bin,
-            _dir: dir,
+            durability,
+            owner,
+            dir,
         };
         postgres.wait_ready()?;
         Ok(postgres)
+    }
+
+    /// Stops the server (a fast shutdown: sessions are ended, a checkpoint is written) and
+    /// starts it again on the same data and port, as an administrator's restart does.
+    pub fn restart(&mut self) -> Result<()> {
+        process::stop(&mut self.process.child(), Signal::SIGINT);
+        self.process = spawn(&self.bin, self.dir.path(), self.port, self.durability, self.owner)?;
+        self.wait_ready()
+    }
+
+    /// Runs `sql` in `database` through psql; its output when it succeeds.
+    pub fn execute(&self, database: &str, sql: &str) -> Result<String> {
+        let (psql, port) = (self.bin.join("psql"), self.port.to_string());
+        let sh = process::shell()?;
+        let output = process::output(cmd!(
+            sh,
+            "{psql} -h 127.0.0.1 -p {port} -U postgres -d {database} -v ON_ERROR_STOP=1 -At -c {sql}"
+        ))?;
+        if !output.status.success() {
+            bail!("psql: {sql}: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     }
 
     pub fn port(&self) -> u16 {
@@ -146,6 +134,50 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Starts the postmaster on the data directory under `dir`, owned by a guard that stops it
+/// and every process it started.
+fn spawn(bin: &Path, dir: &Path, port: u16, durability: Durability, owner: Option<(u32, u32)>) -> Result<ProcessGuard> {
+    // The server runs until the guard stops it: a child of ours, not a command.
+    let mut command = Command::new(bin.join("postgres"));
+    command
+        .current_dir(dir)
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=200",
+        ])
+        .arg("-k")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if durability == Durability::Fast {
+        command.args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]);
+    }
+    process::as_user(&mut command, owner);
+    let child = command.spawn().context("starting postgres")?;
+    Ok(ProcessGuard::with_teardown(child, |postmaster| {
+        let family = process_family(postmaster.id());
+        // A frozen server must run again to obey; SIGQUIT is PostgreSQL's immediate
+        // shutdown, which also stops the backends. Whatever remains is killed.
+        signal_each(&family, Signal::SIGCONT);
+        process::stop(postmaster, Signal::SIGQUIT);
+        signal_each(&family, Signal::SIGKILL);
+    }))
 }
 
 /// Continues the server whose postmaster is `pid`, frozen by [`Postgres::freeze`].
@@ -270,6 +302,22 @@ mod tests {
         assert!(running(pid));
         drop(postgres);
         assert!(!running(pid), "postgres outlived its guard");
+    }
+
+    #[test]
+    fn a_restarted_postgres_keeps_its_port_and_its_data() {
+        let mut postgres = Postgres::start(&cache(), Durability::Durable).unwrap();
+        postgres
+            .execute("postgres", "CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
+            .unwrap();
+        let (port, before) = (postgres.port(), postgres.pid());
+        postgres.restart().unwrap();
+        assert_ne!(postgres.pid(), before, "a new postmaster");
+        assert!(!running(before), "the old postmaster is gone");
+        assert_eq!(postgres.port(), port);
+        assert_eq!(postgres.execute("postgres", "SELECT n FROM kept").unwrap(), "7");
+        let err = postgres.execute("postgres", "SELECT * FROM missing").unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - `cluster`: the cluster description, its checks and the verifier;
 //! - `bench`: baselines in worktrees, criterion and callgrind measurements, e2e load;
 //! - `pipeline`: workflows as data and their runner;
+//! - `scenario`: fault scenarios as data, planned into schedules (seeded when random);
+//! - `history`: what a scenario's clients saw, recorded, and the checker's verdict on it;
 //! - `workspace`: the workspace, its targets and profiles;
 //! - `report`: reports, progress, usage errors;
 //! - `system`: facts about the host (programs, root, locks, KVM, hashes) and a small
@@ -21,16 +23,18 @@
 // A unit-test build sees the dev-dependencies too; the plain library build is checked.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
-pub mod bench;
-pub mod cargo;
-pub mod cluster;
+pub(crate) mod bench;
+pub(crate) mod cargo;
+pub(crate) mod cluster;
 pub mod commands;
-pub mod docker;
-pub mod guest;
-pub mod pipeline;
+pub(crate) mod docker;
+pub(crate) mod guest;
+pub(crate) mod history;
+pub(crate) mod pipeline;
 pub mod provision;
 pub mod qemu;
 pub mod report;
+pub(crate) mod scenario;
 pub mod system;
 pub mod workspace;
 

@@ -11,7 +11,7 @@ use crate::report::error::UsageError;
 use crate::workspace::git;
 
 /// The commit `reference` names, or a usage error (exit 2) saying how to name one.
-pub fn resolve(repo: &Path, reference: &str) -> Result<String, UsageError> {
+pub(crate) fn resolve(repo: &Path, reference: &str) -> Result<String, UsageError> {
     git(repo, &["rev-parse", "--verify", "--quiet", &format!("{reference}^{{commit}}")]).ok_or_else(|| {
         UsageError(format!(
             "--baseline {reference}: no such commit in {}\n  fix: pass a branch, tag or commit that exists (`git log --oneline` lists them), e.g. --baseline HEAD~1",
@@ -22,7 +22,7 @@ pub fn resolve(repo: &Path, reference: &str) -> Result<String, UsageError> {
 
 /// The default baseline: where this branch left main, or the previous commit when the
 /// work is on main itself (or there is no main).
-pub fn default_reference(repo: &Path) -> Result<(String, String), UsageError> {
+pub(crate) fn default_reference(repo: &Path) -> Result<(String, String), UsageError> {
     let head = git(repo, &["rev-parse", "HEAD"]);
     for main in ["main", "origin/main"] {
         if let Some(base) = git(repo, &["merge-base", "HEAD", main]) {
@@ -42,13 +42,13 @@ pub fn default_reference(repo: &Path) -> Result<(String, String), UsageError> {
 }
 
 /// The baseline commit checked out (detached) at `path`; the worktree goes with the guard.
-pub struct Worktree {
+pub(crate) struct Worktree {
     pub path: PathBuf,
     _guard: Guard,
 }
 
 impl Worktree {
-    pub fn add(repo: &Path, path: &Path, commit: &str) -> Result<Self> {
+    pub(crate) fn add(repo: &Path, path: &Path, commit: &str) -> Result<Self> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
@@ -79,13 +79,13 @@ fn remove(repo: &Path, path: &Path) {
 
 /// Whether the working tree is exactly `commit`: HEAD is it and nothing differs, not even
 /// an untracked file. Then one build is both sides' build.
-pub fn working_tree_is(repo: &Path, commit: &str) -> bool {
+pub(crate) fn working_tree_is(repo: &Path, commit: &str) -> bool {
     git(repo, &["rev-parse", "HEAD"]).as_deref() == Some(commit)
         && git(repo, &["status", "--porcelain"]).is_some_and(|changes| changes.is_empty())
 }
 
 /// HEAD, with `-dirty` when the working tree differs from it.
-pub fn working_tree_revision(repo: &Path) -> String {
+pub(crate) fn working_tree_revision(repo: &Path) -> String {
     match git(repo, &["rev-parse", "HEAD"]) {
         Some(head) => match git(repo, &["status", "--porcelain", "--untracked-files=no"]) {
             Some(changes) if !changes.is_empty() => format!("{head}-dirty"),

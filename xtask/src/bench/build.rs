@@ -15,7 +15,7 @@ use crate::workspace::profile::BuildSection;
 use crate::workspace::targets;
 
 /// One side of the comparison: its source tree and its bench executables.
-pub struct Side {
+pub(crate) struct Side {
     pub label: &'static str,
     pub root: PathBuf,
     /// Bench id (criterion's `group/function/value`) → the executable that runs it.
@@ -25,7 +25,7 @@ pub struct Side {
 
 /// Where one side is built: its workspace, its target directory, where its executables
 /// are copied.
-pub struct Checkout<'a> {
+pub(crate) struct Checkout<'a> {
     pub label: &'static str,
     pub root: &'a Path,
     pub target_dir: &'a Path,
@@ -36,7 +36,7 @@ pub struct Checkout<'a> {
 
 /// Builds every `[[bench]]` target of the workspace and lists the benchmarks that match
 /// `filter`.
-pub fn benches(checkout: &Checkout, filter: Option<&str>, task: &Task) -> Result<Side> {
+pub(crate) fn benches(checkout: &Checkout, filter: Option<&str>, task: &Task) -> Result<Side> {
     task.step(format!("building the {} benches", checkout.label));
     let mut command = cargo();
     command.args(["bench", "--no-run", "--workspace", "--bench", "*"]);
@@ -58,7 +58,7 @@ pub fn benches(checkout: &Checkout, filter: Option<&str>, task: &Task) -> Result
 /// The server's static binary for this host, built as build-native builds it (the one
 /// cargo invocation of `crate::cargo::server_build`), so that the working tree's is the
 /// very artefact the images and VMs use.
-pub fn server(checkout: &Checkout, build: &BuildSection, task: &Task) -> Result<PathBuf> {
+pub(crate) fn server(checkout: &Checkout, build: &BuildSection, task: &Task) -> Result<PathBuf> {
     task.step(format!("building the {} server (release)", checkout.label));
     let host = targets::host()?;
     let mut executables = cargo_executables(checkout, server_build(checkout.root, build, host), &["bin"], task)?;
@@ -69,7 +69,7 @@ pub fn server(checkout: &Checkout, build: &BuildSection, task: &Task) -> Result<
 
 /// The load generator (its own package: a release build of it compiles a few HTTP and
 /// WebSocket crates, not the server's dev-dependencies).
-pub fn load_generator(checkout: &Checkout, task: &Task) -> Result<PathBuf> {
+pub(crate) fn load_generator(checkout: &Checkout, task: &Task) -> Result<PathBuf> {
     task.step("building the load generator (release)");
     let mut command = cargo();
     command.args(["build", "--locked", "--release", "--package", "plexichat-load"]);
@@ -78,7 +78,7 @@ pub fn load_generator(checkout: &Checkout, task: &Task) -> Result<PathBuf> {
 }
 
 /// The compiler as reports name it: `rustc -vV`'s first line at `root`.
-pub fn compiler(root: &Path) -> String {
+pub(crate) fn compiler(root: &Path) -> String {
     rustc_version(root)
         .ok()
         .and_then(|version| version.lines().next().map(str::to_string))

@@ -31,7 +31,7 @@ use crate::workspace::Workspace;
 
 /// The load every server gets.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Load {
+pub(crate) struct Load {
     pub rounds: u32,
     pub seconds: u32,
     /// Concurrent posters.
@@ -62,7 +62,7 @@ struct Scenario {
 
 /// What the load generator prints (its `post` mode).
 #[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct LoadResult {
+pub(crate) struct LoadResult {
     pub messages: u64,
     pub failures: u64,
     pub messages_per_second: f64,
@@ -73,7 +73,7 @@ pub struct LoadResult {
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     pub p50: Option<f64>,
     pub p99: Option<f64>,
 }
@@ -109,7 +109,7 @@ struct ComparisonReport {
 /// What whole servers did under the same load: the `report` of `--e2e`'s document, and
 /// the table and summary printed from it.
 #[derive(Serialize)]
-pub struct Comparison {
+pub(crate) struct Comparison {
     load: Load,
     threshold_pct: f64,
     servers: Vec<ScenarioReport>,
@@ -139,13 +139,13 @@ impl Comparison {
         }
     }
 
-    pub fn regressed(&self) -> bool {
+    pub(crate) fn regressed(&self) -> bool {
         self.comparisons
             .iter()
             .any(|comparison| comparison.verdict == Some(Verdict::Regressed))
     }
 
-    pub fn table(&self) -> Table {
+    pub(crate) fn table(&self) -> Table {
         let mut table = Table::new(&[
             "server",
             "messages/s",
@@ -170,7 +170,7 @@ impl Comparison {
     }
 
     /// One line per pair of servers: the ratio, the change and, for the baseline pair, the verdict.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         self.comparisons
             .iter()
             .map(|c| {
@@ -186,14 +186,20 @@ impl Comparison {
 }
 
 /// The baseline's checkout and the working tree's.
-pub struct Sides<'a> {
+pub(crate) struct Sides<'a> {
     pub baseline: Checkout<'a>,
     pub current: Checkout<'a>,
     /// The working tree is the baseline commit, unchanged: its build serves both sides.
     pub same_sources: bool,
 }
 
-pub fn compare(sides: &Sides, load: Load, threshold_pct: f64, progress: &Progress, task: &Task) -> Result<Comparison> {
+pub(crate) fn compare(
+    sides: &Sides,
+    load: Load,
+    threshold_pct: f64,
+    progress: &Progress,
+    task: &Task,
+) -> Result<Comparison> {
     let emulated = emulated_target(progress)?;
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), "bench")?;

@@ -24,10 +24,10 @@ const ENTER: &str = "criterion::bencher::Bencher*::iter*";
 const LEAVE: &str = "*criterion::report::Report>::test_pass";
 
 /// Runs per side and benchmark.
-pub const RUNS: usize = 3;
+pub(crate) const RUNS: usize = 3;
 
 /// The fix when valgrind is missing: exit 2 with it.
-pub fn require_valgrind() -> Result<(), UsageError> {
+pub(crate) fn require_valgrind() -> Result<(), UsageError> {
     match crate::system::which("valgrind") {
         Some(_) => Ok(()),
         None => Err(UsageError(
@@ -37,7 +37,7 @@ pub fn require_valgrind() -> Result<(), UsageError> {
     }
 }
 
-pub fn measure(
+pub(crate) fn measure(
     baseline: &Side,
     current: &Side,
     ids: &[String],

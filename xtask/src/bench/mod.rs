@@ -2,11 +2,11 @@
 //! tree, measured by criterion's statistics or callgrind's instruction counts, or as whole
 //! servers under load (e2e); a verdict per benchmark that a single mean never decides.
 
-pub mod baseline;
-pub mod build;
-pub mod e2e;
-pub mod instructions;
-pub mod time;
+pub(crate) mod baseline;
+pub(crate) mod build;
+pub(crate) mod e2e;
+pub(crate) mod instructions;
+pub(crate) mod time;
 
 use std::path::{Path, PathBuf};
 
@@ -17,20 +17,20 @@ use crate::report::error::UsageError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Mode {
+pub(crate) enum Mode {
     Time,
     Instructions,
 }
 
 impl Mode {
-    pub fn default_threshold(self) -> f64 {
+    pub(crate) fn default_threshold(self) -> f64 {
         match self {
             Mode::Time => 5.0,
             Mode::Instructions => 2.0,
         }
     }
 
-    pub fn unit(self) -> &'static str {
+    pub(crate) fn unit(self) -> &'static str {
         match self {
             Mode::Time => "ns",
             Mode::Instructions => "instructions",
@@ -40,7 +40,7 @@ impl Mode {
 
 /// One benchmark on both sides; `change` and `interval` are relative (0.03 = +3 %).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Measurement {
+pub(crate) struct Measurement {
     pub baseline: f64,
     pub current: f64,
     pub change: f64,
@@ -51,7 +51,7 @@ pub struct Measurement {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Improved,
     NoChange,
     Regressed,
@@ -61,7 +61,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Verdict::Improved => "improved",
             Verdict::NoChange => "no change",
@@ -74,7 +74,7 @@ impl Verdict {
 
 /// Regressed only when the whole interval lies above the threshold, improved only when
 /// it lies below minus the threshold: a single mean never decides.
-pub fn verdict(measurement: &Measurement, threshold_pct: f64) -> Verdict {
+pub(crate) fn verdict(measurement: &Measurement, threshold_pct: f64) -> Verdict {
     let threshold = threshold_pct / 100.0;
     let (lower, upper) = measurement.interval.unwrap_or((measurement.change, measurement.change));
     if lower > threshold {
@@ -88,7 +88,7 @@ pub fn verdict(measurement: &Measurement, threshold_pct: f64) -> Verdict {
 
 /// Where the comparison runs: the repository, the working tree's workspace, the baseline
 /// commit, and a directory of this run's own, removed when it ends.
-pub struct Checkouts {
+pub(crate) struct Checkouts {
     pub reference: String,
     pub commit: String,
     pub repo: PathBuf,
@@ -101,7 +101,7 @@ pub struct Checkouts {
 }
 
 impl Checkouts {
-    pub fn prepare(baseline: Option<&str>) -> Result<Self> {
+    pub(crate) fn prepare(baseline: Option<&str>) -> Result<Self> {
         let cwd = std::env::current_dir().context("reading the current directory")?;
         let repo = crate::workspace::git(&cwd, &["rev-parse", "--show-toplevel"])
             .map(PathBuf::from)
@@ -145,17 +145,17 @@ impl Checkouts {
     }
 }
 
-pub fn different_compilers(baseline: &str, current: &str) -> UsageError {
+pub(crate) fn different_compilers(baseline: &str, current: &str) -> UsageError {
     UsageError(format!(
         "the two sides would build with different compilers ({baseline} against {current}): a comparison would measure the compiler\n  fix: pin one toolchain (rust-toolchain.toml) on both sides"
     ))
 }
 
-pub fn short(commit: &str) -> &str {
+pub(crate) fn short(commit: &str) -> &str {
     commit.get(..10).unwrap_or(commit)
 }
 
-pub fn format_value(mode: Mode, value: f64) -> String {
+pub(crate) fn format_value(mode: Mode, value: f64) -> String {
     match mode {
         Mode::Instructions => format!("{value:.0}"),
         Mode::Time if value >= 1e9 => format!("{:.3} s", value / 1e9),

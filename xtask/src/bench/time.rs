@@ -18,7 +18,7 @@ const BASELINE_NAME: &str = "xtask-baseline";
 /// Runs each bench executable of the baseline then the current side in turn (one
 /// executable's benches at a time, so slow drift of the machine hits both sides alike)
 /// and reads criterion's estimates back.
-pub fn measure(
+pub(crate) fn measure(
     baseline: &Side,
     current: &Side,
     ids: &[String],

@@ -23,7 +23,7 @@ use crate::workspace::Workspace;
 
 /// One built binary, as recorded in target/dist/manifest.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Artefact {
+pub(crate) struct Artefact {
     pub target: String,
     pub arch: String,
     pub path: PathBuf,
@@ -41,34 +41,34 @@ pub struct Artefact {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub artefacts: Vec<Artefact>,
 }
 
 impl Manifest {
-    pub fn path(workspace: &Workspace) -> PathBuf {
+    pub(crate) fn path(workspace: &Workspace) -> PathBuf {
         workspace.dist_dir().join("manifest.json")
     }
 
     /// The manifest on disk; a missing or unreadable one is an empty cache.
-    pub fn load(workspace: &Workspace) -> Self {
+    pub(crate) fn load(workspace: &Workspace) -> Self {
         std::fs::read(Self::path(workspace))
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
     }
 
-    pub fn save(&self, workspace: &Workspace) -> Result<()> {
+    pub(crate) fn save(&self, workspace: &Workspace) -> Result<()> {
         let path = Self::path(workspace);
         std::fs::create_dir_all(workspace.dist_dir())?;
         std::fs::write(&path, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", path.display()))
     }
 
-    pub fn find(&self, triple: &str) -> Option<&Artefact> {
+    pub(crate) fn find(&self, triple: &str) -> Option<&Artefact> {
         self.artefacts.iter().find(|a| a.target == triple)
     }
 
-    pub fn upsert(&mut self, artefact: Artefact) {
+    pub(crate) fn upsert(&mut self, artefact: Artefact) {
         self.artefacts.retain(|a| a.target != artefact.target);
         self.artefacts.push(artefact);
         self.artefacts.sort_by(|a, b| a.target.cmp(&b.target));
@@ -76,7 +76,7 @@ impl Manifest {
 }
 
 /// The artefact for `target`: from the cache when its key matches, else built.
-pub fn produce(
+pub(crate) fn produce(
     workspace: &Workspace,
     profile: &Profile,
     target: &Target,
@@ -123,7 +123,7 @@ pub fn produce(
 /// The smoke result of `artefact`: the one `manifest` records for the target when it
 /// passed for this very binary and these inputs and `policy` allows reusing it, else a
 /// fresh run.
-pub fn smoke(
+pub(crate) fn smoke(
     artefact: &Artefact,
     target: &Target,
     profile: &Profile,
@@ -157,7 +157,12 @@ fn recorded_smoke(manifest: &Manifest, target: &Target, key: Option<&str>, polic
 /// cache key says it was built from exactly these inputs, else cargo's own output
 /// (cargo rebuilds what is stale and nothing else). Checked to be a static binary of
 /// the target's machine either way.
-pub fn target_binary(workspace: &Workspace, build: &BuildSection, target: &Target, task: &Task) -> Result<PathBuf> {
+pub(crate) fn target_binary(
+    workspace: &Workspace,
+    build: &BuildSection,
+    target: &Target,
+    task: &Task,
+) -> Result<PathBuf> {
     task.step("computing the server's cache key");
     let key = artefact_key(workspace, build, target, &super::rustc_version(&workspace.root)?)?;
     if let Some((_, path)) = cached_artefact(workspace, &Manifest::load(workspace), target, &key) {

@@ -1,9 +1,9 @@
 //! The cargo driver: how the server is compiled and linked for each target, and the one
 //! place that runs `cargo build` for it and reads cargo's JSON messages.
 
-pub mod artefact;
+pub(crate) mod artefact;
 
-pub mod smoke;
+pub(crate) mod smoke;
 
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -53,7 +53,12 @@ pub(crate) fn cargo_env(build: &BuildSection, target: &Target) -> Vec<(String, S
 }
 
 /// Runs cargo for one target; returns the executable it produced.
-pub fn target_build(workspace: &Workspace, build: &BuildSection, target: &Target, task: &Task) -> Result<PathBuf> {
+pub(crate) fn target_build(
+    workspace: &Workspace,
+    build: &BuildSection,
+    target: &Target,
+    task: &Task,
+) -> Result<PathBuf> {
     if build.sccache && system::which("sccache").is_none() {
         bail!("the profile asks for sccache, which is not installed (fix: apt-get install sccache)");
     }
@@ -85,7 +90,7 @@ pub fn target_build(workspace: &Workspace, build: &BuildSection, target: &Target
 /// in the workspace at `root`. Every user of a release server (build-native, the images,
 /// the VMs, cluster-local, bench-compare's e2e) builds through it, so that one build in a
 /// target directory serves them all.
-pub fn server_build(root: &Path, build: &BuildSection, target: &Target) -> Command {
+pub(crate) fn server_build(root: &Path, build: &BuildSection, target: &Target) -> Command {
     let mut command = cargo();
     command
         .current_dir(root)
@@ -100,7 +105,7 @@ pub fn server_build(root: &Path, build: &BuildSection, target: &Target) -> Comma
 }
 
 /// The cargo running us (cargo sets `CARGO` for `cargo xtask`), else the one on PATH.
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     // Builds stream their messages while they run: a child of ours, not a command.
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -108,7 +113,10 @@ pub fn cargo() -> Command {
 /// Runs `command` (a cargo build, bench, …) with cargo's JSON messages on its stdout,
 /// handing every compiled artefact to `on_artifact` as it comes; returns cargo's exit
 /// status and what it said on stderr (its rendered diagnostics).
-pub fn with_messages(mut command: Command, mut on_artifact: impl FnMut(Artifact)) -> Result<(ExitStatus, String)> {
+pub(crate) fn with_messages(
+    mut command: Command,
+    mut on_artifact: impl FnMut(Artifact),
+) -> Result<(ExitStatus, String)> {
     command
         .arg("--message-format=json-render-diagnostics")
         .stdin(Stdio::null())
@@ -152,7 +160,7 @@ impl KeyHasher {
 /// `rustc -vV` as the workspace at `dir` sees it (its toolchain file included): the
 /// compiler's full identity (version, commit, host, LLVM), as cache keys and baseline
 /// comparisons need it.
-pub fn rustc_version(dir: &Path) -> Result<String> {
+pub(crate) fn rustc_version(dir: &Path) -> Result<String> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let sh = process::shell_in(dir)?;
     let output = process::output(cmd!(sh, "{rustc} -vV"))?;

@@ -31,7 +31,7 @@ const CHECKS_REVISION: u32 = 1;
 
 /// Whether a recorded smoke result may stand in for a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Policy {
+pub(crate) enum Policy {
     /// Reuse a passing result recorded for the same binary and the same inputs.
     #[default]
     Auto,
@@ -40,7 +40,7 @@ pub enum Policy {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Smoke {
+pub(crate) struct Smoke {
     pub ok: bool,
     pub steps: Vec<Step>,
     /// The [`key`] of the inputs this result was obtained with; empty when unknown
@@ -55,7 +55,7 @@ pub struct Smoke {
 impl Smoke {
     /// This result again, marked cached, if it passed with exactly the inputs `key`
     /// stands for. A failure is never reused: the next run tries again.
-    pub fn reuse(&self, key: &str) -> Option<Smoke> {
+    pub(crate) fn reuse(&self, key: &str) -> Option<Smoke> {
         (self.ok && !self.key.is_empty() && self.key == key).then(|| Smoke {
             cached: true,
             ..self.clone()
@@ -64,7 +64,7 @@ impl Smoke {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Step {
+pub(crate) struct Step {
     pub name: String,
     pub ok: bool,
     pub detail: String,
@@ -74,7 +74,7 @@ pub struct Step {
 /// its SHA-256), the target it runs as, the profile file the server starts with (the
 /// whole file: the server reads its `server` section and rejects unknown sections), the
 /// version it must print, and the `PLEXICHAT_*` settings the server inherits from here.
-pub fn key(sha256: &str, target: &Target, profile: &Path, version: &str) -> Result<String> {
+pub(crate) fn key(sha256: &str, target: &Target, profile: &Path, version: &str) -> Result<String> {
     let profile_text = std::fs::read(profile).with_context(|| format!("reading {}", profile.display()))?;
     let settings: BTreeMap<String, String> = std::env::vars()
         .filter(|(name, _)| name.starts_with("PLEXICHAT_"))
@@ -91,7 +91,7 @@ pub fn key(sha256: &str, target: &Target, profile: &Path, version: &str) -> Resu
     Ok(key.finish())
 }
 
-pub fn run(binary: &Path, target: &Target, profile: &Path, version: &str, task: &Task) -> Smoke {
+pub(crate) fn run(binary: &Path, target: &Target, profile: &Path, version: &str, task: &Task) -> Smoke {
     let mut steps = Vec::new();
     let mut record = |name: &str, result: Result<String>| {
         let ok = result.is_ok();

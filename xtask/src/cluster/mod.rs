@@ -3,7 +3,11 @@
 //! talks to the nodes as a client would. The services and server processes they start
 //! come from the services crate, which the server's tests share.
 
+pub(crate) mod engine;
+pub(crate) mod processes;
+pub(crate) mod scenario_report;
 mod verify;
+pub(crate) mod workload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +22,7 @@ use crate::report::progress::Task;
 use crate::report::Report;
 use crate::workspace::Workspace;
 
-pub use verify::{LoadOutcome, Percentiles, Verifier};
+pub(crate) use verify::{Percentiles, Verifier};
 
 /// A node as the checks see it: a name and an HTTP address reachable from this host.
 #[derive(Debug, Clone)]
@@ -51,7 +55,7 @@ pub struct NodeDescription {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct CheckResult {
+pub(crate) struct CheckResult {
     pub name: &'static str,
     /// `ok`, `failed` or `skipped`.
     pub result: &'static str,
@@ -60,13 +64,13 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.result == "failed"
     }
 }
 
 /// Runs a check, timing it; an error is the check's failure, with its message.
-pub fn timed(name: &'static str, check: impl FnOnce() -> Result<String>) -> CheckResult {
+pub(crate) fn timed(name: &'static str, check: impl FnOnce() -> Result<String>) -> CheckResult {
     let started = Instant::now();
     let (result, detail) = match check() {
         Ok(detail) => ("ok", detail),
@@ -80,7 +84,7 @@ pub fn timed(name: &'static str, check: impl FnOnce() -> Result<String>) -> Chec
     }
 }
 
-pub fn skipped(name: &'static str, why: &str) -> CheckResult {
+pub(crate) fn skipped(name: &'static str, why: &str) -> CheckResult {
     CheckResult {
         name,
         result: "skipped",
@@ -91,7 +95,11 @@ pub fn skipped(name: &'static str, why: &str) -> CheckResult {
 
 /// The checks every cluster command makes first: membership, then cross-node delivery
 /// (whose latency percentiles come back beside the results).
-pub fn verify_basics(verifier: &Verifier, members: &[Member], task: &Task) -> (Vec<CheckResult>, Option<Percentiles>) {
+pub(crate) fn verify_basics(
+    verifier: &Verifier,
+    members: &[Member],
+    task: &Task,
+) -> (Vec<CheckResult>, Option<Percentiles>) {
     task.step("membership");
     let mut checks = vec![timed("membership", || verifier.membership(members))];
     task.step("cross-node delivery");
@@ -106,7 +114,7 @@ pub fn verify_basics(verifier: &Verifier, members: &[Member], task: &Task) -> (V
 
 /// Writes the description to `target/xtask/<command>/cluster.json`, prints it, and
 /// waits for a signal; the signal handler tears the cluster down and exits 0.
-pub fn hold(workspace: &Workspace, command: &str, description: &Description, report: &Report) -> Result<()> {
+pub(crate) fn hold(workspace: &Workspace, command: &str, description: &Description, report: &Report) -> Result<()> {
     let path: PathBuf = workspace.target_dir.join("xtask").join(command).join("cluster.json");
     std::fs::create_dir_all(path.parent().context("cluster.json has a parent")?)?;
     std::fs::write(&path, serde_json::to_vec_pretty(description)?)?;

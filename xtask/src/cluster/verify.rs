@@ -76,6 +76,25 @@ impl Verifier {
         })
     }
 
+    /// A channel of its own for a scenario's workload (whose checker reads every message of
+    /// the channel), and the verifier's credentials to use it.
+    pub fn new_channel(&self, member: &Member, name: &str) -> Result<super::workload::Client> {
+        let (status, channel) = http::request(
+            member.addr,
+            "POST",
+            "/api/v1/channels",
+            Some(&self.token),
+            Some(&json!({"name": name})),
+        )?;
+        if status != 201 {
+            bail!("creating the channel {name} failed: {status} {channel}");
+        }
+        Ok(super::workload::Client {
+            token: self.token.clone(),
+            channel: channel["id"].as_i64().context("channel id")?,
+        })
+    }
+
     /// Posts a message through `member`; its id once acknowledged.
     pub fn post(&self, member: &Member, body: &str) -> Result<i64> {
         let path = format!("/api/v1/channels/{}/messages", self.channel);

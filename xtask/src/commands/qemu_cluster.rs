@@ -156,7 +156,7 @@ pub fn run(args: Args) -> Result<ClusterReport> {
                 arch: vm.arch.clone(),
                 healthy_seconds: *seconds,
                 pid: None,
-                qmp_socket: Some(vm.qmp_socket.clone()),
+                qmp_socket: Some(vm.user_qmp_socket.clone()),
             })
             .collect(),
         database_url: postgres.url("postgres"),

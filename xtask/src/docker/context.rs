@@ -14,7 +14,7 @@ use crate::workspace::targets::Target;
 use crate::workspace::Workspace;
 
 /// What the image needs to know of the profile's `server` section.
-pub struct ServerSettings {
+pub(crate) struct ServerSettings {
     pub(crate) port: u16,
     /// Set when the profile does not listen on every interface: the image must.
     pub(crate) listen_override: Option<String>,

@@ -18,7 +18,7 @@ use crate::report::error::UsageError;
 use crate::report::progress::Task;
 
 /// A connection to the engine, at the API version both sides speak.
-pub struct Engine {
+pub(crate) struct Engine {
     pub(crate) runtime: tokio::runtime::Runtime,
     pub(crate) docker: Docker,
     pub(crate) version: String,
@@ -157,7 +157,7 @@ pub(crate) async fn remove_container(docker: &Docker, id: &str) -> bool {
 
 /// Removes our labelled containers: those of run `pid`, or with `None` all of them.
 /// Returns how many went.
-pub async fn remove_containers(docker: &Docker, pid: Option<u32>) -> usize {
+pub(crate) async fn remove_containers(docker: &Docker, pid: Option<u32>) -> usize {
     let mut label_filters = vec![format!("{LABEL}={LABEL_VALUE}")];
     if let Some(pid) = pid {
         label_filters.push(format!("{RUN_LABEL}={pid}"));

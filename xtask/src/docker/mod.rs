@@ -6,9 +6,9 @@
 //! smoke containers — carries the labels `org.plexichat.xtask=docker-build` and
 //! `org.plexichat.xtask.run=<pid>`, so that a cleanup pass can find what a run left.
 
-pub mod context;
-pub mod engine;
-pub mod smoke;
+pub(crate) mod context;
+pub(crate) mod engine;
+pub(crate) mod smoke;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,14 +28,14 @@ use crate::workspace::targets::Target;
 use crate::workspace::Workspace;
 
 /// The label on everything docker-build creates, and its value.
-pub const LABEL: &str = "org.plexichat.xtask";
-pub const LABEL_VALUE: &str = "docker-build";
+pub(crate) const LABEL: &str = "org.plexichat.xtask";
+pub(crate) const LABEL_VALUE: &str = "docker-build";
 /// The label naming the run (its process id) that created a container.
-pub const RUN_LABEL: &str = "org.plexichat.xtask.run";
+pub(crate) const RUN_LABEL: &str = "org.plexichat.xtask.run";
 
 /// The numeric user and group the server runs as: no name needs resolving in an image
 /// with no /etc/passwd, and it is nobody's on the host (distroless's "nonroot").
-pub const USER: &str = "65532:65532";
+pub(crate) const USER: &str = "65532:65532";
 /// Where the binary, the baked-in profile and the database live in the image.
 pub(crate) const BINARY: &str = "/usr/local/bin/plexichat";
 pub(crate) const PROFILE: &str = "/etc/plexichat/profile.yaml";
@@ -50,7 +50,7 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// One image, as the report gives it.
 #[derive(Debug, Serialize)]
-pub struct Image {
+pub(crate) struct Image {
     pub arch: String,
     pub tags: Vec<String>,
     pub id: String,
@@ -66,14 +66,14 @@ pub struct Image {
 }
 
 #[derive(Debug, Serialize)]
-pub struct SmokeResult {
+pub(crate) struct SmokeResult {
     pub ok: bool,
     pub seconds: f64,
     pub steps: Vec<Step>,
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn build_one(
+pub(crate) fn build_one(
     engine: &Engine,
     workspace: &Workspace,
     profile: &Profile,

@@ -7,6 +7,7 @@
 
 use std::io::{self, Write};
 
+#[cfg(test)]
 use anyhow::{bail, Context, Result};
 
 const MAGIC: &[u8; 6] = b"070701";
@@ -16,18 +17,17 @@ const TRAILER: &str = "TRAILER!!!";
 const S_IFDIR: u32 = 0o040_000;
 const S_IFREG: u32 = 0o100_000;
 const S_IFCHR: u32 = 0o020_000;
-const S_IFLNK: u32 = 0o120_000;
 
 /// Writes one archive. Entries are owned by root with mtime 0, so the same inputs make
 /// the same bytes (images are cached by content).
-pub struct CpioWriter<W: Write> {
+pub(crate) struct CpioWriter<W: Write> {
     out: W,
     written: u64,
     next_inode: u32,
 }
 
 impl<W: Write> CpioWriter<W> {
-    pub fn new(out: W) -> Self {
+    pub(crate) fn new(out: W) -> Self {
         Self {
             out,
             written: 0,
@@ -36,25 +36,21 @@ impl<W: Write> CpioWriter<W> {
     }
 
     /// A directory; its parents must have been added before it.
-    pub fn dir(&mut self, path: &str, mode: u32) -> io::Result<&mut Self> {
+    pub(crate) fn dir(&mut self, path: &str, mode: u32) -> io::Result<&mut Self> {
         self.entry(path, S_IFDIR | (mode & 0o7777), 2, (0, 0), &[])
     }
 
-    pub fn file(&mut self, path: &str, mode: u32, contents: &[u8]) -> io::Result<&mut Self> {
+    pub(crate) fn file(&mut self, path: &str, mode: u32, contents: &[u8]) -> io::Result<&mut Self> {
         self.entry(path, S_IFREG | (mode & 0o7777), 1, (0, 0), contents)
     }
 
-    pub fn char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> io::Result<&mut Self> {
+    pub(crate) fn char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> io::Result<&mut Self> {
         self.entry(path, S_IFCHR | (mode & 0o7777), 1, (major, minor), &[])
-    }
-
-    pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<&mut Self> {
-        self.entry(path, S_IFLNK | 0o777, 1, (0, 0), target.as_bytes())
     }
 
     /// Writes the trailer and pads the archive to a multiple of 512 bytes (as GNU cpio
     /// does); returns the writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.next_inode = 0;
         self.entry(TRAILER, 0, 1, (0, 0), &[])?;
         let padding = (512 - self.written % 512) % 512;
@@ -120,32 +116,35 @@ fn pad_to_4(bytes: &mut Vec<u8>) {
     bytes.resize(bytes.len() + padding(bytes.len()), 0);
 }
 
-/// One entry read back from an archive.
+/// One entry read back from an archive, by the tests.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub name: String,
     pub mode: u32,
     pub rdev: (u32, u32),
     pub data: Vec<u8>,
 }
 
+#[cfg(test)]
 impl Entry {
-    pub fn is_dir(&self) -> bool {
+    pub(crate) fn is_dir(&self) -> bool {
         self.mode & 0o170_000 == S_IFDIR
     }
 
-    pub fn is_file(&self) -> bool {
+    pub(crate) fn is_file(&self) -> bool {
         self.mode & 0o170_000 == S_IFREG
     }
 
-    pub fn is_char_device(&self) -> bool {
+    pub(crate) fn is_char_device(&self) -> bool {
         self.mode & 0o170_000 == S_IFCHR
     }
 }
 
 /// The entries of one or more concatenated newc archives (without their trailers),
-/// checked as strictly as the kernel reads them.
-pub fn read(bytes: &[u8]) -> Result<Vec<Entry>> {
+/// checked as strictly as the kernel reads them: the tests' reader.
+#[cfg(test)]
+pub(crate) fn read(bytes: &[u8]) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
     let mut at = 0;
     while at < bytes.len() {

@@ -107,12 +107,12 @@ struct DefinitionFile {
 }
 
 /// Where the image definitions live.
-pub fn definitions_dir(workspace: &Workspace) -> PathBuf {
+pub(crate) fn definitions_dir(workspace: &Workspace) -> PathBuf {
     workspace.root.join("qemu-images")
 }
 
 /// `qemu-images/<arch>.yaml`.
-pub fn load_definition(workspace: &Workspace, arch: &str) -> Result<ImageDefinition, UsageError> {
+pub(crate) fn load_definition(workspace: &Workspace, arch: &str) -> Result<ImageDefinition, UsageError> {
     let dir = definitions_dir(workspace);
     if targets::TARGETS.iter().all(|t| t.arch != arch) {
         return Err(UsageError(format!(
@@ -133,7 +133,7 @@ pub fn load_definition(workspace: &Workspace, arch: &str) -> Result<ImageDefinit
 }
 
 /// An image definition at any path (e.g. a variant kept outside qemu-images/).
-pub fn load_file(path: &Path) -> Result<ImageDefinition, UsageError> {
+pub(crate) fn load_file(path: &Path) -> Result<ImageDefinition, UsageError> {
     let bytes = std::fs::read(path).map_err(|err| {
         let listed = path.parent().map(crate::workspace::yaml_names).unwrap_or_default();
         UsageError(format!(

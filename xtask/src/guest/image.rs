@@ -51,14 +51,19 @@ pub struct BuiltImage {
 }
 
 /// Where the image of `definition` is built.
-pub fn image_dir(workspace: &Workspace, definition: &ImageDefinition) -> PathBuf {
+pub(crate) fn image_dir(workspace: &Workspace, definition: &ImageDefinition) -> PathBuf {
     workspace.target_dir.join("xtask/qemu-images").join(definition.name())
 }
 
 /// The image `definition` describes, with `binary` (a static server for its target) as
 /// /init: reused when nothing it is made from has changed, else built (fetching the
 /// kernel package first if needed).
-pub fn ensure(workspace: &Workspace, definition: &ImageDefinition, binary: PathBuf, task: &Task) -> Result<BuiltImage> {
+pub(crate) fn ensure(
+    workspace: &Workspace,
+    definition: &ImageDefinition,
+    binary: PathBuf,
+    task: &Task,
+) -> Result<BuiltImage> {
     let started = Instant::now();
     let guest_kernel = GuestKernel::of(definition);
     let deb = match guest_kernel.cached(&workspace.target_dir) {

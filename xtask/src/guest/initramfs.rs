@@ -12,8 +12,8 @@ use crate::guest::cpio::CpioWriter;
 use crate::guest::modules::Module;
 
 /// Where the modules go, and the list of them in load order (one absolute path a line).
-pub const MODULES_DIR: &str = "/lib/modules";
-pub const MODULES_LIST: &str = "/etc/plexichat/modules";
+pub(crate) const MODULES_DIR: &str = "/lib/modules";
+pub(crate) const MODULES_LIST: &str = "/etc/plexichat/modules";
 
 const DIRS: [&str; 10] = [
     "/dev",
@@ -29,7 +29,7 @@ const DIRS: [&str; 10] = [
 ];
 
 /// The uncompressed archive.
-pub fn archive(server: &[u8], modules: &[Module]) -> Result<Vec<u8>> {
+pub(crate) fn archive(server: &[u8], modules: &[Module]) -> Result<Vec<u8>> {
     let mut cpio = CpioWriter::new(Vec::new());
     for dir in DIRS {
         let mode = if dir == "/tmp" { 0o1777 } else { 0o755 };
@@ -51,7 +51,7 @@ pub fn archive(server: &[u8], modules: &[Module]) -> Result<Vec<u8>> {
 
 /// The gzipped archive, padded with NULs to a multiple of 4 bytes so that another
 /// archive (a per-VM overlay) can be appended: the kernel skips NULs between archives.
-pub fn gzip(archive: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn gzip(archive: &[u8]) -> Result<Vec<u8>> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
     encoder.write_all(archive)?;
     let mut bytes = encoder.finish()?;

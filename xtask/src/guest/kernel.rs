@@ -23,7 +23,7 @@ pub enum KernelFormat {
 
 /// The bootable kernel for `arch` made from `image` (the package's boot/vmlinu[xz]-*),
 /// and why that form was chosen.
-pub fn bootable(arch: &str, image: &[u8]) -> Result<(Vec<u8>, KernelFormat, String)> {
+pub(crate) fn bootable(arch: &str, image: &[u8]) -> Result<(Vec<u8>, KernelFormat, String)> {
     let image = gunzipped(image)?;
     match arch {
         "x86_64" => x86_64(image),
@@ -99,7 +99,7 @@ const LZ4_LEGACY_CHUNK: usize = 8 << 20;
 /// its compressed size (u32 LE). It has no end marker; a size that cannot be a chunk
 /// (past the end, or larger than any 8 MiB block compresses to) ends the stream, which
 /// is also how the size Linux appends after it is passed over.
-pub fn lz4_legacy_decompress(data: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn lz4_legacy_decompress(data: &[u8]) -> Result<Vec<u8>> {
     if !data.starts_with(&LZ4_LEGACY_MAGIC.to_le_bytes()) {
         bail!("not an LZ4 legacy stream");
     }

@@ -16,7 +16,7 @@ use crate::system;
 
 /// The kernel package an image definition pins, and where it is cached.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestKernel {
+pub(crate) struct GuestKernel {
     pub arch: String,
     /// Debian's name for the architecture.
     pub deb_arch: &'static str,
@@ -31,7 +31,7 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 impl GuestKernel {
-    pub fn of(definition: &ImageDefinition) -> Self {
+    pub(crate) fn of(definition: &ImageDefinition) -> Self {
         Self {
             arch: definition.arch.clone(),
             deb_arch: definition.target().deb_arch,
@@ -43,7 +43,7 @@ impl GuestKernel {
 
     /// The metapackage that always depends on the newest package of this flavour:
     /// `linux-image-6.1.0-50-cloud-amd64` → `linux-image-cloud-amd64`.
-    pub fn metapackage(&self) -> String {
+    pub(crate) fn metapackage(&self) -> String {
         let flavour: Vec<&str> = self
             .package
             .trim_start_matches("linux-image-")
@@ -53,12 +53,12 @@ impl GuestKernel {
         format!("linux-image-{}", flavour.join("-"))
     }
 
-    pub fn cache_dir(&self, target_dir: &Path) -> PathBuf {
+    pub(crate) fn cache_dir(&self, target_dir: &Path) -> PathBuf {
         target_dir.join("xtask/kernels").join(&self.arch)
     }
 
     /// The downloaded package (`<package>_<version>_<arch>.deb`), if there is one.
-    pub fn cached(&self, target_dir: &Path) -> Option<PathBuf> {
+    pub(crate) fn cached(&self, target_dir: &Path) -> Option<PathBuf> {
         let prefix = format!("{}_", self.package);
         let mut debs: Vec<PathBuf> = std::fs::read_dir(self.cache_dir(target_dir))
             .ok()?
@@ -76,7 +76,7 @@ impl GuestKernel {
     /// Downloads the pinned package into the cache. When the mirror no longer has it
     /// (Debian drops superseded kernels at point releases), the error says what the
     /// flavour's metapackage points to now and which field to change.
-    pub fn fetch(&self, target_dir: &Path) -> Result<PathBuf> {
+    pub(crate) fn fetch(&self, target_dir: &Path) -> Result<PathBuf> {
         // The private apt state is shared by every run on this target directory.
         let _lock = system::machine_lock(&format!("kernel-{}-{}", self.deb_arch, self.suite))?;
         if let Some(deb) = self.cached(target_dir) {

@@ -25,7 +25,7 @@ pub struct ModuleEntry {
 }
 
 /// A module to put in the initramfs: its entry and its uncompressed bytes.
-pub struct Module {
+pub(crate) struct Module {
     pub entry: ModuleEntry,
     pub data: Vec<u8>,
 }
@@ -40,28 +40,28 @@ impl std::fmt::Debug for Module {
 }
 
 /// What the kernel package says about one module name.
-pub enum Found {
+pub(crate) enum Found {
     Module { data: Vec<u8>, depends: Vec<String> },
     BuiltIn,
     Missing,
 }
 
 /// `lib/modules/<version>` of an unpacked kernel package.
-pub struct ModuleTree {
+pub(crate) struct ModuleTree {
     pub version: String,
     files: BTreeMap<String, PathBuf>,
     builtin: BTreeSet<String>,
 }
 
 /// Module names use `_`; file names may use `-` for the same module.
-pub fn normalise(name: &str) -> String {
+pub(crate) fn normalise(name: &str) -> String {
     name.replace('-', "_")
 }
 
 impl ModuleTree {
     /// Indexes the modules of the package unpacked at `root` (lib/modules, or
     /// usr/lib/modules since trixie's merged /usr).
-    pub fn scan(root: &Path) -> Result<Self> {
+    pub(crate) fn scan(root: &Path) -> Result<Self> {
         let dir = ["lib/modules", "usr/lib/modules"]
             .iter()
             .map(|dir| root.join(dir))
@@ -109,7 +109,7 @@ impl ModuleTree {
         })
     }
 
-    pub fn find(&self, name: &str) -> Result<Found> {
+    pub(crate) fn find(&self, name: &str) -> Result<Found> {
         let name = normalise(name);
         if let Some(path) = self.files.get(&name) {
             let data = uncompressed(path)?;
@@ -156,7 +156,7 @@ fn uncompressed(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The modules a module needs loaded first, from the `depends=` of its `.modinfo`.
-pub fn depends(module: &[u8]) -> Result<Vec<String>> {
+pub(crate) fn depends(module: &[u8]) -> Result<Vec<String>> {
     let modinfo = elf::section(module, ".modinfo")?.context("no .modinfo section: not a kernel module")?;
     Ok(modinfo_value(modinfo, "depends")
         .map(|list| list.split(',').filter(|name| !name.is_empty()).map(normalise).collect())
@@ -164,7 +164,7 @@ pub fn depends(module: &[u8]) -> Result<Vec<String>> {
 }
 
 /// One `key=value` of a `.modinfo` section (NUL-separated strings).
-pub fn modinfo_value<'a>(modinfo: &'a [u8], key: &str) -> Option<&'a str> {
+pub(crate) fn modinfo_value<'a>(modinfo: &'a [u8], key: &str) -> Option<&'a str> {
     modinfo
         .split(|b| *b == 0)
         .filter_map(|item| std::str::from_utf8(item).ok())
@@ -174,7 +174,7 @@ pub fn modinfo_value<'a>(modinfo: &'a [u8], key: &str) -> Option<&'a str> {
 /// The requested modules and their dependencies, each after what it depends on.
 /// `definition` and the `modules[i]` field are named when a requested module is
 /// neither in the package nor built in.
-pub fn resolve(
+pub(crate) fn resolve(
     definition: &Path,
     requested: &[String],
     mut lookup: impl FnMut(&str) -> Result<Found>,

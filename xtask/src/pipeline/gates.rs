@@ -11,7 +11,7 @@ use crate::system::which;
 use crate::workspace::git;
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Gate {
+pub(crate) enum Gate {
     Run,
     /// Not run, and not a failure: the condition does not hold, or a prerequisite is
     /// missing where nothing requires it.
@@ -20,7 +20,7 @@ pub enum Gate {
     Fail(String),
 }
 
-pub struct Host {
+pub(crate) struct Host {
     root: PathBuf,
     /// Whether `CI` is set: then a missing prerequisite is a failure, never a quiet skip.
     pub ci: bool,
@@ -30,7 +30,7 @@ pub struct Host {
 }
 
 impl Host {
-    pub fn new(root: &Path) -> Self {
+    pub(crate) fn new(root: &Path) -> Self {
         Self {
             root: root.to_path_buf(),
             ci: std::env::var_os("CI").is_some(),
@@ -38,7 +38,7 @@ impl Host {
         }
     }
 
-    pub fn gate(&self, entry: &Entry) -> Gate {
+    pub(crate) fn gate(&self, entry: &Entry) -> Gate {
         if let Some(unmet) = entry
             .step
             .condition

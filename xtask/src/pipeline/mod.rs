@@ -2,8 +2,8 @@
 //! (needs, matrices, conditions), the gates that decide whether a step may run here, and
 //! the runner that starts each step in its own process group with its timeout.
 
-pub mod gates;
-pub mod plan;
-pub mod process;
-pub mod run;
-pub mod workflow;
+pub(crate) mod gates;
+pub(crate) mod plan;
+pub(crate) mod process;
+pub(crate) mod run;
+pub(crate) mod workflow;

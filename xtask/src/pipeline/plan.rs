@@ -11,7 +11,7 @@ use super::workflow::{Step, Workflow};
 use crate::report::error::UsageError;
 
 #[derive(Debug)]
-pub struct Entry<'w> {
+pub(crate) struct Entry<'w> {
     /// The step's id, with the matrix values in parentheses: `build-native (aarch64)`.
     pub id: String,
     pub step: &'w Step,
@@ -30,7 +30,7 @@ pub struct Entry<'w> {
 /// A step that needs a matrix step waits for the entries that agree with it on the axes
 /// both have (`qemu-cluster (aarch64)` waits for `build-native (aarch64)` only), and for
 /// all of them when they share no axis.
-pub fn plan(workflow: &Workflow) -> Result<Vec<Entry<'_>>, UsageError> {
+pub(crate) fn plan(workflow: &Workflow) -> Result<Vec<Entry<'_>>, UsageError> {
     refuse_cycles(workflow)?;
     let (mut entries, ranges) = expand(workflow)?;
     for index in 0..entries.len() {
@@ -42,7 +42,11 @@ pub fn plan(workflow: &Workflow) -> Result<Vec<Entry<'_>>, UsageError> {
 /// The entries `only` names (a step: all its entries; or one entry by its id). What a
 /// kept entry needs from outside the selection is taken as done: `--only` is how a CI
 /// service that runs the architectures in parallel jobs runs each job's part.
-pub fn select<'w>(entries: Vec<Entry<'w>>, only: &[String], workflow: &Workflow) -> Result<Vec<Entry<'w>>, UsageError> {
+pub(crate) fn select<'w>(
+    entries: Vec<Entry<'w>>,
+    only: &[String],
+    workflow: &Workflow,
+) -> Result<Vec<Entry<'w>>, UsageError> {
     if only.is_empty() {
         return Ok(entries);
     }

@@ -18,7 +18,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Runs `script` under `timeout` inside `::group::ID` … `::endgroup::` (GitHub's log
 /// groups; other logs show them as plain markers).
-pub fn run(id: &str, script: &str, root: &Path, timeout: Duration) -> Result<Outcome> {
+pub(crate) fn run(id: &str, script: &str, root: &Path, timeout: Duration) -> Result<Outcome> {
     eprintln!("::group::{id}");
     eprintln!("$ {script}");
     let outcome = supervise(script, root, timeout);

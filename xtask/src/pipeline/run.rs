@@ -16,7 +16,7 @@ use super::process;
 /// In the order a summary counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     /// --dry-run: would run (see the detail for what would stop it here).
     Planned,
     Passed,
@@ -30,7 +30,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn is_failure(self) -> bool {
+    pub(crate) fn is_failure(self) -> bool {
         matches!(self, Status::Failed | Status::TimedOut)
     }
 }
@@ -49,7 +49,7 @@ impl fmt::Display for Status {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub status: Status,
     /// How long its process ran; none when it did not run.
     pub seconds: Option<f64>,
@@ -71,7 +71,7 @@ impl Outcome {
 
 /// Every entry's outcome, in plan order; fewer than the entries when a signal stopped
 /// the run (the signal handler then tears down and exits).
-pub fn run(entries: &[Entry], host: &Host, root: &Path) -> Result<Vec<Outcome>> {
+pub(crate) fn run(entries: &[Entry], host: &Host, root: &Path) -> Result<Vec<Outcome>> {
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(entries.len());
     for entry in entries {
         if teardown::interrupted() {
@@ -95,7 +95,7 @@ pub fn run(entries: &[Entry], host: &Host, root: &Path) -> Result<Vec<Outcome>> 
 }
 
 /// What --dry-run reports: every entry planned, with what would stop it on this host.
-pub fn preview(entries: &[Entry], host: &Host) -> Vec<Outcome> {
+pub(crate) fn preview(entries: &[Entry], host: &Host) -> Vec<Outcome> {
     entries
         .iter()
         .map(|entry| Outcome {

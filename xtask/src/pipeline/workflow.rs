@@ -13,11 +13,11 @@ use serde::Deserialize;
 use crate::report::error::UsageError;
 
 /// What a step may take when its file does not say.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 const EXAMPLE: &str = "workflows/ci.yaml";
 
 #[derive(Debug)]
-pub struct Workflow {
+pub(crate) struct Workflow {
     /// The file's stem: `ci` for workflows/ci.yaml.
     pub name: String,
     /// The path as people see it in messages: relative to the workspace when inside it.
@@ -35,7 +35,7 @@ struct WorkflowFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Step {
+pub(crate) struct Step {
     /// The key of the step in `steps`.
     #[serde(skip)]
     pub id: String,
@@ -62,7 +62,7 @@ pub struct Step {
 /// which is never a failure. Every condition given must hold.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Condition {
+pub(crate) struct Condition {
     /// The environment variable is set and not empty.
     pub env: Option<String>,
     /// The git ref (branch, tag or commit) exists in the repository.
@@ -73,7 +73,7 @@ pub struct Condition {
 /// set or the step is `required`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Requires {
+pub(crate) struct Requires {
     /// Programs on PATH; `${{ matrix.NAME }}` is replaced as in `run`.
     #[serde(default)]
     pub programs: Vec<String>,
@@ -84,31 +84,16 @@ pub struct Requires {
 
 impl Step {
     /// The matrix axes, in file order; empty without a matrix.
-    pub fn axes(&self) -> &[(String, Vec<String>)] {
+    pub(crate) fn axes(&self) -> &[(String, Vec<String>)] {
         self.matrix.as_ref().map_or(&[], |matrix| &matrix.0)
     }
 }
 
 impl Workflow {
-    /// Where `--workflow NAME` points: workflows/NAME.yaml, or NAME itself when it is a
-    /// path (it contains a `/` or ends in `.yaml` or `.yml`).
-    pub fn resolve(root: &Path, name: &str) -> PathBuf {
-        if name.contains('/') || name.ends_with(".yaml") || name.ends_with(".yml") {
-            PathBuf::from(name)
-        } else {
-            workflows_dir(root).join(format!("{name}.yaml"))
-        }
-    }
-
-    pub fn load(root: &Path, name: &str) -> Result<Self, UsageError> {
-        let path = Self::resolve(root, name);
-        let place = path.strip_prefix(root).unwrap_or(&path).display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|err| {
-            UsageError(format!(
-                "workflow {place}: cannot read it: {err}\n  fix: use one of {}, or a path to a workflow file",
-                crate::workspace::yaml_names(&workflows_dir(root)).join(", ")
-            ))
-        })?;
+    /// The workflow `--workflow NAME` names: workflows/NAME.yaml, or a path (it contains a
+    /// `/` or ends in `.yaml` or `.yml`).
+    pub(crate) fn load(root: &Path, name: &str) -> Result<Self, UsageError> {
+        let (path, place, text) = crate::workspace::read_named_yaml(root, &workflows_dir(root), "workflow", name)?;
         Self::parse(&path, place, &text)
     }
 
@@ -132,21 +117,21 @@ impl Workflow {
 
     /// A workflow read from `text` as if it were workflows/test.yaml.
     #[cfg(test)]
-    pub fn from_text(text: &str) -> Result<Self, UsageError> {
+    pub(crate) fn from_text(text: &str) -> Result<Self, UsageError> {
         Self::parse(Path::new("workflows/test.yaml"), "workflows/test.yaml".into(), text)
     }
 
-    pub fn step(&self, id: &str) -> Option<&Step> {
+    pub(crate) fn step(&self, id: &str) -> Option<&Step> {
         self.steps.iter().find(|step| step.id == id)
     }
 
-    pub fn step_ids(&self) -> String {
+    pub(crate) fn step_ids(&self) -> String {
         let ids: Vec<&str> = self.steps.iter().map(|step| step.id.as_str()).collect();
         ids.join(", ")
     }
 
     /// A mistake in this file: `field` is the path from the top, e.g. `steps.tests.needs[0]`.
-    pub fn error(&self, field: &str, problem: impl fmt::Display, fix: impl fmt::Display) -> UsageError {
+    pub(crate) fn error(&self, field: &str, problem: impl fmt::Display, fix: impl fmt::Display) -> UsageError {
         UsageError::at(&self.place, field, problem, fix)
     }
 
@@ -250,7 +235,7 @@ impl Workflow {
     }
 }
 
-pub fn workflows_dir(root: &Path) -> PathBuf {
+pub(crate) fn workflows_dir(root: &Path) -> PathBuf {
     root.join("workflows")
 }
 
@@ -268,7 +253,7 @@ fn default_timeout() -> Duration {
 /// A YAML mapping in file order, refusing a key given twice: serde's own maps sort or
 /// hash their keys, and the order of steps and axes is the order runs and ids follow.
 #[derive(Debug, Default)]
-pub struct Ordered<V>(pub Vec<(String, V)>);
+pub(crate) struct Ordered<V>(pub Vec<(String, V)>);
 
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -435,13 +420,5 @@ mod tests {
     fn a_workflow_without_steps_is_refused() {
         assert!(error("steps: {}\n").contains("field `steps`: no steps"));
         assert!(error("description: nothing\n").contains("missing field `steps`"));
-    }
-
-    #[test]
-    fn names_resolve_to_the_workflows_directory_and_paths_stay_paths() {
-        let root = Path::new("/repo");
-        assert_eq!(Workflow::resolve(root, "ci"), Path::new("/repo/workflows/ci.yaml"));
-        assert_eq!(Workflow::resolve(root, "other/ci.yml"), Path::new("other/ci.yml"));
-        assert_eq!(Workflow::resolve(root, "mine.yaml"), Path::new("mine.yaml"));
     }
 }

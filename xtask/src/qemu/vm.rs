@@ -46,7 +46,10 @@ pub struct Vm {
     pub arch: String,
     pub accelerator: Accelerator,
     pub http: SocketAddr,
+    /// The toolchain's own QMP monitor: it holds the only connection QEMU allows on it.
     pub qmp_socket: PathBuf,
+    /// A second monitor, left free for the user's QMP clients while the VM runs.
+    pub user_qmp_socket: PathBuf,
     pub serial_log: PathBuf,
     pub launched_at: Instant,
     pub qmp: Arc<Qmp>,
@@ -61,10 +64,11 @@ impl Vm {
     pub fn launch(launch: Launch<'_>, runtime: &Arc<Runtime>) -> Result<Self> {
         let port = free_port()?;
         let http: SocketAddr = ([127, 0, 0, 1], port).into();
-        let qmp_socket = launch.run_dir.join(format!("{}.qmp", launch.node_id));
+        let qmp_socket = launch.run_dir.join(format!("{}.toolchain.qmp", launch.node_id));
+        let user_qmp_socket = launch.run_dir.join(format!("{}.qmp", launch.node_id));
         let serial_log = launch.log_dir.join(format!("{}.serial.log", launch.node_id));
         let qemu_log = launch.log_dir.join(format!("{}.qemu.log", launch.node_id));
-        let command = qemu_command(&launch, port, &qmp_socket, &serial_log, &qemu_log)?;
+        let command = qemu_command(&launch, port, [&qmp_socket, &user_qmp_socket], &serial_log, &qemu_log)?;
         let launched_at = Instant::now();
         let child = spawn(command, &launch.definition.qemu.binary)?;
         // Teardown needs the QMP connection, which exists only once negotiated.
@@ -89,6 +93,7 @@ impl Vm {
             accelerator: launch.accelerator,
             http,
             qmp_socket,
+            user_qmp_socket,
             serial_log,
             launched_at,
             qmp,
@@ -209,7 +214,7 @@ impl Vm {
 fn qemu_command(
     launch: &Launch<'_>,
     port: u16,
-    qmp_socket: &Path,
+    qmp_sockets: [&Path; 2],
     serial_log: &Path,
     qemu_log: &Path,
 ) -> Result<Command> {
@@ -238,8 +243,13 @@ fn qemu_command(
             "-device",
             &format!("{},netdev=net0", qemu.network_device),
         ])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
+        // Two monitors: QEMU serves one client per monitor, and the toolchain keeps its own.
+        .args(qmp_sockets.iter().flat_map(|socket| {
+            [
+                "-qmp".to_string(),
+                format!("unix:{},server=on,wait=off", socket.display()),
+            ]
+        }))
         .stdin(Stdio::null())
         .stdout(File::create(qemu_log).with_context(|| format!("creating {}", qemu_log.display()))?)
         .stderr(File::options().append(true).open(qemu_log)?);

@@ -79,6 +79,36 @@ pub fn git(dir: &Path, args: &[&str]) -> Option<String> {
     process::read(cmd!(sh, "git {args...}"))
 }
 
+/// A YAML file a flag names: `NAME` for `dir/NAME.yaml`, or a path (it contains a `/` or
+/// ends in `.yaml` or `.yml`). Returns the path, how messages show it (relative to `root`
+/// when inside it) and its text; a file that cannot be read is a usage error listing the
+/// files of `dir`. `kind` says what the file is, e.g. `workflow`.
+pub(crate) fn read_named_yaml(
+    root: &Path,
+    dir: &Path,
+    kind: &str,
+    name: &str,
+) -> Result<(PathBuf, String, String), crate::report::error::UsageError> {
+    let path = named_yaml_path(dir, name);
+    let place = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|err| {
+        crate::report::error::UsageError(format!(
+            "{kind} {place}: cannot read it: {err}\n  fix: use one of {}, or a path to a {kind} file",
+            yaml_names(dir).join(", ")
+        ))
+    })?;
+    Ok((path, place, text))
+}
+
+/// `dir/NAME.yaml` for a name, the path itself for a path.
+fn named_yaml_path(dir: &Path, name: &str) -> PathBuf {
+    if name.contains('/') || name.ends_with(".yaml") || name.ends_with(".yml") {
+        PathBuf::from(name)
+    } else {
+        dir.join(format!("{name}.yaml"))
+    }
+}
+
 /// The names (without `.yaml`) of the YAML files in `dir`, sorted: what a bad name in a
 /// flag could have been.
 pub fn yaml_names(dir: &Path) -> Vec<String> {
@@ -97,4 +127,17 @@ pub fn yaml_names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_to_their_directory_and_paths_stay_paths() {
+        let dir = Path::new("/repo/workflows");
+        assert_eq!(named_yaml_path(dir, "ci"), Path::new("/repo/workflows/ci.yaml"));
+        assert_eq!(named_yaml_path(dir, "other/ci.yml"), Path::new("other/ci.yml"));
+        assert_eq!(named_yaml_path(dir, "mine.yaml"), Path::new("mine.yaml"));
+    }
 }

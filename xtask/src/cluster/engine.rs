@@ -1,0 +1,213 @@
+//! Runs a planned scenario on a backend: the workload for the scenario's duration, each
+//! fault started and healed at its time, then the nodes' final state read and the checker's
+//! verdict. One engine, two backends: what differs between processes and VMs is only how
+//! a fault is made ([`Backend`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::workload::{self, Client};
+use super::Member;
+use crate::history::check::{self, Bounds, Violation};
+use crate::history::{stats, timeline, Event, Fault, Phase, Recorder};
+use crate::report::progress::Task;
+use crate::scenario::{Capabilities, FaultKind, Planned, Scenario, Schedule};
+
+/// How long subscribers keep listening after the posters stop, for the last deliveries.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// A cluster the engine can fault: processes (cluster-local) or VMs (qemu-cluster).
+pub(crate) trait Backend {
+    fn capabilities(&self) -> Capabilities;
+    /// The nodes as clients reach them; the addresses stay the same across restarts.
+    fn members(&self) -> Vec<Member>;
+    /// Makes `fault` happen; the detail says what was done, for the report.
+    fn start(&mut self, fault: &Planned) -> Result<String>;
+    /// Undoes a lasting fault (restarts, resumes, restores, frees).
+    fn heal(&mut self, fault: &Planned) -> Result<String>;
+    /// Deletes message `id` behind the cluster's back: the checker's own test.
+    fn drop_message(&mut self, id: i64) -> Result<String>;
+}
+
+/// One fault as it ran: planned and actual times, in seconds from the start.
+#[derive(Debug, Clone, Serialize)]
+pub struct Executed {
+    pub step: usize,
+    pub fault: FaultKind,
+    pub nodes: Vec<String>,
+    pub started_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healed_s: Option<f64>,
+    pub detail: String,
+}
+
+/// What a scenario run found.
+pub struct Run {
+    pub schedule: Schedule,
+    pub executed: Vec<Executed>,
+    pub history: Vec<Event>,
+    pub violations: Vec<Violation>,
+    pub history_path: PathBuf,
+    /// The SVG timeline beside the history.
+    pub timeline_path: PathBuf,
+}
+
+/// Runs `schedule` with `scenario`'s workload on `backend`, recording into `history_path`.
+pub(crate) fn run(
+    scenario: &Scenario,
+    schedule: Schedule,
+    backend: &mut dyn Backend,
+    client: &Client,
+    bounds: Bounds,
+    history_path: &Path,
+    task: &Task,
+) -> Result<Run> {
+    let members = backend.members();
+    let started = Instant::now();
+    let recorder = Arc::new(Recorder::create(history_path, started)?);
+    let running = workload::start(&members, client, &scenario.workload, &recorder)?;
+    let mut executed: Vec<Executed> = Vec::new();
+    let mut actions = actions_of(&schedule);
+    actions.sort_by_key(|action| (action.at, action.heal));
+    for action in actions {
+        sleep_until(started + action.at);
+        let fault = &schedule.faults[action.index];
+        let names = fault
+            .nodes
+            .iter()
+            .filter_map(|n| members.get(n - 1).map(|m| m.id.clone()))
+            .collect::<Vec<_>>();
+        let at_ms = recorder.now_ms();
+        let detail = if action.heal {
+            task.step(format!("healing {} on {}", fault.fault, target_of(fault, &names)));
+            backend.heal(fault)
+        } else {
+            task.step(format!("{} on {}", fault.fault, target_of(fault, &names)));
+            if fault.fault == FaultKind::DropAcknowledged {
+                let id = first_acknowledged(&recorder)?;
+                backend.drop_message(id)
+            } else {
+                backend.start(fault)
+            }
+        }
+        .with_context(|| format!("step {} ({})", fault.step, fault.fault))?;
+        recorder.record(&Event::Fault(Fault {
+            step: fault.step,
+            fault: fault.fault.name().into(),
+            phase: if action.heal { Phase::Heal } else { Phase::Start },
+            at_ms,
+            nodes: names.clone(),
+            shared: fault.shared(),
+        }))?;
+        let seconds = at_ms as f64 / 1000.0;
+        if action.heal {
+            if let Some(entry) = executed
+                .iter_mut()
+                .rev()
+                .find(|e| e.step == fault.step && e.nodes == names)
+            {
+                entry.healed_s = Some(seconds);
+                entry.detail = format!("{}; {detail}", entry.detail);
+            }
+        } else {
+            executed.push(Executed {
+                step: fault.step,
+                fault: fault.fault,
+                nodes: names,
+                started_s: seconds,
+                healed_s: None,
+                detail,
+            });
+        }
+    }
+    sleep_until(started + scenario.workload.duration);
+    task.step("the workload ends; reading every node's history");
+    // Posters stop first; subscribers get the last deliveries, then stop too.
+    std::thread::sleep(SETTLE);
+    running.stop();
+    let final_state = workload::final_state(&members, client)?;
+    let history = recorder.finish()?;
+    let violations = check::check(&history, &final_state, bounds);
+    let timeline_path = history_path.with_file_name("timeline.svg");
+    let title = format!("{} on {}", scenario.name, backend.capabilities().backend);
+    timeline::write(&history, &stats::windows(&history), &title, &timeline_path)?;
+    Ok(Run {
+        schedule,
+        executed,
+        history,
+        violations,
+        history_path: recorder.path().to_path_buf(),
+        timeline_path,
+    })
+}
+
+/// A directory of its own for one run of `scenario`, as Jepsen keeps its stores:
+/// `<base>/<scenario>/<UTC time>-<pid>/`, with `<base>/<scenario>/latest` pointing at it.
+/// Runs never overwrite each other's history, even at the same time.
+pub(crate) fn run_dir(base: &Path, scenario: &str) -> Result<PathBuf> {
+    let parent = base.join(scenario);
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let dir = parent.join(format!("{stamp}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let latest = parent.join("latest");
+    let _ = std::fs::remove_file(&latest);
+    // Best effort: a concurrent run may have just pointed it at itself.
+    let _ = std::os::unix::fs::symlink(dir.file_name().context("a run directory's name")?, &latest);
+    Ok(dir)
+}
+
+/// A fault's start or heal at its planned time.
+struct Action {
+    at: Duration,
+    /// Heals sort after starts at the same time.
+    heal: bool,
+    index: usize,
+}
+
+fn actions_of(schedule: &Schedule) -> Vec<Action> {
+    schedule
+        .faults
+        .iter()
+        .enumerate()
+        .flat_map(|(index, fault)| {
+            let start = Action {
+                at: fault.at,
+                heal: false,
+                index,
+            };
+            let heal = fault.heals.map(|at| Action { at, heal: true, index });
+            std::iter::once(start).chain(heal)
+        })
+        .collect()
+}
+
+fn target_of(fault: &Planned, names: &[String]) -> String {
+    match (fault.service, names.is_empty()) {
+        (Some(service), _) => service.to_string(),
+        (None, false) => names.join(", "),
+        (None, true) => "the store".into(),
+    }
+}
+
+fn sleep_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now {
+        std::thread::sleep(deadline - now);
+    }
+}
+
+/// The first message the history shows acknowledged: the one the checker's own test deletes.
+fn first_acknowledged(recorder: &Recorder) -> Result<i64> {
+    recorder
+        .finish()?
+        .iter()
+        .find_map(|event| match event {
+            Event::Post(post) => post.acknowledged(),
+            _ => None,
+        })
+        .context("no message was acknowledged yet to drop")
+}

@@ -1,0 +1,145 @@
+//! What a scenario run reports: the schedule as executed, each fault window's posts,
+//! detection and recovery, delivery latency, and the checker's verdict — the JSON document
+//! and the table are views of one [`ScenarioReport`].
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::engine::{Executed, Run};
+use super::Description;
+use crate::history::check::{Check, Violation};
+use crate::history::stats::{self, Counts, Latency, Window};
+use crate::report::{Outcome, Table};
+
+#[derive(Serialize)]
+pub struct ScenarioReport {
+    ok: bool,
+    scenario: String,
+    backend: &'static str,
+    /// The seed a random scenario was drawn from: `--seed` replays it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(flatten)]
+    description: Description,
+    schedule: Vec<Executed>,
+    windows: Vec<Window>,
+    posts: Counts,
+    delivery_latency_ms: Option<Latency>,
+    checks: Vec<CheckVerdict>,
+    violations: Vec<Violation>,
+    history: PathBuf,
+    /// The picture: posts, errors and delivery latency over time, fault windows shaded.
+    timeline: PathBuf,
+}
+
+/// One of the checker's checks: held, or how many violations.
+#[derive(Serialize)]
+struct CheckVerdict {
+    name: &'static str,
+    result: &'static str,
+    violations: usize,
+}
+
+impl ScenarioReport {
+    pub fn new(scenario: &str, backend: &'static str, description: Description, run: Run) -> Self {
+        let checks = Check::ALL
+            .into_iter()
+            .map(|check| {
+                let violations = run.violations.iter().filter(|v| v.check == check).count();
+                CheckVerdict {
+                    name: check.name(),
+                    result: if violations == 0 { "ok" } else { "failed" },
+                    violations,
+                }
+            })
+            .collect();
+        Self {
+            ok: run.violations.is_empty(),
+            scenario: scenario.to_string(),
+            backend,
+            seed: run.schedule.seed,
+            description,
+            windows: stats::windows(&run.history),
+            posts: stats::totals(&run.history),
+            delivery_latency_ms: stats::delivery_latency(&run.history),
+            schedule: run.executed,
+            checks,
+            violations: run.violations,
+            history: run.history_path,
+            timeline: run.timeline_path,
+        }
+    }
+}
+
+fn seconds(value: Option<f64>) -> String {
+    value.map_or("-".into(), |s| format!("{s:.2} s"))
+}
+
+impl Outcome for ScenarioReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn table(&self) -> Table {
+        let mut table = Table::new(&["item", "result", "detail"]);
+        for window in &self.windows {
+            let posts = &window.posts;
+            table.row(vec![
+                format!("{} {}", window.fault, window.nodes.join(","))
+                    .trim_end()
+                    .to_string(),
+                format!(
+                    "{:.1}–{} s",
+                    window.started_s,
+                    window.healed_s.map_or("end".into(), |h| format!("{h:.1}"))
+                ),
+                format!(
+                    "posts ok {} / 503 {} / other {} / no answer {}; detected {}, recovered {}",
+                    posts.ok,
+                    posts.unavailable,
+                    posts.refused,
+                    posts.failed,
+                    seconds(window.detected_after_s),
+                    seconds(window.recovered_after_s)
+                ),
+            ]);
+        }
+        for check in &self.checks {
+            let first = self
+                .violations
+                .iter()
+                .find(|v| v.check.name() == check.name)
+                .map(|v| format!("{} (history lines {:?})", v.message, v.lines))
+                .unwrap_or_default();
+            let detail = match check.violations {
+                0 => String::new(),
+                1 => first,
+                n => format!("{n} violations; first: {first}"),
+            };
+            table.row(vec![check.name.into(), check.result.into(), detail]);
+        }
+        table
+    }
+
+    fn summary(&self) -> Option<String> {
+        let latency = self
+            .delivery_latency_ms
+            .map(|l| format!("; delivery p50 {:.1} ms, p99 {:.1} ms", l.p50_ms, l.p99_ms))
+            .unwrap_or_default();
+        let seed = self
+            .seed
+            .map(|seed| format!("\nseed {seed}: `--seed {seed}` replays this schedule"))
+            .unwrap_or_default();
+        Some(format!(
+            "scenario {} on {}: {} posts acknowledged, {} refused with 503, {} unanswered{latency}\nhistory: {}\ntimeline: {}{seed}",
+            self.scenario,
+            self.backend,
+            self.posts.ok,
+            self.posts.unavailable,
+            self.posts.failed,
+            self.history.display(),
+            self.timeline.display()
+        ))
+    }
+}
