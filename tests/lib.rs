@@ -48,8 +48,7 @@ pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
     static BUILT: Mutex<bool> = Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !*built {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = Command::new(cargo)
+        let output = process::cargo()
             .args(["test", "--workspace", "--all-targets", "--no-run", "--quiet"])
             .current_dir(workspace_root())
             .output()

@@ -34,6 +34,38 @@ pub fn shell() -> Result<Shell> {
     Shell::new().context("reading the current directory")
 }
 
+/// `cargo` (the one running us when there is one) without the variables cargo sets for the
+/// package it runs (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …). Started under `cargo run` or a
+/// test with them, cargo takes their values for changed inputs of the build scripts that
+/// read them (ring's, for one) and rebuilds those crates and everything above them; runs
+/// from a shell and from the tests would then rebuild the server in turn.
+pub fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_package_variable) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A variable cargo sets for one package's build or run, as opposed to cargo's own
+/// configuration (`CARGO`, `CARGO_HOME`, `CARGO_TARGET_DIR`, …).
+fn is_package_variable(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
+}
+
 /// Runs a short-lived command to completion; its output is shown only if it fails.
 pub fn run(cmd: Cmd<'_>) -> Result<()> {
     let description = cmd.to_string();
@@ -190,6 +222,23 @@ pub fn stop_group(leader: &mut Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cargo_runs_without_the_variables_of_the_package_running_us() {
+        assert!(is_package_variable("CARGO_PKG_DESCRIPTION") && is_package_variable("CARGO_MANIFEST_DIR"));
+        assert!(!is_package_variable("CARGO") && !is_package_variable("CARGO_TARGET_DIR"));
+        // This test runs under cargo, which set CARGO_MANIFEST_DIR for it.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let command = cargo();
+        let removed: Vec<_> = command
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name)
+            .collect();
+        assert!(removed.iter().any(|name| *name == "CARGO_MANIFEST_DIR"), "{removed:?}");
+        assert!(removed.iter().any(|name| *name == "CARGO_PKG_NAME"), "{removed:?}");
+        assert!(!removed.iter().any(|name| *name == "CARGO"), "{removed:?}");
+    }
 
     #[test]
     fn processes_are_killed_when_dropped() {

@@ -107,7 +107,7 @@ pub(crate) fn server_build(root: &Path, build: &BuildSection, target: &Target) -
 /// The cargo running us (cargo sets `CARGO` for `cargo xtask`), else the one on PATH.
 pub(crate) fn cargo() -> Command {
     // Builds stream their messages while they run: a child of ours, not a command.
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    process::cargo()
 }
 
 /// Runs `command` (a cargo build, bench, …) with cargo's JSON messages on its stdout,
