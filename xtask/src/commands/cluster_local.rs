@@ -328,7 +328,7 @@ fn run_checks(
             .args(["--node-id", &id])
             .current_dir(dir.path());
         let server = ServerProcess::start(command, NODE_START_TIMEOUT)?;
-        wait_healthy(&server)?;
+        wait_ready(server.addr)?;
         task.finish(format!(
             "healthy at {} after {:.2} s",
             server.url(),
@@ -407,10 +407,6 @@ impl Outcome for ClusterReport {
         }
         table
     }
-}
-
-fn wait_healthy(server: &ServerProcess) -> Result<()> {
-    wait_ready(server.addr)
 }
 
 fn wait_ready(addr: SocketAddr) -> Result<()> {
