@@ -2,7 +2,8 @@
 //! every built-in scenario holds on a healthy server, shortened with `--duration`; the
 //! checker fails a run whose acknowledged message the toolchain deletes behind the
 //! cluster's back; a random scenario's seed replays its schedule; bad scenario files exit
-//! 2; Ctrl-C in the middle leaves nothing behind.
+//! 2; Ctrl-C in the middle leaves nothing behind. On the VM backend (`qemu-cluster N
+//! --scenario`, x86_64 under TCG): partition, power-cut and disk-full.
 
 use std::io::Write as _;
 
@@ -12,12 +13,21 @@ use serde_json::Value;
 /// The release profile's static build, shared with the other e2e tests.
 const PROFILE: [&str; 2] = ["--profile", "release"];
 
+/// The two backends: processes and VMs.
+const PROCESSES: &str = "cluster-local";
+const VMS: &str = "qemu-cluster";
+
 /// Runs `cluster-local NODES --scenario SCENARIO ARGS --json`: the report and stderr.
 fn run_scenario(nodes: &str, scenario: &str, args: &[&str]) -> (Option<i32>, Value, String) {
+    run_scenario_on(PROCESSES, nodes, scenario, args)
+}
+
+/// Runs `COMMAND NODES --scenario SCENARIO ARGS --json` on either backend.
+fn run_scenario_on(command: &str, nodes: &str, scenario: &str, args: &[&str]) -> (Option<i32>, Value, String) {
     let mut all = vec![nodes, "--scenario", scenario, "--json"];
     all.extend_from_slice(args);
     all.extend_from_slice(&PROFILE);
-    let run = spawn_xtask("cluster-local", &all);
+    let run = spawn_xtask(command, &all);
     let pid = run.id();
     let output = run.wait_with_output().expect("xtask runs");
     let stderr = stderr_of(&output);
@@ -42,9 +52,13 @@ fn checks_of(report: &Value) -> Vec<(String, String)> {
 /// A built-in scenario, shortened, holds: exit 0, every check ok, posts acknowledged, and
 /// the schedule ran every planned fault.
 fn assert_holds(nodes: &str, scenario: &str, duration: &str, extra: &[&str]) -> Value {
+    assert_holds_on(PROCESSES, nodes, scenario, duration, extra)
+}
+
+fn assert_holds_on(command: &str, nodes: &str, scenario: &str, duration: &str, extra: &[&str]) -> Value {
     let mut args = vec!["--duration", duration];
     args.extend_from_slice(extra);
-    let (code, report, stderr) = run_scenario(nodes, scenario, &args);
+    let (code, report, stderr) = run_scenario_on(command, nodes, scenario, &args);
     assert_eq!(code, Some(0), "{scenario}: {stderr}\n{report:#}");
     assert!(
         checks_of(&report).iter().all(|(_, result)| result == "ok"),
@@ -62,16 +76,48 @@ fn failover_holds_on_processes() {
     assert_holds("3", "failover", "30s", &[]);
 }
 
-#[test]
-fn partition_holds_on_processes() {
-    let report = assert_holds("3", "partition", "45s", &[]);
-    let faults: Vec<&str> = report["windows"]
+/// The faults of a report's windows, in order.
+fn faults_of(report: &Value) -> Vec<&str> {
+    report["windows"]
         .as_array()
         .unwrap()
         .iter()
         .map(|w| w["fault"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn partition_holds_on_processes() {
+    let report = assert_holds("3", "partition", "45s", &[]);
+    assert_eq!(
+        faults_of(&report),
+        ["cut-off", "cut-off", "cut-off", "cut-from", "cut-from"]
+    );
+}
+
+#[test]
+fn partition_holds_on_vms() {
+    let report = assert_holds_on(VMS, "3", "partition", "45s", &[]);
+    assert_eq!(report["backend"], "vms");
+    assert_eq!(
+        faults_of(&report),
+        ["cut-off", "cut-off", "cut-off", "cut-from", "cut-from"]
+    );
+    // Cut off over QMP: the NIC's link went down and up again.
+    let details: Vec<&str> = report["schedule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["detail"].as_str().unwrap())
         .collect();
-    assert_eq!(faults, ["cut-off", "cut-off", "cut-off", "cut-from", "cut-from"]);
+    assert!(details[0].contains("set_link"), "{details:?}");
+    // What each VM cost the host.
+    let vms = report["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 3, "{report:#}");
+    for vm in vms {
+        assert!(vm["cpu_seconds"].as_f64().unwrap() > 0.0, "{vm}");
+        assert!(vm["peak_rss_mib"].as_f64().unwrap() > 10.0, "{vm}");
+    }
 }
 
 #[test]
@@ -101,6 +147,33 @@ fn crash_restart_holds_on_processes() {
 #[test]
 fn power_cut_holds_on_one_sqlite_node() {
     assert_holds("1", "power-cut", "25s", &[]);
+}
+
+#[test]
+fn power_cut_on_a_vm_loses_no_acknowledged_post() {
+    let report = assert_holds_on(VMS, "1", "power-cut", "40s", &[]);
+    // The node lost power twice and booted again from its disk each time.
+    assert_eq!(report["vms"][0]["boots"], 3, "{report:#}");
+    let details = report["schedule"][0]["detail"].as_str().unwrap();
+    assert!(
+        details.contains("QMP quit") && details.contains("booted again"),
+        "{details}"
+    );
+}
+
+#[test]
+fn disk_full_on_a_vm_refuses_with_503_and_loses_nothing() {
+    let report = assert_holds_on(VMS, "1", "disk-full", "40s", &[]);
+    let window = &report["windows"][0];
+    assert!(
+        window["posts"]["unavailable"].as_u64().unwrap() > 0,
+        "the full disk refused posts: {report:#}"
+    );
+    let filled = report["schedule"][0]["detail"].as_str().unwrap();
+    assert!(
+        filled.contains("/data filled") && filled.contains("/data freed"),
+        "{filled}"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! Per-VM settings come from the kernel command line (`plexichat.node_id=g1`, see
 //! cmdline.rs); progress goes to the console as `plexichat-guest: …` lines.
 
+mod agent;
 mod clock;
 mod cmdline;
 mod console;
@@ -87,6 +88,16 @@ pub fn run() -> ! {
             modules.loaded, modules.already, modules.failed
         ));
     }
+    // After the modules: the data disk's driver is one of them.
+    match mounts::mount_data() {
+        Ok(mounts::Data::Disk(device)) => say(format_args!("data disk {device} mounted on /data")),
+        Ok(mounts::Data::Tmpfs) => say("no data disk: /data is a tmpfs, gone at power-off"),
+        Err(err) => {
+            say(format_args!("cannot mount the data disk: {err}"));
+            power::power_off()
+        }
+    }
+    agent::serve(mounts::DATA);
     // Watched from here on, so a power-down during the rest of the boot is not lost:
     // Notify keeps the request until the server starts waiting for it.
     let stop = Arc::new(Notify::new());

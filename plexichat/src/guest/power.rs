@@ -162,7 +162,7 @@ fn watch(path: &Path, mut device: File, on_press: &(dyn Fn() + Send + Sync)) {
 /// kernel refuse, the thread sleeps forever rather than return.
 pub(super) fn power_off() -> ! {
     say("powering off");
-    nix::unistd::sync();
+    super::mounts::release_data();
     // As PID 1 the call does not return on success.
     let Err(err) = reboot(RebootMode::RB_POWER_OFF);
     say(format_args!("power-off failed: {}", io::Error::from(err)));

@@ -81,20 +81,26 @@ pub(crate) fn run(
             .iter()
             .filter_map(|n| members.get(n - 1).map(|m| m.id.clone()))
             .collect::<Vec<_>>();
-        let at_ms = recorder.now_ms();
+        let started_ms = recorder.now_ms();
         let detail = if action.heal {
             task.step(format!("healing {} on {}", fault.fault, target_of(fault, &names)));
             backend.heal(fault)
         } else {
             task.step(format!("{} on {}", fault.fault, target_of(fault, &names)));
             if fault.fault == FaultKind::DropAcknowledged {
-                let id = first_acknowledged(&recorder)?;
+                let id = recorder
+                    .first_acknowledged()
+                    .context("no message was acknowledged yet to drop")?;
                 backend.drop_message(id)
             } else {
                 backend.start(fault)
             }
         }
         .with_context(|| format!("step {} ({})", fault.step, fault.fault))?;
+        // A fault is on from the moment it is made; a heal is done when the node or service
+        // is back (a VM restarted as itself takes its boot to be), and convergence and
+        // recovery are counted from then.
+        let at_ms = if action.heal { recorder.now_ms() } else { started_ms };
         recorder.record(&Event::Fault(Fault {
             step: fault.step,
             fault: fault.fault.name().into(),
@@ -198,16 +204,4 @@ fn sleep_until(deadline: Instant) {
     if deadline > now {
         std::thread::sleep(deadline - now);
     }
-}
-
-/// The first message the history shows acknowledged: the one the checker's own test deletes.
-fn first_acknowledged(recorder: &Recorder) -> Result<i64> {
-    recorder
-        .finish()?
-        .iter()
-        .find_map(|event| match event {
-            Event::Post(post) => post.acknowledged(),
-            _ => None,
-        })
-        .context("no message was acknowledged yet to drop")
 }

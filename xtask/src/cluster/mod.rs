@@ -3,9 +3,12 @@
 //! talks to the nodes as a client would. The services and server processes they start
 //! come from the services crate, which the server's tests share.
 
+pub(crate) mod dependencies;
 pub(crate) mod engine;
+pub(crate) mod outcome;
 pub(crate) mod processes;
 pub(crate) mod scenario_report;
+mod socket;
 mod verify;
 pub(crate) mod workload;
 

@@ -11,11 +11,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use services::process::{self, cmd, Signal};
 use services::teardown::{Guard, TempDir};
-use services::{Nats, Postgres, Relay, ServerProcess};
+use services::{Relay, ServerProcess};
 
+use super::dependencies::{DependencyRelays, ServiceAction, SharedServices};
 use super::engine::Backend;
 use super::Member;
-use crate::scenario::{Capabilities, FaultKind, Planned, Service, Store};
+use crate::scenario::{Capabilities, FaultKind, Planned, Store};
 
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,15 +32,8 @@ pub(crate) struct NodeSpec {
 
 pub(crate) struct ProcessCluster {
     nodes: Vec<ProcessNode>,
-    nats: Option<NatsService>,
-    postgres: Option<Postgres>,
+    services: SharedServices,
     spec: NodeSpec,
-}
-
-struct NatsService {
-    server: Option<Nats>,
-    program: PathBuf,
-    port: u16,
 }
 
 struct ProcessNode {
@@ -48,28 +42,18 @@ struct ProcessNode {
     port: u16,
     server: Option<ServerProcess>,
     clients: Relay,
-    nats: Option<Relay>,
-    postgres: Option<Relay>,
+    dependencies: DependencyRelays,
     /// The node's SQLite disk (a tmpfs mounted by us) when the store is SQLite.
     disk: Option<Tmpfs>,
     dir: TempDir,
 }
 
 impl ProcessCluster {
-    /// Starts `count` nodes; with PostgreSQL, on `postgres` and NATS shared through relays.
-    pub(crate) fn start(count: usize, spec: NodeSpec, postgres: Option<Postgres>, nats: Option<Nats>) -> Result<Self> {
-        let nats = match nats {
-            Some(server) => Some(NatsService {
-                program: services::host::which("nats-server").context("nats-server is not on PATH")?,
-                port: server.port(),
-                server: Some(server),
-            }),
-            None => None,
-        };
+    /// Starts `count` nodes, each reaching the shared `services` through relays of its own.
+    pub(crate) fn start(count: usize, spec: NodeSpec, services: SharedServices) -> Result<Self> {
         let mut cluster = Self {
             nodes: Vec::new(),
-            nats,
-            postgres,
+            services,
             spec,
         };
         for index in 0..count {
@@ -83,14 +67,6 @@ impl ProcessCluster {
         let dir = TempDir::new(&format!("scenario-{id}"))?;
         let port = services::free_port()?;
         let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let nats = match &self.nats {
-            Some(nats) => Some(Relay::start(loopback(nats.port))?),
-            None => None,
-        };
-        let postgres = match &self.postgres {
-            Some(postgres) => Some(Relay::start(loopback(postgres.port()))?),
-            None => None,
-        };
         let disk = match self.spec.store {
             Store::Sqlite => Some(Tmpfs::mount(&dir.path().join("disk"), DISK_MIB)?),
             Store::Postgres => None,
@@ -100,8 +76,7 @@ impl ProcessCluster {
             port,
             server: None,
             clients: Relay::start(loopback(port))?,
-            nats,
-            postgres,
+            dependencies: self.services.relays()?,
             disk,
             dir,
         };
@@ -110,7 +85,7 @@ impl ProcessCluster {
     }
 
     fn launch(&self, node: &ProcessNode) -> Result<ServerProcess> {
-        let database_url = match (&node.postgres, &node.disk) {
+        let database_url = match (&node.dependencies.postgres, &node.disk) {
             (Some(relay), _) => format!("postgres://postgres@{}/postgres", relay.addr()),
             (None, Some(disk)) => format!("sqlite://{}", disk.path.join("plexichat.db").display()),
             (None, None) => bail!("{} has neither PostgreSQL nor a disk", node.id),
@@ -124,7 +99,7 @@ impl ProcessCluster {
             .args(["--database-url", &database_url])
             .args(["--node-id", &node.id])
             .current_dir(node.dir.path());
-        if let Some(relay) = &node.nats {
+        if let Some(relay) = &node.dependencies.nats {
             command.args(["--nats-url", &format!("nats://{}", relay.addr())]);
         }
         ServerProcess::start(command, NODE_START_TIMEOUT).with_context(|| format!("starting {}", node.id))
@@ -137,15 +112,7 @@ impl ProcessCluster {
     }
 
     fn relays_of(node: &ProcessNode) -> impl Iterator<Item = &Relay> {
-        std::iter::once(&node.clients).chain(&node.nats).chain(&node.postgres)
-    }
-
-    fn dependency(node: &ProcessNode, service: Option<Service>) -> Result<&Relay> {
-        match service {
-            Some(Service::Nats) => node.nats.as_ref().context("the node does not use NATS"),
-            Some(Service::Postgres) => node.postgres.as_ref().context("the node does not use PostgreSQL"),
-            None => bail!("cut-from names no dependency"),
-        }
+        std::iter::once(&node.clients).chain(node.dependencies.iter())
     }
 
     pub(crate) fn description_pids(&self) -> Vec<(String, Option<u32>)> {
@@ -200,51 +167,6 @@ impl ProcessCluster {
         }
         Ok(format!("{} {signal}", node.id))
     }
-
-    fn service(&mut self, service: Option<Service>, action: ServiceAction) -> Result<String> {
-        match (service, action) {
-            (Some(Service::Nats), ServiceAction::Kill) => {
-                let nats = self.nats.as_mut().context("the cluster runs no NATS")?;
-                drop(nats.server.take());
-                Ok(format!("NATS on port {} killed", nats.port))
-            }
-            (Some(Service::Nats), ServiceAction::Start | ServiceAction::Restart) => {
-                let nats = self.nats.as_mut().context("the cluster runs no NATS")?;
-                drop(nats.server.take());
-                nats.server = Some(Nats::start_on(&nats.program, nats.port)?);
-                Ok(format!("NATS started again on port {}", nats.port))
-            }
-            (Some(Service::Postgres), ServiceAction::Freeze) => {
-                self.postgres
-                    .as_ref()
-                    .context("the cluster runs no PostgreSQL")?
-                    .freeze()?;
-                Ok("PostgreSQL frozen".into())
-            }
-            (Some(Service::Postgres), ServiceAction::Thaw) => {
-                let postgres = self.postgres.as_ref().context("the cluster runs no PostgreSQL")?;
-                services::thaw(postgres.pid())?;
-                Ok("PostgreSQL thawed".into())
-            }
-            (Some(Service::Postgres), ServiceAction::Restart | ServiceAction::Kill | ServiceAction::Start) => {
-                let postgres = self.postgres.as_mut().context("the cluster runs no PostgreSQL")?;
-                postgres.restart()?;
-                Ok(format!("PostgreSQL restarted on port {}", postgres.port()))
-            }
-            (Some(Service::Nats), ServiceAction::Freeze | ServiceAction::Thaw) => {
-                let nats = self.nats.as_ref().context("the cluster runs no NATS")?;
-                let pid = nats.server.as_ref().map(Nats::pid).context("NATS is not running")?;
-                let signal = if action == ServiceAction::Freeze {
-                    Signal::SIGSTOP
-                } else {
-                    Signal::SIGCONT
-                };
-                process::signal(pid, signal);
-                Ok(format!("NATS {signal}"))
-            }
-            (None, _) => bail!("the step names no service"),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -260,15 +182,6 @@ impl Stop {
             Stop::Terminate => "shut down (SIGTERM)",
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ServiceAction {
-    Kill,
-    Start,
-    Restart,
-    Freeze,
-    Thaw,
 }
 
 impl ProcessCluster {
@@ -328,7 +241,7 @@ impl Backend for ProcessCluster {
             }),
             FaultKind::CutFrom => self.on_nodes(fault, |c, n| {
                 let node = c.node(n)?;
-                Self::dependency(node, fault.dependency)?.cut();
+                node.dependencies.to(fault.dependency)?.cut();
                 Ok(format!(
                     "{} cut from {}",
                     node.id,
@@ -349,9 +262,9 @@ impl Backend for ProcessCluster {
                     .context("the node's store is not on a disk of ours")?;
                 Ok(format!("{}: {}", node.id, disk.fill()?))
             }),
-            FaultKind::KillService => self.service(fault.service, ServiceAction::Kill),
-            FaultKind::FreezeService => self.service(fault.service, ServiceAction::Freeze),
-            FaultKind::RestartService => self.service(fault.service, ServiceAction::Restart),
+            FaultKind::KillService => self.services.act(fault.service, ServiceAction::Kill),
+            FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Freeze),
+            FaultKind::RestartService => self.services.act(fault.service, ServiceAction::Restart),
             FaultKind::DropAcknowledged => bail!("drop-acknowledged is the engine's to run"),
         }
     }
@@ -377,16 +290,14 @@ impl Backend for ProcessCluster {
                 node.disk.as_ref().context("no disk")?.free()?;
                 Ok(format!("{}: disk freed", node.id))
             }),
-            FaultKind::KillService => self.service(fault.service, ServiceAction::Start),
-            FaultKind::FreezeService => self.service(fault.service, ServiceAction::Thaw),
+            FaultKind::KillService => self.services.act(fault.service, ServiceAction::Start),
+            FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Thaw),
             FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged => Ok("nothing to heal".into()),
         }
     }
 
     fn drop_message(&mut self, id: i64) -> Result<String> {
-        let postgres = self.postgres.as_ref().context("drop-acknowledged needs PostgreSQL")?;
-        postgres.execute("postgres", &format!("DELETE FROM messages WHERE id = {id}"))?;
-        Ok(format!("message {id} deleted from PostgreSQL"))
+        self.services.drop_message(id)
     }
 }
 

@@ -28,9 +28,25 @@ pub struct ScenarioReport {
     delivery_latency_ms: Option<Latency>,
     checks: Vec<CheckVerdict>,
     violations: Vec<Violation>,
+    /// Per VM, on the VM backend.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    vms: Vec<VmUsage>,
     history: PathBuf,
     /// The picture: posts, errors and delivery latency over time, fault windows shaded.
     timeline: PathBuf,
+}
+
+/// What one VM cost the host over a run, all its lives together.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmUsage {
+    pub node_id: String,
+    pub arch: String,
+    /// Boots: 1, plus one per restart as the same node.
+    pub boots: u32,
+    /// QEMU's CPU time, user and system.
+    pub cpu_seconds: f64,
+    /// QEMU's largest resident memory.
+    pub peak_rss_mib: f64,
 }
 
 /// One of the checker's checks: held, or how many violations.
@@ -66,9 +82,18 @@ impl ScenarioReport {
             schedule: run.executed,
             checks,
             violations: run.violations,
+            vms: Vec::new(),
             history: run.history_path,
             timeline: run.timeline_path,
         }
+    }
+}
+
+impl ScenarioReport {
+    /// The report with what each VM cost the host.
+    pub fn with_vms(mut self, vms: Vec<VmUsage>) -> Self {
+        self.vms = vms;
+        self
     }
 }
 
@@ -102,6 +127,16 @@ impl Outcome for ScenarioReport {
                     posts.failed,
                     seconds(window.detected_after_s),
                     seconds(window.recovered_after_s)
+                ),
+            ]);
+        }
+        for vm in &self.vms {
+            table.row(vec![
+                vm.node_id.clone(),
+                format!("{} boot(s)", vm.boots),
+                format!(
+                    "{}: QEMU used {:.1} CPU s, peak {:.0} MiB resident",
+                    vm.arch, vm.cpu_seconds, vm.peak_rss_mib
                 ),
             ]);
         }

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::socket::{is_timeout, open_subscribed};
 use super::Member;
 use crate::system::http;
 
@@ -333,15 +334,7 @@ impl Listeners {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (index, member) in members.iter().enumerate() {
-            let url = format!("ws://{}/api/v1/ws?token={token}", member.addr);
-            let (mut socket, _) = tungstenite::connect(&url).with_context(|| format!("WebSocket to {}", member.id))?;
-            if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_mut() {
-                stream.set_read_timeout(Some(Duration::from_millis(100)))?;
-            }
-            socket.send(tungstenite::Message::text(
-                json!({"type": "subscribe", "channel_id": channel}).to_string(),
-            ))?;
-            await_subscribed(&mut socket).with_context(|| format!("subscribing on {}", member.id))?;
+            let mut socket = open_subscribed(member, token, channel, DELIVERY_TIMEOUT, Duration::from_millis(100))?;
             let (sender, stop) = (sender.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -404,37 +397,6 @@ impl Listeners {
         }
         self.duplicates + self.arrivals.try_iter().count()
     }
-}
-
-type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
-
-fn is_timeout(err: &std::io::Error) -> bool {
-    matches!(
-        err.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    )
-}
-
-/// Reads until the server confirms the subscription: only then does a post count as
-/// one the socket must see.
-fn await_subscribed(socket: &mut Socket) -> Result<()> {
-    let deadline = Instant::now() + DELIVERY_TIMEOUT;
-    while Instant::now() < deadline {
-        match socket.read() {
-            Ok(tungstenite::Message::Text(text)) => {
-                let frame: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
-                match frame["type"].as_str() {
-                    Some("subscribed") => return Ok(()),
-                    Some("error") => bail!("the server refused: {frame}"),
-                    _ => {}
-                }
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(err)) if is_timeout(&err) => {}
-            Err(err) => return Err(err.into()),
-        }
-    }
-    bail!("no subscription confirmed within {DELIVERY_TIMEOUT:?}")
 }
 
 fn percentiles(samples: &mut [Duration]) -> Percentiles {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use super::socket::{is_timeout, open_subscribed};
 use super::Member;
 use crate::history::{self, Delivery, Event, FinalState, Membership, Post, Recorder, Stored};
 use crate::scenario;
@@ -167,13 +168,11 @@ fn post_until_stopped(
     }
 }
 
-type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
-
 /// Subscribes and records every message until stopped; a broken socket is opened again
 /// as a new socket (a new number), since it may have missed messages meanwhile.
 fn subscribe(member: &Member, client: &Client, recorder: &Recorder, stop: &AtomicBool, sockets: &AtomicU32) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok(mut socket) = open_subscribed(member, client) else {
+        let Ok(mut socket) = open_subscribed(member, &client.token, client.channel, POST_TIMEOUT, READ_POLL) else {
             std::thread::sleep(RECONNECT_EVERY);
             continue;
         };
@@ -198,42 +197,12 @@ fn subscribe(member: &Member, client: &Client, recorder: &Recorder, stop: &Atomi
                     }
                 }
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(err))
-                    if matches!(
-                        err.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(tungstenite::Error::Io(err)) if is_timeout(&err) => {}
                 Err(_) => break,
             }
         }
         let _ = socket.close(None);
     }
-}
-
-fn open_subscribed(member: &Member, client: &Client) -> Result<Socket> {
-    let url = format!("ws://{}/api/v1/ws?token={}", member.addr, client.token);
-    let stream = std::net::TcpStream::connect_timeout(&member.addr, POST_TIMEOUT)?;
-    stream.set_read_timeout(Some(POST_TIMEOUT))?;
-    let (mut socket, _) = tungstenite::client(url.as_str(), tungstenite::stream::MaybeTlsStream::Plain(stream))
-        .map_err(|err| anyhow::anyhow!("WebSocket to {}: {err}", member.id))?;
-    socket.send(tungstenite::Message::text(
-        json!({"type": "subscribe", "channel_id": client.channel}).to_string(),
-    ))?;
-    loop {
-        let frame: Value = match socket.read()? {
-            tungstenite::Message::Text(text) => serde_json::from_str(text.as_str()).unwrap_or_default(),
-            _ => continue,
-        };
-        match frame["type"].as_str() {
-            Some("subscribed") => break,
-            Some("error") => anyhow::bail!("{} refused the subscription: {frame}", member.id),
-            _ => {}
-        }
-    }
-    if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_mut() {
-        stream.set_read_timeout(Some(READ_POLL))?;
-    }
-    Ok(socket)
 }
 
 fn sample_membership(member: &Member, client: &Client, recorder: &Recorder, stop: &AtomicBool) {

@@ -14,14 +14,16 @@ use services::teardown::TempDir;
 use services::{Durability, Nats, Postgres, ServerProcess};
 
 use crate::cargo::artefact::target_binary;
+use crate::cluster::dependencies::SharedServices;
 use crate::cluster::engine::{self, Backend as _};
+use crate::cluster::outcome::{ClusterOutcome, PlanReport, ScenarioArgs};
 use crate::cluster::processes::{NodeSpec, ProcessCluster};
 use crate::cluster::scenario_report::ScenarioReport;
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
 use crate::history::check::Bounds;
 use crate::report::progress::Progress;
 use crate::report::{Outcome, Report, Table};
-use crate::scenario::{Planned, Scenario, Store};
+use crate::scenario::{Scenario, Store};
 use crate::system::http;
 use crate::workspace::profile::Profile;
 use crate::workspace::targets;
@@ -40,99 +42,12 @@ pub struct Args {
     /// Stay up after verifying, until SIGINT or SIGTERM.
     #[arg(long, conflicts_with = "scenario")]
     hold: bool,
-    /// Run a fault scenario: NAME for workflows/scenarios/NAME.yaml, or a path.
-    #[arg(long, value_name = "NAME|FILE")]
-    scenario: Option<String>,
-    /// The seed of a random scenario (default: drawn from the clock, and reported).
-    #[arg(long, requires = "scenario")]
-    seed: Option<u64>,
-    /// Run the scenario's timeline compressed or stretched to this duration (e.g. 40s).
-    #[arg(long, requires = "scenario", value_parser = humantime::parse_duration)]
-    duration: Option<Duration>,
-    /// Print the scenario's schedule (for a random one, what its seed draws) and exit.
-    #[arg(long, requires = "scenario")]
-    dry_run: bool,
+    #[command(flatten)]
+    scenario: ScenarioArgs,
 }
 
-/// A scenario planned and not run (`--dry-run`).
-#[derive(Serialize)]
-pub struct PlanReport {
-    ok: bool,
-    scenario: String,
-    description: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<u64>,
-    schedule: Vec<Planned>,
-}
-
-impl Outcome for PlanReport {
-    fn ok(&self) -> bool {
-        self.ok
-    }
-
-    fn table(&self) -> Table {
-        let mut table = Table::new(&["at", "fault", "on", "heals"]);
-        for fault in &self.schedule {
-            let on = match (fault.service, fault.dependency) {
-                (Some(service), _) => service.to_string(),
-                (None, Some(dependency)) => format!("{:?} from {dependency}", fault.nodes),
-                (None, None) => format!("{:?}", fault.nodes),
-            };
-            table.row(vec![
-                format!("{:.1} s", fault.at.as_secs_f64()),
-                fault.fault.to_string(),
-                on,
-                fault
-                    .heals
-                    .map_or("-".into(), |heals| format!("{:.1} s", heals.as_secs_f64())),
-            ]);
-        }
-        table
-    }
-
-    fn summary(&self) -> Option<String> {
-        let seed = self
-            .seed
-            .map(|seed| format!("\nseed {seed}: the same seed draws the same schedule"))
-            .unwrap_or_default();
-        Some(format!("{}: {}{seed}", self.scenario, self.description))
-    }
-}
-
-/// What cluster-local reports: its checks, or a scenario's verdict.
-#[derive(Serialize)]
-#[serde(untagged)]
-pub enum ClusterLocalOutcome {
-    Checks(ClusterReport),
-    Scenario(ScenarioReport),
-    Plan(PlanReport),
-}
-
-impl Outcome for ClusterLocalOutcome {
-    fn ok(&self) -> bool {
-        match self {
-            ClusterLocalOutcome::Checks(report) => report.ok(),
-            ClusterLocalOutcome::Scenario(report) => report.ok(),
-            ClusterLocalOutcome::Plan(report) => report.ok(),
-        }
-    }
-
-    fn table(&self) -> Table {
-        match self {
-            ClusterLocalOutcome::Checks(report) => report.table(),
-            ClusterLocalOutcome::Scenario(report) => report.table(),
-            ClusterLocalOutcome::Plan(report) => report.table(),
-        }
-    }
-
-    fn summary(&self) -> Option<String> {
-        match self {
-            ClusterLocalOutcome::Checks(report) => report.summary(),
-            ClusterLocalOutcome::Scenario(report) => report.summary(),
-            ClusterLocalOutcome::Plan(report) => report.summary(),
-        }
-    }
-}
+/// What cluster-local reports: its checks, a scenario's verdict, or a scenario's plan.
+pub type ClusterLocalOutcome = ClusterOutcome<ClusterReport>;
 
 #[derive(Serialize)]
 pub struct ClusterReport {
@@ -162,22 +77,16 @@ impl Node {
 pub fn run(args: Args) -> Result<ClusterLocalOutcome> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
-    let scenario = match &args.scenario {
-        Some(name) => Some(Scenario::load(&workspace.root, name)?.stretched_to(args.duration)),
+    let scenario = match &args.scenario.scenario {
+        Some(name) => Some(Scenario::load(&workspace.root, name)?.stretched_to(args.scenario.duration)),
         None => None,
     };
-    let seed = args.seed.unwrap_or_else(clock_seed);
-    if let (true, Some(scenario)) = (args.dry_run, &scenario) {
+    let seed = args.scenario.seed();
+    if let (true, Some(scenario)) = (args.scenario.dry_run, &scenario) {
         let store = scenario.requires.store.unwrap_or(Store::Postgres);
         let capabilities = ProcessCluster::capabilities_for(usize::from(args.nodes), store);
         let schedule = scenario.plan(&capabilities, seed)?;
-        return Ok(ClusterLocalOutcome::Plan(PlanReport {
-            ok: true,
-            scenario: scenario.name.clone(),
-            description: scenario.description.clone(),
-            seed: schedule.seed,
-            schedule: schedule.faults,
-        }));
+        return Ok(ClusterOutcome::Plan(PlanReport::new(scenario, schedule)));
     }
     let progress = Progress::new();
 
@@ -186,9 +95,10 @@ pub fn run(args: Args) -> Result<ClusterLocalOutcome> {
     let binary = target_binary(&workspace, &profile.build, targets::host()?, &task)?;
     task.finish("plexichat is up to date");
     match scenario {
-        Some(scenario) => run_scenario(&args, &workspace, &profile, binary, &scenario, seed, &progress)
-            .map(ClusterLocalOutcome::Scenario),
-        None => run_checks(&args, &workspace, &profile, &binary, &progress).map(ClusterLocalOutcome::Checks),
+        Some(scenario) => {
+            run_scenario(&args, &workspace, &profile, binary, &scenario, seed, &progress).map(ClusterOutcome::Scenario)
+        }
+        None => run_checks(&args, &workspace, &profile, &binary, &progress).map(ClusterOutcome::Checks),
     }
 }
 
@@ -223,10 +133,8 @@ fn run_scenario(
         }
         Store::Sqlite => None,
     };
-    let description_services = (
-        postgres.as_ref().map(|p| p.url("postgres")).unwrap_or_default(),
-        nats.as_ref().map(Nats::url).unwrap_or_default(),
-    );
+    let services = SharedServices::new(postgres, nats)?;
+    let (database_url, nats_url) = services.urls();
     task.finish("services up");
 
     let task = progress.task("nodes");
@@ -236,7 +144,7 @@ fn run_scenario(
         profile: profile.path.clone(),
         store,
     };
-    let mut cluster = ProcessCluster::start(nodes, spec, postgres, nats)?;
+    let mut cluster = ProcessCluster::start(nodes, spec, services)?;
     let members = cluster.members();
     for member in &members {
         wait_ready(member.addr)?;
@@ -277,17 +185,10 @@ fn run_scenario(
                 qmp_socket: None,
             })
             .collect(),
-        database_url: description_services.0,
-        nats_url: description_services.1,
+        database_url,
+        nats_url,
     };
     Ok(ScenarioReport::new(&scenario.name, "processes", description, run))
-}
-
-/// A seed for a random scenario run without `--seed`: reported, so the run can be replayed.
-fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 /// Boots the nodes, verifies them as one server, and fails one over.

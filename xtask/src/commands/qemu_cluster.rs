@@ -1,7 +1,8 @@
-//! `cargo xtask qemu-cluster N`: N PlexiChat nodes, each the PID 1 of its own QEMU VM,
-//! sharing PostgreSQL and NATS on the host (reached through user-mode networking's
-//! gateway), verified as one server and then failed over QMP: paused, resumed, reset
-//! and quit, the way a hypervisor or a dying host would.
+//! `cargo xtask qemu-cluster N`: N PlexiChat nodes, each the PID 1 of its own QEMU VM
+//! with a data disk of its own, sharing PostgreSQL and NATS on the host (reached through
+//! user-mode networking's gateway), verified as one server and then failed over QMP:
+//! paused, resumed, reset and quit, the way a hypervisor or a dying host would. With
+//! `--scenario`, a fault scenario runs on the VMs instead.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,23 +14,27 @@ use services::teardown::TempDir;
 use services::{Durability, Nats, Postgres};
 
 use crate::cargo::artefact::target_binary;
+use crate::cluster::dependencies::SharedServices;
+use crate::cluster::engine::{self, Backend as _};
+use crate::cluster::outcome::{ClusterOutcome, PlanReport, ScenarioArgs};
+use crate::cluster::scenario_report::ScenarioReport;
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
 use crate::guest::cpio::CpioWriter;
 use crate::guest::image::{self, BuiltImage};
-use crate::guest::{self as guest_images, ImageDefinition};
-use crate::qemu::vm::{Launch, Vm};
+use crate::guest::{self as guest_images, Accelerator, ImageDefinition};
+use crate::history::check::Bounds;
+use crate::qemu::disk::DataDisk;
+use crate::qemu::nodes::{Machine, Places, VmCluster};
+use crate::qemu::vm::{Launch, Vm, BOOT_TIMEOUT, GUEST_PROFILE, HOST_FROM_GUEST};
 use crate::qemu::{checks, plan, qmp, vm};
 use crate::report::progress::Progress;
 use crate::report::{Outcome, Report, Table};
+use crate::scenario::{Scenario, Store};
 use crate::workspace::profile::Profile;
 use crate::workspace::Workspace;
 
-/// Where a guest reaches the host under QEMU's user-mode networking.
-const HOST_FROM_GUEST: &str = "10.0.2.2";
-/// Where the node's profile sits inside the guest (an overlay on the image's initramfs).
-const GUEST_PROFILE: &str = "/etc/plexichat/profile.yaml";
-/// Boot to first healthy answer, under TCG on a loaded 2-core host.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// Each VM's data disk in the plain checks.
+const DISK_MIB: u32 = 64;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,9 +50,14 @@ pub struct Args {
     #[arg(long, default_value = "release")]
     profile: String,
     /// Stay up after verifying, until SIGINT or SIGTERM.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scenario")]
     hold: bool,
+    #[command(flatten)]
+    scenario: ScenarioArgs,
 }
+
+/// What qemu-cluster reports: its checks, a scenario's verdict, or a scenario's plan.
+pub type QemuClusterOutcome = ClusterOutcome<ClusterReport>;
 
 #[derive(Serialize)]
 struct VmReport {
@@ -72,10 +82,20 @@ pub struct ClusterReport {
     delivery_latency_ms: Option<Percentiles>,
 }
 
-pub fn run(args: Args) -> Result<ClusterReport> {
+pub fn run(args: Args) -> Result<QemuClusterOutcome> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
     let arches = plan::arches(&args.arch, usize::from(args.nodes))?;
+    let scenario = match &args.scenario.scenario {
+        Some(name) => Some(Scenario::load(&workspace.root, name)?.stretched_to(args.scenario.duration)),
+        None => None,
+    };
+    let seed = args.scenario.seed();
+    if let (true, Some(scenario)) = (args.scenario.dry_run, &scenario) {
+        let store = scenario.requires.store.unwrap_or(Store::Postgres);
+        let schedule = scenario.plan(&VmCluster::capabilities_for(arches.len(), store), seed)?;
+        return Ok(ClusterOutcome::Plan(PlanReport::new(scenario, schedule)));
+    }
     let progress = Progress::new();
 
     // Every definition is read before anything is built: a mistake costs nothing.
@@ -103,7 +123,150 @@ pub fn run(args: Args) -> Result<ClusterReport> {
         task.finish(if image.cache_hit { "up to date" } else { "built" });
         images.push((image, initrd));
     }
+    // The machine of each node, by index into the definitions.
+    let machine_of: Vec<usize> = arches
+        .iter()
+        .map(|arch| definitions.iter().position(|d| &d.arch == arch).unwrap_or_default())
+        .collect();
+    let booted = Booted {
+        definitions,
+        accelerators,
+        images,
+        machine_of,
+        run_dir,
+        log_dir,
+    };
+    match scenario {
+        Some(scenario) => {
+            run_scenario(&workspace, &profile, booted, &scenario, seed, &progress).map(ClusterOutcome::Scenario)
+        }
+        None => run_checks(&args, &workspace, &profile, &booted, &progress).map(ClusterOutcome::Checks),
+    }
+}
 
+/// What every node boots: the machines and their images, ready to launch.
+struct Booted {
+    definitions: Vec<ImageDefinition>,
+    accelerators: Vec<Accelerator>,
+    /// Per definition: the image and its initrd with the profile.
+    images: Vec<(BuiltImage, PathBuf)>,
+    /// Per node: its definition.
+    machine_of: Vec<usize>,
+    run_dir: TempDir,
+    log_dir: PathBuf,
+}
+
+/// Boots the VMs with their relays and disks, then runs `scenario` on them.
+fn run_scenario(
+    workspace: &Workspace,
+    profile: &Profile,
+    booted: Booted,
+    scenario: &Scenario,
+    seed: u64,
+    progress: &Progress,
+) -> Result<ScenarioReport> {
+    let store = scenario.requires.store.unwrap_or(Store::Postgres);
+    let task = progress.task("services");
+    let (postgres, nats) = match store {
+        Store::Postgres => {
+            task.step("starting PostgreSQL and NATS");
+            (
+                Some(Postgres::start(
+                    &workspace.target_dir.join("xtask/cache"),
+                    Durability::Durable,
+                )?),
+                Some(Nats::start()?),
+            )
+        }
+        // A single SQLite node on its own disk needs neither.
+        Store::Sqlite => (None, None),
+    };
+    let services = SharedServices::new(postgres, nats)?;
+    let (database_url, nats_url) = services.urls();
+    task.finish("services up");
+
+    let task = progress.task("vms");
+    let Booted {
+        definitions,
+        accelerators,
+        images,
+        machine_of,
+        run_dir,
+        log_dir,
+    } = booted;
+    let machines = definitions
+        .into_iter()
+        .zip(accelerators)
+        .zip(images)
+        .map(|((definition, accelerator), (image, initrd))| Machine {
+            definition,
+            accelerator,
+            kernel: image.kernel,
+            initrd,
+        })
+        .collect();
+    let places = Places {
+        run_dir: run_dir.path().to_path_buf(),
+        log_dir,
+    };
+    let mut cluster = VmCluster::start(machines, &machine_of, services, store, places, &task)?;
+    task.finish(format!("{} VM(s) healthy", machine_of.len()));
+
+    let members = cluster.members();
+    let schedule = scenario.plan(&cluster.capabilities(), seed)?;
+    let task = progress.task(&format!("scenario {}", scenario.name));
+    let verifier = Verifier::new(&members[0])?;
+    task.step("membership");
+    verifier.membership(&members)?;
+    let client = verifier.new_channel(
+        &members[0],
+        &format!("scenario-{}-{}", scenario.name, std::process::id()),
+    )?;
+    let bounds = Bounds {
+        convergence: profile.cluster_lease() + Duration::from_secs(2),
+    };
+    let dir = engine::run_dir(&workspace.target_dir.join("xtask/qemu-cluster"), &scenario.name)?;
+    let run = engine::run(
+        scenario,
+        schedule,
+        &mut cluster,
+        &client,
+        bounds,
+        &dir.join("history.jsonl"),
+        &task,
+    )?;
+    task.finish(if run.violations.is_empty() {
+        "every check held".to_string()
+    } else {
+        format!("{} violation(s)", run.violations.len())
+    });
+    let description = Description {
+        nodes: cluster.describe(),
+        database_url,
+        nats_url,
+    };
+    let usage = cluster.usage();
+    drop(cluster);
+    drop(run_dir);
+    Ok(ScenarioReport::new(&scenario.name, "vms", description, run).with_vms(usage))
+}
+
+/// Boots the VMs, verifies them as one server, and fails them over QMP.
+fn run_checks(
+    args: &Args,
+    workspace: &Workspace,
+    profile: &Profile,
+    booted: &Booted,
+    progress: &Progress,
+) -> Result<ClusterReport> {
+    let Booted {
+        definitions,
+        accelerators,
+        images,
+        machine_of,
+        run_dir,
+        log_dir,
+    } = booted;
     let task = progress.task("services");
     task.step("starting PostgreSQL and NATS");
     let postgres = Postgres::start(&workspace.target_dir.join("xtask/cache"), Durability::Durable)?;
@@ -112,32 +275,27 @@ pub fn run(args: Args) -> Result<ClusterReport> {
 
     let runtime = qmp::runtime()?;
     let mut vms = Vec::new();
-    for (index, arch) in arches.iter().enumerate() {
-        let which = definitions
-            .iter()
-            .position(|d| &d.arch == arch)
-            .context("a definition per arch")?;
+    for (index, &which) in machine_of.iter().enumerate() {
         let (image, initrd) = &images[which];
         let node_id = format!("node-{index}");
-        let settings = vec![
-            format!("plexichat.node_id={node_id}"),
-            format!("plexichat.listen=0.0.0.0:{}", vm::GUEST_HTTP_PORT),
-            format!(
-                "plexichat.database_url={}",
-                postgres.url_via(HOST_FROM_GUEST, "postgres")
-            ),
-            format!("plexichat.nats_url={}", nats.url_via(HOST_FROM_GUEST)),
-            format!("plexichat.config={GUEST_PROFILE}"),
-        ];
+        let disk = DataDisk::create(&run_dir.path().join(format!("{node_id}.qcow2")), DISK_MIB)?;
+        let settings = vm::node_settings(
+            &node_id,
+            Some(&postgres.url_via(HOST_FROM_GUEST, "postgres")),
+            Some(&nats.url_via(HOST_FROM_GUEST)),
+        );
         let launch = Launch {
             node_id,
             definition: &definitions[which],
             accelerator: accelerators[which],
             kernel: &image.kernel,
             initrd,
+            http_port: services::free_port()?,
+            data_disk: Some(&disk),
+            generation: 0,
             settings,
             run_dir: run_dir.path(),
-            log_dir: &log_dir,
+            log_dir,
         };
         vms.push(vm::Vm::launch(launch, &runtime)?);
     }
@@ -217,7 +375,7 @@ pub fn run(args: Args) -> Result<ClusterReport> {
         delivery_latency_ms: latencies,
     };
     if args.hold {
-        cluster::hold(&workspace, "qemu-cluster", &report.description, &Report::of(&report))?;
+        cluster::hold(workspace, "qemu-cluster", &report.description, &Report::of(&report))?;
     }
     Ok(report)
 }

@@ -48,12 +48,28 @@ pub struct QemuSection {
     /// The `-device` model and its properties, e.g. `virtio-net-pci,romfile=`; whoever
     /// boots the image appends `,netdev=<id>`.
     pub network_device: String,
+    /// The `-device` model of the VM's data disk; whoever boots the image appends `,drive=<id>`.
+    #[serde(default = "QemuSection::default_disk_device")]
+    pub disk_device: String,
+    /// The `-device` model of the virtio-serial bus that carries the toolchain's agent port.
+    #[serde(default = "QemuSection::default_serial_bus")]
+    pub serial_bus: String,
     /// Further QEMU arguments, passed as they are.
     #[serde(default)]
     pub extra_args: Vec<String>,
     /// How a clean shutdown is asked of the guest over QMP.
     #[serde(default)]
     pub powerdown: Powerdown,
+}
+
+impl QemuSection {
+    fn default_disk_device() -> String {
+        "virtio-blk-pci".into()
+    }
+
+    fn default_serial_bus() -> String {
+        "virtio-serial-pci".into()
+    }
 }
 
 /// The QMP request that makes the guest's init see KEY_POWER and power off.
@@ -191,6 +207,8 @@ fn validate(path: &Path, file: &DefinitionFile) -> Result<(), UsageError> {
         ("qemu.machine", &qemu.machine, "q35 or virt"),
         ("qemu.cpu", &qemu.cpu, "qemu64 or cortex-a57"),
         ("qemu.network_device", &qemu.network_device, "virtio-net-pci,romfile="),
+        ("qemu.disk_device", &qemu.disk_device, "virtio-blk-pci"),
+        ("qemu.serial_bus", &qemu.serial_bus, "virtio-serial-pci"),
     ] {
         if value.trim().is_empty() || value.contains(char::is_whitespace) {
             return bad(

@@ -170,28 +170,43 @@ impl Window<'_> {
 
 fn acknowledged_stored(history: &Indexed, final_state: &FinalState) -> Vec<Violation> {
     let mut violations = Vec::new();
-    let counts: BTreeMap<&str, BTreeMap<i64, usize>> = final_state
+    // Per node, the keys stored under each id. An id alone is not enough: a node that lost
+    // acknowledged rows (a power cut before they reached the disk) hands their ids out
+    // again, and the id is then stored, holding another message.
+    let stored: BTreeMap<&str, BTreeMap<i64, Vec<&str>>> = final_state
         .iter()
-        .map(|(node, stored)| {
-            let mut count = BTreeMap::new();
-            for message in stored {
-                *count.entry(message.id).or_insert(0) += 1;
+        .map(|(node, messages)| {
+            let mut keys: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+            for message in messages {
+                keys.entry(message.id).or_default().push(message.key.as_str());
             }
-            (node.as_str(), count)
+            (node.as_str(), keys)
         })
         .collect();
     for &(line, post) in &history.posts {
         let Some(id) = post.acknowledged() else { continue };
         let mut missing = Vec::new();
         let mut repeated = Vec::new();
-        for (node, count) in &counts {
-            match count.get(&id).copied().unwrap_or(0) {
-                0 => missing.push(*node),
+        for (node, keys) in &stored {
+            let under_id = keys.get(&id).map(Vec::as_slice).unwrap_or_default();
+            match under_id.iter().filter(|key| **key == post.key).count() {
+                0 => match under_id.first() {
+                    Some(other) => missing.push(format!("{node} (where id {id} holds {other:?})")),
+                    None => missing.push(node.to_string()),
+                },
                 1 => {}
                 n => repeated.push(format!("{node} ×{n}")),
             }
         }
         if !missing.is_empty() {
+            // With the line of the attempt whose message took the id, if one did.
+            let taken_by = stored
+                .values()
+                .filter_map(|keys| keys.get(&id))
+                .flatten()
+                .find(|key| **key != post.key);
+            let mut lines = vec![line];
+            lines.extend(taken_by.and_then(|key| history.by_key.get(key)).map(|(line, _)| *line));
             violations.push(Violation {
                 check: Check::AcknowledgedStored,
                 message: format!(
@@ -200,7 +215,7 @@ fn acknowledged_stored(history: &Indexed, final_state: &FinalState) -> Vec<Viola
                     post.node,
                     missing.join(", ")
                 ),
-                lines: vec![line],
+                lines,
             });
         }
         if !repeated.is_empty() {
@@ -542,6 +557,23 @@ mod tests {
         assert!(violations[0].message.contains("message 2 (b)"), "{violations:?}");
         assert!(violations[0].message.ends_with("missing on n2"), "{violations:?}");
         assert_eq!(violations[0].lines, [2]);
+    }
+
+    #[test]
+    fn an_acknowledged_message_whose_id_was_handed_out_again_is_caught() {
+        // n1 lost message 2 (b) and, restarted, gave id 2 to the next post (d): id 2 is
+        // stored, but not the message that was acknowledged as 2.
+        let (mut history, _) = healthy();
+        history.push(post("n1", "d", 50, 60, Some(201), Some(2)));
+        let state = stored(&[(1, "a", "n1"), (2, "d", "n1"), (3, "c", "n2")]);
+        let violations = check(&history, &state, BOUNDS);
+        assert_eq!(checks_of(&violations), [Check::AcknowledgedStored]);
+        assert!(
+            violations[0].message.contains("message 2 (b)") && violations[0].message.contains("id 2 holds \"d\""),
+            "{violations:?}"
+        );
+        // The lost post's line, then the line of the post that took its id.
+        assert_eq!(violations[0].lines, [2, 10]);
     }
 
     #[test]

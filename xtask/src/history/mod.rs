@@ -143,6 +143,8 @@ pub(crate) struct Recorder {
     started: Instant,
     path: PathBuf,
     out: Mutex<BufWriter<File>>,
+    /// The first message acknowledged, once one is: the one the checker's own test deletes.
+    first_acknowledged: std::sync::OnceLock<i64>,
 }
 
 impl Recorder {
@@ -155,6 +157,7 @@ impl Recorder {
             started,
             path: path.to_path_buf(),
             out: Mutex::new(BufWriter::new(file)),
+            first_acknowledged: std::sync::OnceLock::new(),
         })
     }
 
@@ -164,6 +167,11 @@ impl Recorder {
     }
 
     pub(crate) fn record(&self, event: &Event) -> Result<()> {
+        if let Event::Post(post) = event {
+            if let Some(id) = post.acknowledged() {
+                let _ = self.first_acknowledged.set(id);
+            }
+        }
         let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         serde_json::to_writer(&mut *out, event)?;
         out.write_all(b"\n")?;
@@ -178,6 +186,11 @@ impl Recorder {
             .flush()
             .with_context(|| format!("writing {}", self.path.display()))?;
         read(&self.path)
+    }
+
+    /// The first message recorded as acknowledged (201), if any yet.
+    pub(crate) fn first_acknowledged(&self) -> Option<i64> {
+        self.first_acknowledged.get().copied()
     }
 
     pub(crate) fn path(&self) -> &Path {

@@ -33,6 +33,10 @@ pub enum Requirement {
     QemuSystem(&'static Target),
     /// The guest kernel package that the target's image definition pins.
     GuestKernel(&'static Target),
+    /// `qemu-img`, which turns a formatted filesystem into a VM's qcow2 data disk.
+    QemuImg,
+    /// `mkfs.ext4`, which formats a VM's data disk.
+    Mkfs,
     /// Hardware virtualisation; optional (guests fall back to TCG).
     Kvm,
     DockerEngine,
@@ -56,6 +60,8 @@ impl Requirement {
             all.extend(TARGETS.iter().map(Requirement::GuestKernel));
         }
         all.extend([
+            Requirement::QemuImg,
+            Requirement::Mkfs,
             Requirement::Kvm,
             Requirement::DockerEngine,
             Requirement::Postgres,
@@ -87,6 +93,8 @@ impl Requirement {
             | Requirement::Binfmt(_)
             | Requirement::QemuSystem(_)
             | Requirement::GuestKernel(_)
+            | Requirement::QemuImg
+            | Requirement::Mkfs
             | Requirement::Kvm => "emulation",
             Requirement::DockerEngine | Requirement::Postgres | Requirement::NatsServer => "services",
             Requirement::Valgrind => "bench",
@@ -108,6 +116,8 @@ impl fmt::Display for Requirement {
             Requirement::Binfmt(target) => write!(f, "binfmt qemu-{}", target.arch),
             Requirement::QemuSystem(target) => f.write_str(target.qemu_system),
             Requirement::GuestKernel(target) => write!(f, "guest kernel {}", target.arch),
+            Requirement::QemuImg => f.write_str("qemu-img (qemu-utils)"),
+            Requirement::Mkfs => f.write_str("mkfs.ext4 (e2fsprogs)"),
             Requirement::Kvm => f.write_str("kvm"),
             Requirement::DockerEngine => f.write_str("docker engine"),
             Requirement::Postgres => f.write_str("postgres (initdb, pg_ctl)"),

@@ -25,6 +25,8 @@ pub(super) fn probe(requirement: Requirement) -> Check {
         Requirement::Binfmt(target) => binfmt(check, target),
         Requirement::QemuSystem(target) => qemu_system(check, target),
         Requirement::GuestKernel(target) => guest_kernel(check, target),
+        Requirement::QemuImg => packaged(check, "qemu-img", "qemu-utils", &["--version"], "VMs' data disks"),
+        Requirement::Mkfs => packaged(check, "mkfs.ext4", "e2fsprogs", &["-V"], "VMs' data disks"),
         Requirement::Kvm => kvm(check),
         Requirement::DockerEngine => docker_engine(check),
         Requirement::Postgres => postgres(check),
@@ -225,6 +227,20 @@ fn postgres(check: Check) -> Check {
 }
 
 /// A program on PATH from the Debian package of the same name.
+/// A program of a Debian package named otherwise; system tools live in sbin, which is not
+/// on every user's PATH.
+fn packaged(check: Check, name: &str, package: &str, version_args: &[&str], why: &str) -> Check {
+    match system::sbin_program(name) {
+        Some(path) => check.found(system::version_line(&path.to_string_lossy(), version_args)),
+        None => check.missing(
+            why,
+            Fix::Apt {
+                packages: vec![package.into()],
+            },
+        ),
+    }
+}
+
 fn program(check: Check, name: &str, why: &str) -> Check {
     match which(name) {
         Some(_) => check.found(system::version_line(name, &["--version"])),

@@ -2,6 +2,8 @@
 //! every VM through), the VMs themselves, their fault checks, and the host plan.
 
 pub mod checks;
+pub mod disk;
+pub mod nodes;
 pub mod plan;
 pub mod qmp;
 pub mod vm;

@@ -40,6 +40,7 @@ pub fn provision(definitions: &[ImageDefinition], progress: &Progress) -> Result
         needed.extend(Requirement::to_build(target));
         needed.push(Requirement::QemuSystem(target));
     }
+    needed.extend([Requirement::QemuImg, Requirement::Mkfs]);
     provision::provision(&needed, progress)
 }
 

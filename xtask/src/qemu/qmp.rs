@@ -192,6 +192,38 @@ impl Qmp {
         self.execute(qmp::quit {}).map(drop)
     }
 
+    /// Takes the link of the NIC `device` down (a pulled cable: nothing in or out) or up.
+    pub fn set_link(&self, device: &str, up: bool) -> Result<()> {
+        self.execute(qmp::set_link {
+            name: device.into(),
+            up,
+        })
+        .map(drop)
+    }
+
+    /// Adds a filter, `id`, to `netdev` that holds its packets and releases them every
+    /// `interval`: a slow link, both ways. `remove_object(id)` takes it away.
+    pub fn add_delay(&self, id: &str, netdev: &str, interval: Duration) -> Result<()> {
+        let filter = qmp::ObjectOptions::filter_buffer {
+            id: id.into(),
+            filter_buffer: qmp::FilterBufferProperties {
+                base: qmp::NetfilterProperties {
+                    insert: None,
+                    position: None,
+                    queue: Some(qmp::NetFilterDirection::all),
+                    status: None,
+                    netdev: netdev.into(),
+                },
+                interval: u32::try_from(interval.as_micros()).context("a delay over an hour")?,
+            },
+        };
+        self.execute(qmp::object_add(filter)).map(drop)
+    }
+
+    pub fn remove_object(&self, id: &str) -> Result<()> {
+        self.execute(qmp::object_del { id: id.into() }).map(drop)
+    }
+
     /// Waits for an event matching `wanted` that arrived at or after `since`; returns
     /// when it arrived.
     pub fn wait_for(&self, since: Instant, timeout: Duration, wanted: impl Fn(&VmEvent) -> bool) -> Result<Instant> {

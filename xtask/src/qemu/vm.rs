@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use services::free_port;
 use services::process::{self, ProcessGuard, Signal};
 use tokio::runtime::Runtime;
 
+use super::disk::DataDisk;
 use super::qmp::{Qmp, VmEvent};
 use crate::cluster::Member;
 use crate::guest::{Accelerator, ImageDefinition, Powerdown};
@@ -21,6 +21,19 @@ use crate::system::http;
 
 /// The port the guest serves on; QEMU forwards a loopback port of the host to it.
 pub const GUEST_HTTP_PORT: u16 = 8000;
+/// Where a guest reaches the host under QEMU's user-mode networking.
+pub const HOST_FROM_GUEST: &str = "10.0.2.2";
+/// Where the node's profile sits inside the guest (an overlay on the image's initramfs).
+pub const GUEST_PROFILE: &str = "/etc/plexichat/profile.yaml";
+/// Boot to first healthy answer, under TCG on a loaded 2-core host.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// The ids of the VM's network backend and NIC on the QEMU command line.
+pub const NETDEV: &str = "net0";
+pub const NIC: &str = "nic0";
+/// The name of the guest agent's virtio-serial port: the guest's init looks for it.
+const AGENT_PORT: &str = "org.plexichat.agent.0";
+/// How long the agent may take to answer (filling a disk under TCG takes a while).
+const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a clean power-off may take at teardown before QMP `quit` ends the VM.
 const TEARDOWN_POWERDOWN: Duration = Duration::from_secs(5);
 /// How long QEMU may take to exit once told to.
@@ -33,6 +46,12 @@ pub struct Launch<'a> {
     pub accelerator: Accelerator,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
+    /// The loopback port forwarded to the guest's HTTP port: kept across restarts.
+    pub http_port: u16,
+    /// The disk init mounts on /data; without one, /data is a tmpfs.
+    pub data_disk: Option<&'a DataDisk>,
+    /// 0 for the first boot; a node restarted as itself appends to its logs.
+    pub generation: u32,
     /// Appended to the definition's kernel command line: the node's settings.
     pub settings: Vec<String>,
     /// Where the QMP socket goes (a private temporary directory).
@@ -50,6 +69,8 @@ pub struct Vm {
     pub qmp_socket: PathBuf,
     /// A second monitor, left free for the user's QMP clients while the VM runs.
     pub user_qmp_socket: PathBuf,
+    /// The host end of the guest agent's port.
+    agent_socket: PathBuf,
     pub serial_log: PathBuf,
     pub launched_at: Instant,
     pub qmp: Arc<Qmp>,
@@ -62,13 +83,28 @@ pub struct Vm {
 impl Vm {
     /// Starts QEMU and negotiates QMP; the guest boots in the background.
     pub fn launch(launch: Launch<'_>, runtime: &Arc<Runtime>) -> Result<Self> {
-        let port = free_port()?;
+        let port = launch.http_port;
         let http: SocketAddr = ([127, 0, 0, 1], port).into();
-        let qmp_socket = launch.run_dir.join(format!("{}.toolchain.qmp", launch.node_id));
-        let user_qmp_socket = launch.run_dir.join(format!("{}.qmp", launch.node_id));
+        let sockets = Sockets {
+            qmp: [
+                launch.run_dir.join(format!("{}.toolchain.qmp", launch.node_id)),
+                launch.run_dir.join(format!("{}.qmp", launch.node_id)),
+            ],
+            agent: launch.run_dir.join(format!("{}.agent", launch.node_id)),
+        };
         let serial_log = launch.log_dir.join(format!("{}.serial.log", launch.node_id));
         let qemu_log = launch.log_dir.join(format!("{}.qemu.log", launch.node_id));
-        let command = qemu_command(&launch, port, [&qmp_socket, &user_qmp_socket], &serial_log, &qemu_log)?;
+        if launch.generation == 0 {
+            // A new run's logs; a restarted node's follow its earlier lives'.
+            for log in [&serial_log, &qemu_log] {
+                File::create(log).with_context(|| format!("creating {}", log.display()))?;
+            }
+        }
+        let command = qemu_command(&launch, port, &sockets, &serial_log, &qemu_log)?;
+        let Sockets {
+            qmp: [qmp_socket, user_qmp_socket],
+            agent: agent_socket,
+        } = sockets;
         let launched_at = Instant::now();
         let child = spawn(command, &launch.definition.qemu.binary)?;
         // Teardown needs the QMP connection, which exists only once negotiated.
@@ -94,6 +130,7 @@ impl Vm {
             http,
             qmp_socket,
             user_qmp_socket,
+            agent_socket,
             serial_log,
             launched_at,
             qmp,
@@ -164,15 +201,41 @@ impl Vm {
 
     /// QEMU's resident memory, in MiB: what a VM really costs the host.
     pub fn rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
+        status_kib(self.pid(), "VmRSS:").map(|kib| kib / 1024.0)
+    }
+
+    /// QEMU's CPU time so far (user and system), in seconds: what the VM cost the host.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+        Some(ticks as f64 / per_second as f64)
+    }
+
+    /// QEMU's peak resident memory, in MiB.
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        status_kib(self.pid(), "VmHWM:").map(|kib| kib / 1024.0)
+    }
+
+    /// Sends one request to the guest agent (`fill-disk`, `free-disk`, `ping`) and returns
+    /// its answer; an `error …` answer is an error.
+    pub fn agent(&self, request: &str) -> Result<String> {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let stream = std::os::unix::net::UnixStream::connect(&self.agent_socket)
+            .with_context(|| format!("connecting to {}'s agent", self.node_id))?;
+        stream.set_read_timeout(Some(AGENT_TIMEOUT))?;
+        writeln!(&stream, "{request}")?;
+        let mut answer = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut answer)
+            .with_context(|| format!("{}'s agent did not answer `{request}`", self.node_id))?;
+        let answer = answer.trim();
+        match answer.split_once(' ') {
+            Some(("ok", detail)) => Ok(detail.to_string()),
+            _ => bail!("{}'s agent answered `{request}` with: {answer}", self.node_id),
+        }
     }
 
     /// Waits for QEMU to exit; true if it did within `timeout`.
@@ -211,10 +274,42 @@ impl Vm {
     }
 }
 
+/// A node's settings, for the kernel command line: its id, where it listens, its profile,
+/// and — when not the profile's own — where its database and NATS are, as the guest
+/// reaches them.
+pub fn node_settings(node_id: &str, database_url: Option<&str>, nats_url: Option<&str>) -> Vec<String> {
+    let mut settings = vec![
+        format!("plexichat.node_id={node_id}"),
+        format!("plexichat.listen=0.0.0.0:{GUEST_HTTP_PORT}"),
+        format!("plexichat.config={GUEST_PROFILE}"),
+    ];
+    settings.extend(database_url.map(|url| format!("plexichat.database_url={url}")));
+    settings.extend(nats_url.map(|url| format!("plexichat.nats_url={url}")));
+    settings
+}
+
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `VmHWM:`).
+fn status_kib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The host ends of a VM's sockets: its two QMP monitors and the guest agent's port.
+struct Sockets {
+    qmp: [PathBuf; 2],
+    agent: PathBuf,
+}
+
 fn qemu_command(
     launch: &Launch<'_>,
     port: u16,
-    qmp_sockets: [&Path; 2],
+    sockets: &Sockets,
     serial_log: &Path,
     qemu_log: &Path,
 ) -> Result<Command> {
@@ -235,23 +330,41 @@ fn qemu_command(
             launch.initrd,
             &cmdline,
         ))
-        .arg("-serial")
-        .arg(format!("file:{}", serial_log.display()))
+        // Appended to: a node restarted as itself keeps one console transcript.
+        .arg("-chardev")
+        .arg(format!("file,id=serial0,path={},append=on", serial_log.display()))
+        .args(["-serial", "chardev:serial0"])
         .args([
             "-netdev",
-            &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{GUEST_HTTP_PORT}"),
+            &format!("user,id={NETDEV},hostfwd=tcp:127.0.0.1:{port}-:{GUEST_HTTP_PORT}"),
             "-device",
-            &format!("{},netdev=net0", qemu.network_device),
+            &format!("{},netdev={NETDEV},id={NIC}", qemu.network_device),
+        ])
+        .args(
+            launch
+                .data_disk
+                .map(|disk| disk.qemu_args(&qemu.disk_device))
+                .into_iter()
+                .flatten(),
+        )
+        // The guest agent's port: a socket here, a virtio-serial port there.
+        .args([
+            "-device".to_string(),
+            qemu.serial_bus.clone(),
+            "-chardev".to_string(),
+            format!("socket,id=agent,path={},server=on,wait=off", sockets.agent.display()),
+            "-device".to_string(),
+            format!("virtserialport,chardev=agent,name={AGENT_PORT}"),
         ])
         // Two monitors: QEMU serves one client per monitor, and the toolchain keeps its own.
-        .args(qmp_sockets.iter().flat_map(|socket| {
+        .args(sockets.qmp.iter().flat_map(|socket| {
             [
                 "-qmp".to_string(),
                 format!("unix:{},server=on,wait=off", socket.display()),
             ]
         }))
         .stdin(Stdio::null())
-        .stdout(File::create(qemu_log).with_context(|| format!("creating {}", qemu_log.display()))?)
+        .stdout(File::options().append(true).open(qemu_log)?)
         .stderr(File::options().append(true).open(qemu_log)?);
     Ok(command)
 }

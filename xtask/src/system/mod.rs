@@ -13,6 +13,17 @@ pub use services::host::{apt_install, is_root, machine_lock, which};
 use services::process::{self, cmd};
 use sha2::{Digest, Sha256};
 
+/// Where `program` is: on PATH, or in the sbin directories where Debian puts system tools
+/// (mkfs.ext4), which are on root's PATH but not on every user's.
+pub fn sbin_program(program: &str) -> Option<std::path::PathBuf> {
+    which(program).or_else(|| {
+        ["/usr/sbin", "/sbin"]
+            .iter()
+            .map(|dir| std::path::Path::new(dir).join(program))
+            .find(|path| path.is_file())
+    })
+}
+
 /// The first line `program args` prints (stdout, else stderr), if it runs at all.
 pub fn version_line(program: &str, args: &[&str]) -> Option<String> {
     let sh = process::shell().ok()?;

@@ -1,0 +1,149 @@
+//! What both cluster commands (`cluster-local`, `qemu-cluster`) take and give for fault
+//! scenarios: the `--scenario` flags, and an outcome that is their plain checks, a
+//! scenario's verdict, or a scenario's plan (`--dry-run`).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::scenario_report::ScenarioReport;
+use crate::report::{Outcome, Table};
+use crate::scenario::{Planned, Scenario, Schedule};
+
+#[derive(clap::Args)]
+pub(crate) struct ScenarioArgs {
+    /// Run a fault scenario: NAME for workflows/scenarios/NAME.yaml, or a path.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub(crate) scenario: Option<String>,
+    /// The seed of a random scenario (default: drawn from the clock, and reported).
+    #[arg(long, requires = "scenario")]
+    pub(crate) seed: Option<u64>,
+    /// Run the scenario's timeline compressed or stretched to this duration (e.g. 40s).
+    #[arg(long, requires = "scenario", value_parser = humantime::parse_duration)]
+    pub(crate) duration: Option<Duration>,
+    /// Print the scenario's schedule (for a random one, what its seed draws) and exit.
+    #[arg(long, requires = "scenario")]
+    pub(crate) dry_run: bool,
+}
+
+impl ScenarioArgs {
+    /// `--seed`, or one from the clock: reported, so the run can be replayed.
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs())
+        })
+    }
+}
+
+/// What a cluster command reports: its checks, a scenario's verdict, or a scenario's plan.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum ClusterOutcome<Checks> {
+    Checks(Checks),
+    Scenario(ScenarioReport),
+    Plan(PlanReport),
+}
+
+impl<Checks: Outcome> ClusterOutcome<Checks> {
+    fn inner(&self) -> &dyn OutcomeView {
+        match self {
+            ClusterOutcome::Checks(report) => report,
+            ClusterOutcome::Scenario(report) => report,
+            ClusterOutcome::Plan(report) => report,
+        }
+    }
+}
+
+/// [`Outcome`] without its serde bound, so that the variants can be seen as one.
+trait OutcomeView {
+    fn ok(&self) -> bool;
+    fn table(&self) -> Table;
+    fn summary(&self) -> Option<String>;
+}
+
+impl<T: Outcome> OutcomeView for T {
+    fn ok(&self) -> bool {
+        Outcome::ok(self)
+    }
+
+    fn table(&self) -> Table {
+        Outcome::table(self)
+    }
+
+    fn summary(&self) -> Option<String> {
+        Outcome::summary(self)
+    }
+}
+
+impl<Checks: Outcome> Outcome for ClusterOutcome<Checks> {
+    fn ok(&self) -> bool {
+        self.inner().ok()
+    }
+
+    fn table(&self) -> Table {
+        self.inner().table()
+    }
+
+    fn summary(&self) -> Option<String> {
+        self.inner().summary()
+    }
+}
+
+/// A scenario planned and not run (`--dry-run`).
+#[derive(Serialize)]
+pub struct PlanReport {
+    ok: bool,
+    scenario: String,
+    description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    schedule: Vec<Planned>,
+}
+
+impl PlanReport {
+    pub(crate) fn new(scenario: &Scenario, schedule: Schedule) -> Self {
+        Self {
+            ok: true,
+            scenario: scenario.name.clone(),
+            description: scenario.description.clone(),
+            seed: schedule.seed,
+            schedule: schedule.faults,
+        }
+    }
+}
+
+impl Outcome for PlanReport {
+    fn ok(&self) -> bool {
+        self.ok
+    }
+
+    fn table(&self) -> Table {
+        let mut table = Table::new(&["at", "fault", "on", "heals"]);
+        for fault in &self.schedule {
+            let on = match (fault.service, fault.dependency) {
+                (Some(service), _) => service.to_string(),
+                (None, Some(dependency)) => format!("{:?} from {dependency}", fault.nodes),
+                (None, None) => format!("{:?}", fault.nodes),
+            };
+            table.row(vec![
+                format!("{:.1} s", fault.at.as_secs_f64()),
+                fault.fault.to_string(),
+                on,
+                fault
+                    .heals
+                    .map_or("-".into(), |heals| format!("{:.1} s", heals.as_secs_f64())),
+            ]);
+        }
+        table
+    }
+
+    fn summary(&self) -> Option<String> {
+        let seed = self
+            .seed
+            .map(|seed| format!("\nseed {seed}: the same seed draws the same schedule"))
+            .unwrap_or_default();
+        Some(format!("{}: {}{seed}", self.scenario, self.description))
+    }
+}

@@ -1,0 +1,405 @@
+//! The VM backend of the fault scenarios (`qemu-cluster --scenario`): each node a VM with
+//! a data disk of its own, reaching PostgreSQL and NATS through relays of its own on the
+//! host (its fault points for one dependency), faulted as a hypervisor or a dying host
+//! would: over QMP, and through the guest agent for what only the guest can do. A node
+//! crashed or powered off boots again as itself: same id, port, disk and relays.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::runtime::Runtime;
+
+use super::disk::DataDisk;
+use super::vm::{self, Launch, Vm, BOOT_TIMEOUT, HOST_FROM_GUEST, NETDEV, NIC};
+use crate::cluster::dependencies::{DependencyRelays, ServiceAction, SharedServices};
+use crate::cluster::engine::Backend;
+use crate::cluster::scenario_report::VmUsage;
+use crate::cluster::{Member, NodeDescription};
+use crate::guest::{Accelerator, ImageDefinition};
+use crate::report::progress::Task;
+use crate::scenario::{Capabilities, FaultKind, Planned, Store};
+
+/// Each VM's data disk: room for a scenario's posts, small enough to fill quickly.
+const DISK_MIB: u32 = 64;
+/// The id of the slow-link filter on a VM's netdev.
+const SLOW_LINK: &str = "slow-link";
+/// How long QEMU may take to exit after `quit` or a guest power-off.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One guest architecture's machine: what its VMs boot.
+pub(crate) struct Machine {
+    pub definition: ImageDefinition,
+    pub accelerator: Accelerator,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// Where a cluster's VMs keep their sockets and disks, and their logs.
+pub(crate) struct Places {
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+pub(crate) struct VmCluster {
+    machines: Vec<Machine>,
+    nodes: Vec<VmNode>,
+    services: SharedServices,
+    store: Store,
+    places: Places,
+    runtime: Arc<Runtime>,
+}
+
+struct VmNode {
+    id: String,
+    machine: usize,
+    http_port: u16,
+    settings: Vec<String>,
+    disk: DataDisk,
+    dependencies: DependencyRelays,
+    /// How many times the node was started again as itself.
+    generation: u32,
+    vm: Option<Vm>,
+    healthy_seconds: f64,
+    /// What the node's earlier lives cost: their QEMU processes are gone.
+    earlier: Usage,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+}
+
+impl VmCluster {
+    /// Launches a VM per entry of `arches` (an index into `machines`), each with a new data
+    /// disk and, on PostgreSQL, its own relays to `services`; waits until every one is
+    /// healthy.
+    pub(crate) fn start(
+        machines: Vec<Machine>,
+        arches: &[usize],
+        services: SharedServices,
+        store: Store,
+        places: Places,
+        task: &Task,
+    ) -> Result<Self> {
+        let mut cluster = Self {
+            machines,
+            nodes: Vec::new(),
+            services,
+            store,
+            places,
+            runtime: super::qmp::runtime()?,
+        };
+        for (index, &machine) in arches.iter().enumerate() {
+            let id = format!("node-{index}");
+            let disk = DataDisk::create(&cluster.places.run_dir.join(format!("{id}.qcow2")), DISK_MIB)?;
+            let dependencies = match store {
+                Store::Postgres => cluster.services.relays()?,
+                Store::Sqlite => DependencyRelays {
+                    nats: None,
+                    postgres: None,
+                },
+            };
+            // The guest reaches the host's loopback, where the relays listen, at the gateway.
+            let via_gateway = |relay: &services::Relay| format!("{HOST_FROM_GUEST}:{}", relay.addr().port());
+            let database_url = dependencies
+                .postgres
+                .as_ref()
+                .map(|relay| format!("postgres://postgres@{}/postgres", via_gateway(relay)));
+            let nats_url = dependencies
+                .nats
+                .as_ref()
+                .map(|relay| format!("nats://{}", via_gateway(relay)));
+            cluster.nodes.push(VmNode {
+                settings: vm::node_settings(&id, database_url.as_deref(), nats_url.as_deref()),
+                id,
+                machine,
+                http_port: services::free_port()?,
+                disk,
+                dependencies,
+                generation: 0,
+                vm: None,
+                healthy_seconds: 0.0,
+                earlier: Usage::default(),
+            });
+        }
+        for number in 1..=cluster.nodes.len() {
+            let node = &cluster.nodes[number - 1];
+            task.step(format!("booting {}", node.id));
+            let vm = cluster.launch(node)?;
+            cluster.nodes[number - 1].vm = Some(vm);
+        }
+        for node in &mut cluster.nodes {
+            task.step(format!("waiting for {} to be healthy", node.id));
+            let vm = node.vm.as_ref().context("launched")?;
+            vm.wait_healthy(BOOT_TIMEOUT)?;
+            node.healthy_seconds = vm.launched_at.elapsed().as_secs_f64();
+        }
+        Ok(cluster)
+    }
+
+    fn launch(&self, node: &VmNode) -> Result<Vm> {
+        let machine = &self.machines[node.machine];
+        let launch = Launch {
+            node_id: node.id.clone(),
+            definition: &machine.definition,
+            accelerator: machine.accelerator,
+            kernel: &machine.kernel,
+            initrd: &machine.initrd,
+            http_port: node.http_port,
+            data_disk: Some(&node.disk),
+            generation: node.generation,
+            settings: node.settings.clone(),
+            run_dir: &self.places.run_dir,
+            log_dir: &self.places.log_dir,
+        };
+        Vm::launch(launch, &self.runtime)
+    }
+
+    /// What the nodes are, for the cluster description.
+    pub(crate) fn describe(&self) -> Vec<NodeDescription> {
+        self.nodes
+            .iter()
+            .map(|node| NodeDescription {
+                node_id: node.id.clone(),
+                url: format!("http://127.0.0.1:{}", node.http_port),
+                arch: self.machines[node.machine].definition.arch.clone(),
+                healthy_seconds: node.healthy_seconds,
+                pid: None,
+                qmp_socket: node.vm.as_ref().map(|vm| vm.user_qmp_socket.clone()),
+            })
+            .collect()
+    }
+
+    /// What each VM cost the host so far.
+    pub(crate) fn usage(&self) -> Vec<VmUsage> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let now = node.current_usage();
+                VmUsage {
+                    node_id: node.id.clone(),
+                    arch: self.machines[node.machine].definition.arch.clone(),
+                    boots: node.generation + 1,
+                    cpu_seconds: node.earlier.cpu_seconds + now.cpu_seconds,
+                    peak_rss_mib: node.earlier.peak_rss_mib.max(now.peak_rss_mib),
+                }
+            })
+            .collect()
+    }
+
+    /// What `nodes` VMs on `store` can be put through: the faults of the process backend
+    /// (a single SQLite node has no shared services, a cluster's data is in PostgreSQL).
+    pub(crate) fn capabilities_for(nodes: usize, store: Store) -> Capabilities {
+        Capabilities {
+            backend: "vms",
+            faults: FaultKind::ALL
+                .into_iter()
+                .filter(|fault| match fault {
+                    // The disk holds the database only on SQLite.
+                    FaultKind::FillDisk => store == Store::Sqlite,
+                    FaultKind::KillService
+                    | FaultKind::FreezeService
+                    | FaultKind::RestartService
+                    | FaultKind::CutFrom
+                    | FaultKind::DropAcknowledged => store == Store::Postgres,
+                    _ => true,
+                })
+                .collect(),
+            nodes,
+        }
+    }
+
+    fn node(&self, number: usize) -> Result<&VmNode> {
+        self.nodes
+            .get(number.wrapping_sub(1))
+            .with_context(|| format!("no node {number}"))
+    }
+
+    fn running(&self, number: usize) -> Result<(&VmNode, &Vm)> {
+        let node = self.node(number)?;
+        let vm = node
+            .vm
+            .as_ref()
+            .with_context(|| format!("{} is not running", node.id))?;
+        Ok((node, vm))
+    }
+
+    fn on_nodes(&mut self, fault: &Planned, mut act: impl FnMut(&mut Self, usize) -> Result<String>) -> Result<String> {
+        let details = fault
+            .nodes
+            .iter()
+            .map(|&number| act(self, number))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(details.join("; "))
+    }
+
+    /// Ends a node's VM: at once (`quit`: a crash, a power cut), or with the power button.
+    fn stop_node(&mut self, number: usize, how: Stop) -> Result<String> {
+        let node = self
+            .nodes
+            .get_mut(number.wrapping_sub(1))
+            .with_context(|| format!("no node {number}"))?;
+        let vm = node
+            .vm
+            .as_ref()
+            .with_context(|| format!("{} is not running", node.id))?;
+        // Read before QEMU is gone, with its /proc entry.
+        let usage = node.current_usage();
+        let detail = match how {
+            Stop::Quit => {
+                vm.qmp.quit()?;
+                if !vm.wait_exit(EXIT_TIMEOUT) {
+                    bail!("QEMU for {} kept running after QMP quit", node.id);
+                }
+                format!("{} lost power (QMP quit)", node.id)
+            }
+            Stop::PowerButton => {
+                let took = vm.power_off(EXIT_TIMEOUT)?;
+                format!("{} powered off in {:.1} s (power button)", node.id, took.as_secs_f64())
+            }
+        };
+        node.earlier = node.earlier.add(usage);
+        node.vm = None;
+        Ok(detail)
+    }
+
+    /// Boots a stopped node again as itself: same id, port, disk and relays.
+    fn restart_node(&mut self, number: usize) -> Result<String> {
+        let index = number.wrapping_sub(1);
+        let node = self.nodes.get_mut(index).with_context(|| format!("no node {number}"))?;
+        node.generation += 1;
+        let node = &self.nodes[index];
+        let vm = self.launch(node)?;
+        let took = vm.wait_healthy(BOOT_TIMEOUT)?;
+        let detail = format!(
+            "{} booted again (boot {}) and healthy in {:.1} s",
+            node.id,
+            node.generation + 1,
+            took.as_secs_f64()
+        );
+        self.nodes[index].vm = Some(vm);
+        Ok(detail)
+    }
+
+    fn qmp(&self, number: usize, what: &str, act: impl FnOnce(&Vm) -> Result<()>) -> Result<String> {
+        let (node, vm) = self.running(number)?;
+        act(vm)?;
+        Ok(format!("{}: {what}", node.id))
+    }
+}
+
+impl VmNode {
+    fn current_usage(&self) -> Usage {
+        self.vm
+            .as_ref()
+            .map(|vm| Usage {
+                cpu_seconds: vm.cpu_seconds().unwrap_or_default(),
+                peak_rss_mib: vm.peak_rss_mib().unwrap_or_default(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Usage {
+    fn add(self, other: Usage) -> Usage {
+        Usage {
+            cpu_seconds: self.cpu_seconds + other.cpu_seconds,
+            peak_rss_mib: self.peak_rss_mib.max(other.peak_rss_mib),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Quit,
+    PowerButton,
+}
+
+impl Backend for VmCluster {
+    fn capabilities(&self) -> Capabilities {
+        Self::capabilities_for(self.nodes.len(), self.store)
+    }
+
+    fn members(&self) -> Vec<Member> {
+        self.nodes
+            .iter()
+            .map(|node| Member {
+                id: node.id.clone(),
+                addr: ([127, 0, 0, 1], node.http_port).into(),
+            })
+            .collect()
+    }
+
+    fn start(&mut self, fault: &Planned) -> Result<String> {
+        match fault.fault {
+            // To a VM, a crash of its host and a power cut are the same: QEMU ends with the
+            // guest's page cache, and only what reached the disk survives.
+            FaultKind::Crash | FaultKind::PowerCut => self.on_nodes(fault, |c, n| c.stop_node(n, Stop::Quit)),
+            FaultKind::PowerButton => self.on_nodes(fault, |c, n| c.stop_node(n, Stop::PowerButton)),
+            FaultKind::Reboot => self.on_nodes(fault, |c, n| {
+                c.qmp(n, "reset (QMP system_reset)", |vm| vm.qmp.system_reset())
+            }),
+            FaultKind::Freeze => self.on_nodes(fault, |c, n| c.qmp(n, "paused (QMP stop)", |vm| vm.qmp.stop())),
+            FaultKind::CutOff => self.on_nodes(fault, |c, n| {
+                c.qmp(n, "link down (QMP set_link)", |vm| vm.qmp.set_link(NIC, false))
+            }),
+            FaultKind::SlowLink => self.on_nodes(fault, |c, n| {
+                let latency = fault.latency.unwrap_or_default();
+                c.qmp(n, &format!("packets held {latency:?} (filter-buffer)"), |vm| {
+                    vm.qmp.add_delay(SLOW_LINK, NETDEV, latency)
+                })
+            }),
+            FaultKind::CutFrom => self.on_nodes(fault, |c, n| {
+                let node = c.node(n)?;
+                node.dependencies.to(fault.dependency)?.cut();
+                Ok(format!(
+                    "{} cut from {}",
+                    node.id,
+                    fault.dependency.map(|d| d.to_string()).unwrap_or_default()
+                ))
+            }),
+            FaultKind::FillDisk => self.on_nodes(fault, |c, n| {
+                let (node, vm) = c.running(n)?;
+                Ok(format!("{}: {}", node.id, vm.agent("fill-disk")?))
+            }),
+            FaultKind::KillService => self.services.act(fault.service, ServiceAction::Kill),
+            FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Freeze),
+            FaultKind::RestartService => self.services.act(fault.service, ServiceAction::Restart),
+            FaultKind::DropAcknowledged => bail!("drop-acknowledged is the engine's to run"),
+        }
+    }
+
+    fn heal(&mut self, fault: &Planned) -> Result<String> {
+        match fault.fault {
+            FaultKind::Crash | FaultKind::PowerCut | FaultKind::PowerButton => {
+                self.on_nodes(fault, |c, n| c.restart_node(n))
+            }
+            FaultKind::Freeze => self.on_nodes(fault, |c, n| c.qmp(n, "resumed (QMP cont)", |vm| vm.qmp.cont())),
+            FaultKind::CutOff => self.on_nodes(fault, |c, n| {
+                c.qmp(n, "link up (QMP set_link)", |vm| vm.qmp.set_link(NIC, true))
+            }),
+            FaultKind::SlowLink => self.on_nodes(fault, |c, n| {
+                c.qmp(n, "at full speed", |vm| vm.qmp.remove_object(SLOW_LINK))
+            }),
+            FaultKind::CutFrom => self.on_nodes(fault, |c, n| {
+                let node = c.node(n)?;
+                node.dependencies.iter().for_each(services::Relay::restore);
+                Ok(format!("{} restored", node.id))
+            }),
+            FaultKind::FillDisk => self.on_nodes(fault, |c, n| {
+                let (node, vm) = c.running(n)?;
+                Ok(format!("{}: {}", node.id, vm.agent("free-disk")?))
+            }),
+            FaultKind::KillService => self.services.act(fault.service, ServiceAction::Start),
+            FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Thaw),
+            FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged => Ok("nothing to heal".into()),
+        }
+    }
+
+    fn drop_message(&mut self, id: i64) -> Result<String> {
+        self.services.drop_message(id)
+    }
+}
