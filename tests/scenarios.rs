@@ -192,19 +192,21 @@ fn random_holds_and_reports_its_seed() {
     assert_eq!(report["seed"], 1);
 }
 
-/// The schedule a dry run prints for `seed`.
-fn random_schedule(seed: &str) -> Value {
-    let (code, report, stderr) = run_scenario("3", "random", &["--seed", seed, "--dry-run"]);
+/// The schedule a dry run on `command`'s backend prints for `seed`.
+fn random_schedule(command: &str, seed: &str) -> Value {
+    let (code, report, stderr) = run_scenario_on(command, "3", "random", &["--seed", seed, "--dry-run"]);
     assert_eq!(code, Some(0), "{stderr}");
     report["schedule"].clone()
 }
 
 #[test]
-fn a_seed_replays_the_same_random_schedule() {
-    let first = random_schedule("7");
-    assert!(!first.as_array().unwrap().is_empty(), "{first}");
-    assert_eq!(first, random_schedule("7"));
-    assert_ne!(first, random_schedule("8"));
+fn a_seed_replays_the_same_random_schedule_on_each_backend() {
+    for backend in [PROCESSES, VMS] {
+        let first = random_schedule(backend, "7");
+        assert!(!first.as_array().unwrap().is_empty(), "{first}");
+        assert_eq!(first, random_schedule(backend, "7"), "{backend}");
+        assert_ne!(first, random_schedule(backend, "8"), "{backend}");
+    }
 }
 
 fn scenario_file(text: &str) -> tempfile::NamedTempFile {
@@ -287,5 +289,23 @@ fn sigint_during_a_scenario_leaves_nothing_behind() {
     assert!(
         !mounts.contains("xtask-scenario-"),
         "a node's disk is still mounted:\n{mounts}"
+    );
+}
+
+#[test]
+fn sigint_during_a_vm_scenario_leaves_nothing_behind() {
+    // Interrupted while the guest agent fills the VM's disk.
+    assert_sigint_leaves_nothing(
+        VMS,
+        &[
+            "1",
+            "--scenario",
+            "disk-full",
+            "--duration",
+            "40s",
+            PROFILE[0],
+            PROFILE[1],
+        ],
+        "fill-disk on node-0",
     );
 }

@@ -26,6 +26,8 @@ fn doctor_reports_every_item_with_a_fix_for_each_gap() {
         "guest kernel x86_64",
         "guest kernel aarch64",
         "guest kernel riscv64",
+        "qemu-img (qemu-utils)",
+        "mkfs.ext4 (e2fsprogs)",
         "kvm",
         "docker engine",
         "postgres (initdb, pg_ctl)",
