@@ -11,10 +11,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::workload::{self, Client};
-use super::Member;
+use super::{Member, Verifier};
 use crate::history::check::{self, Bounds, Violation};
 use crate::history::{stats, timeline, Event, Fault, Phase, Recorder};
-use crate::report::progress::Task;
+use crate::report::progress::{Progress, Task};
 use crate::scenario::{Capabilities, FaultKind, Planned, Scenario, Schedule};
 
 /// How long subscribers keep listening after the posters stop, for the last deliveries.
@@ -56,8 +56,40 @@ pub struct Run {
     pub timeline_path: PathBuf,
 }
 
+/// Runs `scenario` on a booted cluster: checks that its nodes are one cluster, makes the
+/// workload's channel, plans the schedule for `seed` on the backend, and runs it, recording
+/// into a run directory of its own under `runs_dir`.
+pub(crate) fn run_scenario(
+    scenario: &Scenario,
+    seed: u64,
+    backend: &mut dyn Backend,
+    lease: Duration,
+    runs_dir: &Path,
+    progress: &Progress,
+) -> Result<Run> {
+    let members = backend.members();
+    let schedule = scenario.plan(&backend.capabilities(), seed)?;
+    let task = progress.task(&format!("scenario {}", scenario.name));
+    let first = members.first().context("a cluster of no node")?;
+    let verifier = Verifier::new(first)?;
+    task.step("membership");
+    verifier.membership(&members)?;
+    let client = verifier.new_channel(first, &format!("scenario-{}-{}", scenario.name, std::process::id()))?;
+    let bounds = Bounds {
+        convergence: lease + Duration::from_secs(2),
+    };
+    let history = run_dir(runs_dir, &scenario.name)?.join("history.jsonl");
+    let run = run(scenario, schedule, backend, &client, bounds, &history, &task)?;
+    task.finish(if run.violations.is_empty() {
+        "every check held".to_string()
+    } else {
+        format!("{} violation(s)", run.violations.len())
+    });
+    Ok(run)
+}
+
 /// Runs `schedule` with `scenario`'s workload on `backend`, recording into `history_path`.
-pub(crate) fn run(
+fn run(
     scenario: &Scenario,
     schedule: Schedule,
     backend: &mut dyn Backend,
@@ -149,6 +181,20 @@ pub(crate) fn run(
         history_path: recorder.path().to_path_buf(),
         timeline_path,
     })
+}
+
+/// Does `act` to each node a fault names (numbered from 1), in turn; the details joined.
+pub(crate) fn on_each<B>(
+    backend: &mut B,
+    fault: &Planned,
+    mut act: impl FnMut(&mut B, usize) -> Result<String>,
+) -> Result<String> {
+    let details = fault
+        .nodes
+        .iter()
+        .map(|&number| act(backend, number))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(details.join("; "))
 }
 
 /// A directory of its own for one run of `scenario`, as Jepsen keeps its stores:

@@ -2,13 +2,15 @@
 //! scenarios: the `--scenario` flags, and an outcome that is their plain checks, a
 //! scenario's verdict, or a scenario's plan (`--dry-run`).
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::scenario_report::ScenarioReport;
+use crate::report::error::UsageError;
 use crate::report::{Outcome, Table};
-use crate::scenario::{Planned, Scenario, Schedule};
+use crate::scenario::{Capabilities, Planned, Scenario, Schedule, Store};
 
 #[derive(clap::Args)]
 pub(crate) struct ScenarioArgs {
@@ -27,6 +29,32 @@ pub(crate) struct ScenarioArgs {
 }
 
 impl ScenarioArgs {
+    /// The scenario `--scenario` names, compressed or stretched to `--duration`.
+    pub(crate) fn load(&self, root: &Path) -> Result<Option<Scenario>, UsageError> {
+        self.scenario
+            .as_deref()
+            .map(|name| Ok(Scenario::load(root, name)?.stretched_to(self.duration)))
+            .transpose()
+    }
+
+    /// With `--dry-run`, the schedule `scenario` would run, drawn for a cluster that
+    /// `capabilities` describes for the scenario's store; otherwise nothing.
+    pub(crate) fn dry_run(
+        &self,
+        scenario: &Scenario,
+        capabilities: impl Fn(Store) -> Capabilities,
+    ) -> Option<Result<PlanReport, UsageError>> {
+        if !self.dry_run {
+            return None;
+        }
+        let store = scenario.requires.store.unwrap_or(Store::Postgres);
+        Some(
+            scenario
+                .plan(&capabilities(store), self.seed())
+                .map(|schedule| PlanReport::new(scenario, schedule)),
+        )
+    }
+
     /// `--seed`, or one from the clock: reported, so the run can be replayed.
     pub(crate) fn seed(&self) -> u64 {
         self.seed.unwrap_or_else(|| {

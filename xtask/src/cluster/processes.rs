@@ -14,7 +14,7 @@ use services::teardown::{Guard, TempDir};
 use services::{Relay, ServerProcess};
 
 use super::dependencies::{DependencyRelays, ServiceAction, SharedServices};
-use super::engine::Backend;
+use super::engine::{on_each, Backend};
 use super::Member;
 use crate::scenario::{Capabilities, FaultKind, Planned, Store};
 
@@ -122,15 +122,6 @@ impl ProcessCluster {
             .collect()
     }
 
-    fn on_nodes(&mut self, fault: &Planned, mut act: impl FnMut(&mut Self, usize) -> Result<String>) -> Result<String> {
-        let details = fault
-            .nodes
-            .iter()
-            .map(|&number| act(self, number))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(details.join("; "))
-    }
-
     fn stop_node(&mut self, number: usize, how: Stop) -> Result<String> {
         let index = number - 1;
         let node = self.nodes.get_mut(index).with_context(|| format!("no node {number}"))?;
@@ -188,22 +179,7 @@ impl ProcessCluster {
     /// What `nodes` processes on `store` can be put through. A cluster runs on PostgreSQL
     /// and NATS; a single SQLite node owns a disk of its own and depends on no service.
     pub(crate) fn capabilities_for(nodes: usize, store: Store) -> Capabilities {
-        Capabilities {
-            backend: "processes",
-            faults: FaultKind::ALL
-                .into_iter()
-                .filter(|fault| match fault {
-                    FaultKind::FillDisk => store == Store::Sqlite,
-                    FaultKind::KillService
-                    | FaultKind::FreezeService
-                    | FaultKind::RestartService
-                    | FaultKind::CutFrom
-                    | FaultKind::DropAcknowledged => store == Store::Postgres,
-                    _ => true,
-                })
-                .collect(),
-            nodes,
-        }
+        Capabilities::of_cluster("processes", nodes, store)
     }
 }
 
@@ -226,20 +202,20 @@ impl Backend for ProcessCluster {
         match fault.fault {
             // A process has no page cache of its own to lose: a power cut is a kill, and
             // what it tests is that the server acknowledged nothing it had not committed.
-            FaultKind::Crash | FaultKind::PowerCut => self.on_nodes(fault, |c, n| c.stop_node(n, Stop::Kill)),
-            FaultKind::Reboot => self.on_nodes(fault, |c, n| {
+            FaultKind::Crash | FaultKind::PowerCut => on_each(self, fault, |c, n| c.stop_node(n, Stop::Kill)),
+            FaultKind::Reboot => on_each(self, fault, |c, n| {
                 let stopped = c.stop_node(n, Stop::Kill)?;
                 Ok(format!("{stopped}; {}", c.restart_node(n)?))
             }),
             // What a power button does to a host: an orderly shutdown.
-            FaultKind::PowerButton => self.on_nodes(fault, |c, n| c.stop_node(n, Stop::Terminate)),
-            FaultKind::Freeze => self.on_nodes(fault, |c, n| c.signal_node(n, Signal::SIGSTOP)),
-            FaultKind::CutOff => self.on_nodes(fault, |c, n| {
+            FaultKind::PowerButton => on_each(self, fault, |c, n| c.stop_node(n, Stop::Terminate)),
+            FaultKind::Freeze => on_each(self, fault, |c, n| c.signal_node(n, Signal::SIGSTOP)),
+            FaultKind::CutOff => on_each(self, fault, |c, n| {
                 let node = c.node(n)?;
                 Self::relays_of(node).for_each(Relay::cut);
                 Ok(format!("{} cut off", node.id))
             }),
-            FaultKind::CutFrom => self.on_nodes(fault, |c, n| {
+            FaultKind::CutFrom => on_each(self, fault, |c, n| {
                 let node = c.node(n)?;
                 node.dependencies.to(fault.dependency)?.cut();
                 Ok(format!(
@@ -248,13 +224,13 @@ impl Backend for ProcessCluster {
                     fault.dependency.map(|d| d.to_string()).unwrap_or_default()
                 ))
             }),
-            FaultKind::SlowLink => self.on_nodes(fault, |c, n| {
+            FaultKind::SlowLink => on_each(self, fault, |c, n| {
                 let node = c.node(n)?;
                 let latency = fault.latency.unwrap_or_default();
                 Self::relays_of(node).for_each(|relay| relay.set_latency(latency));
                 Ok(format!("{} +{latency:?} each way", node.id))
             }),
-            FaultKind::FillDisk => self.on_nodes(fault, |c, n| {
+            FaultKind::FillDisk => on_each(self, fault, |c, n| {
                 let node = c.node(n)?;
                 let disk = node
                     .disk
@@ -272,20 +248,20 @@ impl Backend for ProcessCluster {
     fn heal(&mut self, fault: &Planned) -> Result<String> {
         match fault.fault {
             FaultKind::Crash | FaultKind::PowerCut | FaultKind::PowerButton => {
-                self.on_nodes(fault, |c, n| c.restart_node(n))
+                on_each(self, fault, |c, n| c.restart_node(n))
             }
-            FaultKind::Freeze => self.on_nodes(fault, |c, n| c.signal_node(n, Signal::SIGCONT)),
-            FaultKind::CutOff | FaultKind::CutFrom => self.on_nodes(fault, |c, n| {
+            FaultKind::Freeze => on_each(self, fault, |c, n| c.signal_node(n, Signal::SIGCONT)),
+            FaultKind::CutOff | FaultKind::CutFrom => on_each(self, fault, |c, n| {
                 let node = c.node(n)?;
                 Self::relays_of(node).for_each(Relay::restore);
                 Ok(format!("{} restored", node.id))
             }),
-            FaultKind::SlowLink => self.on_nodes(fault, |c, n| {
+            FaultKind::SlowLink => on_each(self, fault, |c, n| {
                 let node = c.node(n)?;
                 Self::relays_of(node).for_each(|relay| relay.set_latency(Duration::ZERO));
                 Ok(format!("{} at full speed", node.id))
             }),
-            FaultKind::FillDisk => self.on_nodes(fault, |c, n| {
+            FaultKind::FillDisk => on_each(self, fault, |c, n| {
                 let node = c.node(n)?;
                 node.disk.as_ref().context("no disk")?.free()?;
                 Ok(format!("{}: disk freed", node.id))

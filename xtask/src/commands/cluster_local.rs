@@ -16,11 +16,10 @@ use services::{Durability, Nats, Postgres, ServerProcess};
 use crate::cargo::artefact::target_binary;
 use crate::cluster::dependencies::SharedServices;
 use crate::cluster::engine::{self, Backend as _};
-use crate::cluster::outcome::{ClusterOutcome, PlanReport, ScenarioArgs};
+use crate::cluster::outcome::{ClusterOutcome, ScenarioArgs};
 use crate::cluster::processes::{NodeSpec, ProcessCluster};
 use crate::cluster::scenario_report::ScenarioReport;
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
-use crate::history::check::Bounds;
 use crate::report::progress::Progress;
 use crate::report::{Outcome, Report, Table};
 use crate::scenario::{Scenario, Store};
@@ -77,16 +76,14 @@ impl Node {
 pub fn run(args: Args) -> Result<ClusterLocalOutcome> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
-    let scenario = match &args.scenario.scenario {
-        Some(name) => Some(Scenario::load(&workspace.root, name)?.stretched_to(args.scenario.duration)),
-        None => None,
-    };
+    let scenario = args.scenario.load(&workspace.root)?;
     let seed = args.scenario.seed();
-    if let (true, Some(scenario)) = (args.scenario.dry_run, &scenario) {
-        let store = scenario.requires.store.unwrap_or(Store::Postgres);
-        let capabilities = ProcessCluster::capabilities_for(usize::from(args.nodes), store);
-        let schedule = scenario.plan(&capabilities, seed)?;
-        return Ok(ClusterOutcome::Plan(PlanReport::new(scenario, schedule)));
+    if let Some(plan) = scenario.as_ref().and_then(|scenario| {
+        args.scenario.dry_run(scenario, |store| {
+            ProcessCluster::capabilities_for(usize::from(args.nodes), store)
+        })
+    }) {
+        return Ok(ClusterOutcome::Plan(plan?));
     }
     let progress = Progress::new();
 
@@ -151,26 +148,15 @@ fn run_scenario(
     }
     task.finish(format!("{nodes} node(s) ready"));
 
-    let schedule = scenario.plan(&cluster.capabilities(), seed)?;
-    let task = progress.task(&format!("scenario {}", scenario.name));
-    let verifier = Verifier::new(&members[0])?;
-    task.step("membership");
-    verifier.membership(&members)?;
-    let client = verifier.new_channel(
-        &members[0],
-        &format!("scenario-{}-{}", scenario.name, std::process::id()),
+    let runs_dir = workspace.target_dir.join("xtask/cluster-local");
+    let run = engine::run_scenario(
+        scenario,
+        seed,
+        &mut cluster,
+        profile.cluster_lease(),
+        &runs_dir,
+        progress,
     )?;
-    let bounds = Bounds {
-        convergence: profile.cluster_lease() + Duration::from_secs(2),
-    };
-    let run_dir = engine::run_dir(&workspace.target_dir.join("xtask/cluster-local"), &scenario.name)?;
-    let history = run_dir.join("history.jsonl");
-    let run = engine::run(scenario, schedule, &mut cluster, &client, bounds, &history, &task)?;
-    task.finish(if run.violations.is_empty() {
-        "every check held".to_string()
-    } else {
-        format!("{} violation(s)", run.violations.len())
-    });
     let description = Description {
         nodes: cluster
             .description_pids()

@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -15,14 +14,13 @@ use services::{Durability, Nats, Postgres};
 
 use crate::cargo::artefact::target_binary;
 use crate::cluster::dependencies::SharedServices;
-use crate::cluster::engine::{self, Backend as _};
-use crate::cluster::outcome::{ClusterOutcome, PlanReport, ScenarioArgs};
+use crate::cluster::engine;
+use crate::cluster::outcome::{ClusterOutcome, ScenarioArgs};
 use crate::cluster::scenario_report::ScenarioReport;
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
 use crate::guest::cpio::CpioWriter;
-use crate::guest::image::{self, BuiltImage};
-use crate::guest::{self as guest_images, Accelerator, ImageDefinition};
-use crate::history::check::Bounds;
+use crate::guest::image;
+use crate::guest::{self as guest_images, ImageDefinition};
 use crate::qemu::disk::DataDisk;
 use crate::qemu::nodes::{Machine, Places, VmCluster};
 use crate::qemu::vm::{Launch, Vm, BOOT_TIMEOUT, GUEST_PROFILE, HOST_FROM_GUEST};
@@ -86,15 +84,13 @@ pub fn run(args: Args) -> Result<QemuClusterOutcome> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
     let arches = plan::arches(&args.arch, usize::from(args.nodes))?;
-    let scenario = match &args.scenario.scenario {
-        Some(name) => Some(Scenario::load(&workspace.root, name)?.stretched_to(args.scenario.duration)),
-        None => None,
-    };
+    let scenario = args.scenario.load(&workspace.root)?;
     let seed = args.scenario.seed();
-    if let (true, Some(scenario)) = (args.scenario.dry_run, &scenario) {
-        let store = scenario.requires.store.unwrap_or(Store::Postgres);
-        let schedule = scenario.plan(&VmCluster::capabilities_for(arches.len(), store), seed)?;
-        return Ok(ClusterOutcome::Plan(PlanReport::new(scenario, schedule)));
+    if let Some(plan) = scenario.as_ref().and_then(|scenario| {
+        args.scenario
+            .dry_run(scenario, |store| VmCluster::capabilities_for(arches.len(), store))
+    }) {
+        return Ok(ClusterOutcome::Plan(plan?));
     }
     let progress = Progress::new();
 
@@ -114,24 +110,27 @@ pub fn run(args: Args) -> Result<QemuClusterOutcome> {
     let run_dir = TempDir::new("qemu-cluster")?;
     let log_dir = workspace.target_dir.join("xtask/qemu-cluster");
     std::fs::create_dir_all(&log_dir)?;
-    let mut images: Vec<(BuiltImage, PathBuf)> = Vec::new();
-    for definition in &definitions {
-        let task = progress.task(&format!("image {}", definition.arch));
-        let binary = target_binary(&workspace, &profile.build, definition.target(), &task)?;
-        let image = image::ensure(&workspace, definition, binary, &task)?;
-        let initrd = with_profile(&image.initramfs, &profile.path, run_dir.path())?;
-        task.finish(if image.cache_hit { "up to date" } else { "built" });
-        images.push((image, initrd));
-    }
     // The machine of each node, by index into the definitions.
     let machine_of: Vec<usize> = arches
         .iter()
         .map(|arch| definitions.iter().position(|d| &d.arch == arch).unwrap_or_default())
         .collect();
+    let mut machines = Vec::new();
+    for (definition, accelerator) in definitions.into_iter().zip(accelerators) {
+        let task = progress.task(&format!("image {}", definition.arch));
+        let binary = target_binary(&workspace, &profile.build, definition.target(), &task)?;
+        let image = image::ensure(&workspace, &definition, binary, &task)?;
+        let initrd = with_profile(&image.initramfs, &profile.path, run_dir.path())?;
+        task.finish(if image.cache_hit { "up to date" } else { "built" });
+        machines.push(Machine {
+            definition,
+            accelerator,
+            kernel: image.kernel,
+            initrd,
+        });
+    }
     let booted = Booted {
-        definitions,
-        accelerators,
-        images,
+        machines,
         machine_of,
         run_dir,
         log_dir,
@@ -146,10 +145,8 @@ pub fn run(args: Args) -> Result<QemuClusterOutcome> {
 
 /// What every node boots: the machines and their images, ready to launch.
 struct Booted {
-    definitions: Vec<ImageDefinition>,
-    accelerators: Vec<Accelerator>,
-    /// Per definition: the image and its initrd with the profile.
-    images: Vec<(BuiltImage, PathBuf)>,
+    /// One per architecture.
+    machines: Vec<Machine>,
     /// Per node: its definition.
     machine_of: Vec<usize>,
     run_dir: TempDir,
@@ -187,24 +184,11 @@ fn run_scenario(
 
     let task = progress.task("vms");
     let Booted {
-        definitions,
-        accelerators,
-        images,
+        machines,
         machine_of,
         run_dir,
         log_dir,
     } = booted;
-    let machines = definitions
-        .into_iter()
-        .zip(accelerators)
-        .zip(images)
-        .map(|((definition, accelerator), (image, initrd))| Machine {
-            definition,
-            accelerator,
-            kernel: image.kernel,
-            initrd,
-        })
-        .collect();
     let places = Places {
         run_dir: run_dir.path().to_path_buf(),
         log_dir,
@@ -212,34 +196,15 @@ fn run_scenario(
     let mut cluster = VmCluster::start(machines, &machine_of, services, store, places, &task)?;
     task.finish(format!("{} VM(s) healthy", machine_of.len()));
 
-    let members = cluster.members();
-    let schedule = scenario.plan(&cluster.capabilities(), seed)?;
-    let task = progress.task(&format!("scenario {}", scenario.name));
-    let verifier = Verifier::new(&members[0])?;
-    task.step("membership");
-    verifier.membership(&members)?;
-    let client = verifier.new_channel(
-        &members[0],
-        &format!("scenario-{}-{}", scenario.name, std::process::id()),
-    )?;
-    let bounds = Bounds {
-        convergence: profile.cluster_lease() + Duration::from_secs(2),
-    };
-    let dir = engine::run_dir(&workspace.target_dir.join("xtask/qemu-cluster"), &scenario.name)?;
-    let run = engine::run(
+    let runs_dir = workspace.target_dir.join("xtask/qemu-cluster");
+    let run = engine::run_scenario(
         scenario,
-        schedule,
+        seed,
         &mut cluster,
-        &client,
-        bounds,
-        &dir.join("history.jsonl"),
-        &task,
+        profile.cluster_lease(),
+        &runs_dir,
+        progress,
     )?;
-    task.finish(if run.violations.is_empty() {
-        "every check held".to_string()
-    } else {
-        format!("{} violation(s)", run.violations.len())
-    });
     let description = Description {
         nodes: cluster.describe(),
         database_url,
@@ -260,9 +225,7 @@ fn run_checks(
     progress: &Progress,
 ) -> Result<ClusterReport> {
     let Booted {
-        definitions,
-        accelerators,
-        images,
+        machines,
         machine_of,
         run_dir,
         log_dir,
@@ -276,7 +239,7 @@ fn run_checks(
     let runtime = qmp::runtime()?;
     let mut vms = Vec::new();
     for (index, &which) in machine_of.iter().enumerate() {
-        let (image, initrd) = &images[which];
+        let machine = &machines[which];
         let node_id = format!("node-{index}");
         let disk = DataDisk::create(&run_dir.path().join(format!("{node_id}.qcow2")), DISK_MIB)?;
         let settings = vm::node_settings(
@@ -286,10 +249,10 @@ fn run_checks(
         );
         let launch = Launch {
             node_id,
-            definition: &definitions[which],
-            accelerator: accelerators[which],
-            kernel: &image.kernel,
-            initrd,
+            definition: &machine.definition,
+            accelerator: machine.accelerator,
+            kernel: &machine.kernel,
+            initrd: &machine.initrd,
             http_port: services::free_port()?,
             data_disk: Some(&disk),
             generation: 0,

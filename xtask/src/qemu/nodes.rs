@@ -14,7 +14,7 @@ use tokio::runtime::Runtime;
 use super::disk::DataDisk;
 use super::vm::{self, Launch, Vm, BOOT_TIMEOUT, HOST_FROM_GUEST, NETDEV, NIC};
 use crate::cluster::dependencies::{DependencyRelays, ServiceAction, SharedServices};
-use crate::cluster::engine::Backend;
+use crate::cluster::engine::{on_each, Backend};
 use crate::cluster::scenario_report::VmUsage;
 use crate::cluster::{Member, NodeDescription};
 use crate::guest::{Accelerator, ImageDefinition};
@@ -193,23 +193,7 @@ impl VmCluster {
     /// What `nodes` VMs on `store` can be put through: the faults of the process backend
     /// (a single SQLite node has no shared services, a cluster's data is in PostgreSQL).
     pub(crate) fn capabilities_for(nodes: usize, store: Store) -> Capabilities {
-        Capabilities {
-            backend: "vms",
-            faults: FaultKind::ALL
-                .into_iter()
-                .filter(|fault| match fault {
-                    // The disk holds the database only on SQLite.
-                    FaultKind::FillDisk => store == Store::Sqlite,
-                    FaultKind::KillService
-                    | FaultKind::FreezeService
-                    | FaultKind::RestartService
-                    | FaultKind::CutFrom
-                    | FaultKind::DropAcknowledged => store == Store::Postgres,
-                    _ => true,
-                })
-                .collect(),
-            nodes,
-        }
+        Capabilities::of_cluster("vms", nodes, store)
     }
 
     fn node(&self, number: usize) -> Result<&VmNode> {
@@ -225,15 +209,6 @@ impl VmCluster {
             .as_ref()
             .with_context(|| format!("{} is not running", node.id))?;
         Ok((node, vm))
-    }
-
-    fn on_nodes(&mut self, fault: &Planned, mut act: impl FnMut(&mut Self, usize) -> Result<String>) -> Result<String> {
-        let details = fault
-            .nodes
-            .iter()
-            .map(|&number| act(self, number))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(details.join("; "))
     }
 
     /// Ends a node's VM: at once (`quit`: a crash, a power cut), or with the power button.
@@ -337,22 +312,22 @@ impl Backend for VmCluster {
         match fault.fault {
             // To a VM, a crash of its host and a power cut are the same: QEMU ends with the
             // guest's page cache, and only what reached the disk survives.
-            FaultKind::Crash | FaultKind::PowerCut => self.on_nodes(fault, |c, n| c.stop_node(n, Stop::Quit)),
-            FaultKind::PowerButton => self.on_nodes(fault, |c, n| c.stop_node(n, Stop::PowerButton)),
-            FaultKind::Reboot => self.on_nodes(fault, |c, n| {
+            FaultKind::Crash | FaultKind::PowerCut => on_each(self, fault, |c, n| c.stop_node(n, Stop::Quit)),
+            FaultKind::PowerButton => on_each(self, fault, |c, n| c.stop_node(n, Stop::PowerButton)),
+            FaultKind::Reboot => on_each(self, fault, |c, n| {
                 c.qmp(n, "reset (QMP system_reset)", |vm| vm.qmp.system_reset())
             }),
-            FaultKind::Freeze => self.on_nodes(fault, |c, n| c.qmp(n, "paused (QMP stop)", |vm| vm.qmp.stop())),
-            FaultKind::CutOff => self.on_nodes(fault, |c, n| {
+            FaultKind::Freeze => on_each(self, fault, |c, n| c.qmp(n, "paused (QMP stop)", |vm| vm.qmp.stop())),
+            FaultKind::CutOff => on_each(self, fault, |c, n| {
                 c.qmp(n, "link down (QMP set_link)", |vm| vm.qmp.set_link(NIC, false))
             }),
-            FaultKind::SlowLink => self.on_nodes(fault, |c, n| {
+            FaultKind::SlowLink => on_each(self, fault, |c, n| {
                 let latency = fault.latency.unwrap_or_default();
                 c.qmp(n, &format!("packets held {latency:?} (filter-buffer)"), |vm| {
                     vm.qmp.add_delay(SLOW_LINK, NETDEV, latency)
                 })
             }),
-            FaultKind::CutFrom => self.on_nodes(fault, |c, n| {
+            FaultKind::CutFrom => on_each(self, fault, |c, n| {
                 let node = c.node(n)?;
                 node.dependencies.to(fault.dependency)?.cut();
                 Ok(format!(
@@ -361,7 +336,7 @@ impl Backend for VmCluster {
                     fault.dependency.map(|d| d.to_string()).unwrap_or_default()
                 ))
             }),
-            FaultKind::FillDisk => self.on_nodes(fault, |c, n| {
+            FaultKind::FillDisk => on_each(self, fault, |c, n| {
                 let (node, vm) = c.running(n)?;
                 Ok(format!("{}: {}", node.id, vm.agent("fill-disk")?))
             }),
@@ -375,21 +350,21 @@ impl Backend for VmCluster {
     fn heal(&mut self, fault: &Planned) -> Result<String> {
         match fault.fault {
             FaultKind::Crash | FaultKind::PowerCut | FaultKind::PowerButton => {
-                self.on_nodes(fault, |c, n| c.restart_node(n))
+                on_each(self, fault, |c, n| c.restart_node(n))
             }
-            FaultKind::Freeze => self.on_nodes(fault, |c, n| c.qmp(n, "resumed (QMP cont)", |vm| vm.qmp.cont())),
-            FaultKind::CutOff => self.on_nodes(fault, |c, n| {
+            FaultKind::Freeze => on_each(self, fault, |c, n| c.qmp(n, "resumed (QMP cont)", |vm| vm.qmp.cont())),
+            FaultKind::CutOff => on_each(self, fault, |c, n| {
                 c.qmp(n, "link up (QMP set_link)", |vm| vm.qmp.set_link(NIC, true))
             }),
-            FaultKind::SlowLink => self.on_nodes(fault, |c, n| {
+            FaultKind::SlowLink => on_each(self, fault, |c, n| {
                 c.qmp(n, "at full speed", |vm| vm.qmp.remove_object(SLOW_LINK))
             }),
-            FaultKind::CutFrom => self.on_nodes(fault, |c, n| {
+            FaultKind::CutFrom => on_each(self, fault, |c, n| {
                 let node = c.node(n)?;
                 node.dependencies.iter().for_each(services::Relay::restore);
                 Ok(format!("{} restored", node.id))
             }),
-            FaultKind::FillDisk => self.on_nodes(fault, |c, n| {
+            FaultKind::FillDisk => on_each(self, fault, |c, n| {
                 let (node, vm) = c.running(n)?;
                 Ok(format!("{}: {}", node.id, vm.agent("free-disk")?))
             }),

@@ -239,6 +239,31 @@ pub(crate) struct Capabilities {
     pub nodes: usize,
 }
 
+impl Capabilities {
+    /// What `nodes` nodes on `store` can be put through, on either backend. A cluster runs
+    /// on PostgreSQL and NATS: its shared services, the relays to them and the rows the
+    /// checker's own test deletes; a single SQLite node owns a disk of its own (the one
+    /// `fill-disk` fills) and depends on no service.
+    pub(crate) fn of_cluster(backend: &'static str, nodes: usize, store: Store) -> Self {
+        Self {
+            backend,
+            faults: FaultKind::ALL
+                .into_iter()
+                .filter(|fault| match fault {
+                    FaultKind::FillDisk => store == Store::Sqlite,
+                    FaultKind::KillService
+                    | FaultKind::FreezeService
+                    | FaultKind::RestartService
+                    | FaultKind::CutFrom
+                    | FaultKind::DropAcknowledged => store == Store::Postgres,
+                    _ => true,
+                })
+                .collect(),
+            nodes,
+        }
+    }
+}
+
 /// A fault as it will run: one node set, one start, one heal.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Planned {
