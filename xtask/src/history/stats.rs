@@ -88,9 +88,11 @@ pub(crate) fn windows(history: &[Event]) -> Vec<Window> {
                 }
             }
         }
+        // Only while the fault lasts: a node listed down after the heal was another
+        // fault's doing (or this one's recovery), not this fault detected.
         window.detected_after_s = history.iter().find_map(|event| match event {
             Event::Membership(sample)
-                if seconds(sample.at_ms) >= window.started_s
+                if (window.started_s..=until).contains(&seconds(sample.at_ms))
                     && !window.nodes.contains(&sample.observer)
                     && window.nodes.iter().any(|node| !sample.up.contains(node)) =>
             {
@@ -257,6 +259,18 @@ mod tests {
         assert_eq!(window.detected_after_s, Some(2.0));
         assert_eq!(window.recovered_after_s, Some(2.0));
         assert_eq!(totals(&history).ok, 2);
+    }
+
+    #[test]
+    fn a_node_listed_down_only_after_the_heal_was_not_detected() {
+        let history = vec![
+            fault(Phase::Start, 1_000),
+            membership("n1", 1_500, &["n1", "n2"]),
+            fault(Phase::Heal, 4_000),
+            // Down again later: another fault's doing.
+            membership("n1", 9_000, &["n1"]),
+        ];
+        assert_eq!(windows(&history)[0].detected_after_s, None);
     }
 
     #[test]
