@@ -309,3 +309,33 @@ fn sigint_during_a_vm_scenario_leaves_nothing_behind() {
         "fill-disk on node-0",
     );
 }
+
+#[test]
+fn a_rolling_upgrade_from_the_previous_commit_loses_nothing() {
+    // HEAD~1 is the previous commit: a clone without history cannot run this test.
+    let report = assert_holds_on(PROCESSES, "3", "rolling-upgrade", "40s", &["--from", "HEAD~1"]);
+    let versions = report["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 3, "{report:#}");
+    for version in versions {
+        // The nodes started on the earlier build and ended on the working tree's.
+        assert_ne!(version["before"], version["after"], "{report:#}");
+        let after = version["after"].as_str().unwrap();
+        assert!(after.starts_with(&format!("{}+", env!("CARGO_PKG_VERSION"))), "{after}");
+    }
+    // Each node was out only while its upgrade ran: every window closes.
+    for window in report["windows"].as_array().unwrap() {
+        assert_eq!(window["fault"], "upgrade");
+        assert!(window["healed_s"].is_number(), "{window}");
+    }
+}
+
+#[test]
+fn an_upgrade_from_a_revision_that_does_not_exist_exits_2_naming_it() {
+    let (code, _, stderr) = run_scenario("3", "rolling-upgrade", &["--from", "no-such-revision"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--from no-such-revision"), "{stderr}");
+    // And an upgrade needs a cluster started on an earlier build.
+    let (code, _, stderr) = run_scenario("3", "rolling-upgrade", &["--dry-run"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("pass --from REF"), "{stderr}");
+}

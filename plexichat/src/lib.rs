@@ -27,5 +27,18 @@ pub mod ws;
 
 pub use server::Server;
 
+/// The build's version, as `/health` and the member list report it: the package version,
+/// plus `+<git revision>` (`-dirty` for an uncommitted tree) when `cargo xtask` built it
+/// and said which revision (`PLEXICHAT_BUILD_REVISION`), so that every node of a cluster
+/// in the middle of an upgrade says which build it runs.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| match option_env!("PLEXICHAT_BUILD_REVISION") {
+            Some(revision) => format!("{}+{revision}", env!("CARGO_PKG_VERSION")),
+            None => env!("CARGO_PKG_VERSION").to_string(),
+        });
+    &VERSION
+}
+
 // The binary's command line (src/main.rs): a dependency of the package, not of this library.
 use clap as _;

@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(
     name = "plexichat",
-    version,
+    version = plexichat::version(),
     about,
     after_help = "Example: plexichat serve --config profiles/dev.yaml --listen 127.0.0.1:8080"
 )]

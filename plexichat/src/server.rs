@@ -53,7 +53,7 @@ impl Server {
             node_id: app.node_id.clone(),
             generation: app.generation,
             addr: addr.to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::version().to_string(),
         };
         // Joined before the first request is served: a node that answers is listed.
         app.store

@@ -53,7 +53,7 @@ pub fn is_vm_init() -> bool {
 /// Boots the VM's userland, serves until asked to stop, and powers off. Never returns.
 pub fn run() -> ! {
     power::install_panic_hook();
-    say(format_args!("plexichat {} starting as init", env!("CARGO_PKG_VERSION")));
+    say(format_args!("plexichat {} starting as init", crate::version()));
     mounts::mount_all();
 
     // Variables the kernel passed to init (undotted `NAME=value` parameters); one that is

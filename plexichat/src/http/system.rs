@@ -34,7 +34,7 @@ pub(super) async fn health(State(app): State<Arc<App>>) -> Json<Health> {
     Json(Health {
         status: "ok",
         node_id: app.node_id.clone(),
-        version: env!("CARGO_PKG_VERSION"),
+        version: crate::version(),
     })
 }
 

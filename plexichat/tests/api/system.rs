@@ -68,7 +68,7 @@ async fn health_names_the_node_and_version() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
     assert_eq!(body["node_id"], "test-node");
-    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(body["version"], plexichat::version());
 }
 
 #[tokio::test]
@@ -355,7 +355,7 @@ async fn cluster_nodes_lists_this_node_as_up() {
         .unwrap_or_else(|| panic!("this node is not listed: {nodes}"));
     assert_eq!(node["status"], "up");
     assert_eq!(node["addr"], app.addr.to_string());
-    assert_eq!(node["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(node["version"], plexichat::version());
     let last_seen = rfc3339(&node["last_seen"]);
     assert!(last_seen <= SystemTime::now() + Duration::from_secs(1), "{node}");
 }

@@ -10,11 +10,12 @@ use services::teardown::Guard;
 use crate::report::error::UsageError;
 use crate::workspace::git;
 
-/// The commit `reference` names, or a usage error (exit 2) saying how to name one.
-pub(crate) fn resolve(repo: &Path, reference: &str) -> Result<String, UsageError> {
+/// The commit `reference` names, or a usage error (exit 2) saying how to name one with
+/// `flag` (`--baseline`, `--from`).
+pub(crate) fn resolve(repo: &Path, flag: &str, reference: &str) -> Result<String, UsageError> {
     git(repo, &["rev-parse", "--verify", "--quiet", &format!("{reference}^{{commit}}")]).ok_or_else(|| {
         UsageError(format!(
-            "--baseline {reference}: no such commit in {}\n  fix: pass a branch, tag or commit that exists (`git log --oneline` lists them), e.g. --baseline HEAD~1",
+            "{flag} {reference}: no such commit in {}\n  fix: pass a branch, tag or commit that exists (`git log --oneline` lists them), e.g. {flag} HEAD~1",
             repo.display()
         ))
     })
@@ -31,7 +32,7 @@ pub(crate) fn default_reference(repo: &Path) -> Result<(String, String), UsageEr
             }
         }
     }
-    resolve(repo, "HEAD~1")
+    resolve(repo, "--baseline", "HEAD~1")
         .map(|commit| ("HEAD~1".to_string(), commit))
         .map_err(|_| {
             UsageError(

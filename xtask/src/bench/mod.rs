@@ -5,6 +5,7 @@
 pub(crate) mod baseline;
 pub(crate) mod build;
 pub(crate) mod e2e;
+pub(crate) mod earlier;
 pub(crate) mod instructions;
 pub(crate) mod time;
 
@@ -101,7 +102,8 @@ pub(crate) struct Checkouts {
 }
 
 impl Checkouts {
-    pub(crate) fn prepare(baseline: Option<&str>) -> Result<Self> {
+    /// For the commit `baseline` names (given with `flag`), or the default baseline.
+    pub(crate) fn prepare(flag: &str, baseline: Option<&str>) -> Result<Self> {
         let cwd = std::env::current_dir().context("reading the current directory")?;
         let repo = crate::workspace::git(&cwd, &["rev-parse", "--show-toplevel"])
             .map(PathBuf::from)
@@ -112,7 +114,7 @@ impl Checkouts {
                 ))
             })?;
         let (reference, commit) = match baseline {
-            Some(reference) => (reference.to_string(), baseline::resolve(&repo, reference)?),
+            Some(reference) => (reference.to_string(), baseline::resolve(&repo, flag, reference)?),
             None => baseline::default_reference(&repo)?,
         };
         let metadata = cargo_metadata::MetadataCommand::new()
@@ -142,6 +144,14 @@ impl Checkouts {
             run_dir,
             _run_dir_guard: guard,
         })
+    }
+}
+
+impl Checkouts {
+    /// Where the baseline (and any earlier revision) builds: a target directory of its own,
+    /// kept between runs, so that switching revisions does not rebuild the working tree's.
+    pub(crate) fn baseline_target_dir(&self) -> PathBuf {
+        self.target_dir.join("xtask").join("bench-compare").join("target")
     }
 }
 

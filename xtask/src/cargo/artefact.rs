@@ -19,7 +19,7 @@ use crate::system::elf;
 use crate::system::{self, file_sha256, hex};
 use crate::workspace::profile::{BuildSection, Profile};
 use crate::workspace::targets::Target;
-use crate::workspace::Workspace;
+use crate::workspace::{build_revision, Workspace};
 
 /// One built binary, as recorded in target/dist/manifest.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,7 +246,7 @@ fn cache_key(root: &Path, build: &BuildSection, target: &Target, toolchain: &str
         ..build.clone()
     };
     key.feed("build", &serde_json::to_vec(&build)?);
-    for (name, value) in super::cargo_env(&build, target) {
+    for (name, value) in super::cargo_env(&build, target, build_revision(root).as_deref()) {
         key.feed(&name, value.as_bytes());
     }
     for (name, value) in std::env::vars()

@@ -18,7 +18,7 @@ use crate::report::progress::Task;
 use crate::system::{self, hex};
 use crate::workspace::profile::BuildSection;
 use crate::workspace::targets::Target;
-use crate::workspace::Workspace;
+use crate::workspace::{build_revision, Workspace};
 
 /// The one place that says how a target is compiled and linked. The same values every
 /// time, so cargo's own fingerprints never see a change and never rebuild needlessly.
@@ -27,7 +27,10 @@ use crate::workspace::Workspace;
 /// `target.<host>.linker` to build scripts and proc-macros too, which would make every
 /// switch between targets (and every plain `cargo build --release`) rebuild them all.
 /// Rustflags given with `--target` reach only the target's code.
-pub(crate) fn cargo_env(build: &BuildSection, target: &Target) -> Vec<(String, String)> {
+///
+/// `revision` (see [`build_revision`]) is compiled into the server as its version's build
+/// part, so it is an input of the build like the rest.
+pub(crate) fn cargo_env(build: &BuildSection, target: &Target, revision: Option<&str>) -> Vec<(String, String)> {
     let key = target.env_key();
     let mut rustflags = vec!["-C".to_string(), "target-feature=+crt-static".to_string()];
     rustflags.extend(build.rustflags.iter().cloned());
@@ -48,6 +51,9 @@ pub(crate) fn cargo_env(build: &BuildSection, target: &Target) -> Vec<(String, S
     }
     if build.sccache {
         env.push(("RUSTC_WRAPPER".into(), "sccache".into()));
+    }
+    if let Some(revision) = revision {
+        env.push(("PLEXICHAT_BUILD_REVISION".into(), revision.into()));
     }
     env
 }
@@ -97,7 +103,7 @@ pub(crate) fn server_build(root: &Path, build: &BuildSection, target: &Target) -
         .args(["build", "--locked", "--package", "plexichat", "--bin", "plexichat"])
         .args(["--profile", &build.cargo_profile])
         .args(["--target", target.triple])
-        .envs(cargo_env(build, target));
+        .envs(cargo_env(build, target, build_revision(root).as_deref()));
     if !build.features.is_empty() {
         command.args(["--features", &build.features.join(",")]);
     }
@@ -177,7 +183,7 @@ mod tests {
             .iter()
             .find(|t| !t.is_foreign())
             .expect("the host is a supported target");
-        let env = cargo_env(&BuildSection::default(), host);
+        let env = cargo_env(&BuildSection::default(), host, None);
         assert!(
             env.iter()
                 .all(|(name, _)| !name.ends_with("_LINKER") && !name.starts_with("CC_")),
@@ -190,7 +196,7 @@ mod tests {
 
     #[test]
     fn cargo_env_links_statically_with_the_targets_gcc() {
-        let env = cargo_env(&BuildSection::default(), &crate::workspace::targets::TARGETS[1]);
+        let env = cargo_env(&BuildSection::default(), &crate::workspace::targets::TARGETS[1], None);
         let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
         assert_eq!(
             get("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER"),

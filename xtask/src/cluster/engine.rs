@@ -16,6 +16,7 @@ use crate::history::check::{self, Bounds, Violation};
 use crate::history::{stats, timeline, Event, Fault, Phase, Recorder};
 use crate::report::progress::{Progress, Task};
 use crate::scenario::{Capabilities, FaultKind, Planned, Scenario, Schedule};
+use crate::system::http;
 
 /// How long subscribers keep listening after the posters stop, for the last deliveries.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -54,6 +55,16 @@ pub struct Run {
     pub history_path: PathBuf,
     /// The SVG timeline beside the history.
     pub timeline_path: PathBuf,
+    /// The build each node said it ran (`/health`), before the faults and after.
+    pub versions: Vec<NodeVersion>,
+}
+
+/// One node's build before and after a run: different after an upgrade.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeVersion {
+    pub node_id: String,
+    pub before: String,
+    pub after: String,
 }
 
 /// Runs `scenario` on a booted cluster: checks that its nodes are one cluster, makes the
@@ -79,7 +90,18 @@ pub(crate) fn run_scenario(
         convergence: lease + Duration::from_secs(2),
     };
     let history = run_dir(runs_dir, &scenario.name)?.join("history.jsonl");
-    let run = run(scenario, schedule, backend, &client, bounds, &history, &task)?;
+    let before = versions(&members);
+    let mut run = run(scenario, schedule, backend, &client, bounds, &history, &task)?;
+    run.versions = members
+        .iter()
+        .zip(before)
+        .zip(versions(&members))
+        .map(|((member, before), after)| NodeVersion {
+            node_id: member.id.clone(),
+            before,
+            after,
+        })
+        .collect();
     task.finish(if run.violations.is_empty() {
         "every check held".to_string()
     } else {
@@ -152,12 +174,29 @@ fn run(
                 entry.detail = format!("{}; {detail}", entry.detail);
             }
         } else {
+            // An upgrade is over when its node serves again from the new build: recorded as
+            // a heal, so that the node is excused only while it is out, and must then be
+            // listed up again like any healed node.
+            let healed_s = if fault.fault == FaultKind::Upgrade {
+                let back_ms = recorder.now_ms();
+                recorder.record(&Event::Fault(Fault {
+                    step: fault.step,
+                    fault: fault.fault.name().into(),
+                    phase: Phase::Heal,
+                    at_ms: back_ms,
+                    nodes: names.clone(),
+                    shared: false,
+                }))?;
+                Some(back_ms as f64 / 1000.0)
+            } else {
+                None
+            };
             executed.push(Executed {
                 step: fault.step,
                 fault: fault.fault,
                 nodes: names,
                 started_s: seconds,
-                healed_s: None,
+                healed_s,
                 detail,
             });
         }
@@ -180,7 +219,22 @@ fn run(
         violations,
         history_path: recorder.path().to_path_buf(),
         timeline_path,
+        versions: Vec::new(),
     })
+}
+
+/// The build each member says it runs (`/health`'s version), or why it said nothing.
+fn versions(members: &[Member]) -> Vec<String> {
+    members
+        .iter()
+        .map(
+            |member| match http::request(member.addr, "GET", "/health", None, None) {
+                Ok((200, body)) => body["version"].as_str().unwrap_or("?").to_string(),
+                Ok((status, _)) => format!("? (/health answered {status})"),
+                Err(err) => format!("? ({err:#})"),
+            },
+        )
+        .collect()
 }
 
 /// Does `act` to each node a fault names (numbered from 1), in turn; the details joined.

@@ -26,6 +26,10 @@ pub(crate) struct ScenarioArgs {
     /// Print the scenario's schedule (for a random one, what its seed draws) and exit.
     #[arg(long, requires = "scenario")]
     pub(crate) dry_run: bool,
+    /// Start the cluster on this revision's build (a commit, branch or tag); the scenario's
+    /// `upgrade` steps roll its nodes forward to the working tree's, one by one.
+    #[arg(long, requires = "scenario", value_name = "REF")]
+    pub(crate) from: Option<String>,
 }
 
 impl ScenarioArgs {

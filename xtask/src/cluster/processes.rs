@@ -25,9 +25,17 @@ const DISK_MIB: u32 = 16;
 
 /// What every node is started with.
 pub(crate) struct NodeSpec {
+    /// The working tree's build.
+    pub current: Build,
+    /// An earlier revision's build, which the nodes start on (`--from`) until upgraded.
+    pub from: Option<Build>,
+    pub store: Store,
+}
+
+/// A server build and the profile its nodes run with (each revision reads its own).
+pub(crate) struct Build {
     pub binary: PathBuf,
     pub profile: PathBuf,
-    pub store: Store,
 }
 
 pub(crate) struct ProcessCluster {
@@ -38,6 +46,8 @@ pub(crate) struct ProcessCluster {
 
 struct ProcessNode {
     id: String,
+    /// Runs the working tree's build (else the `--from` one).
+    upgraded: bool,
     /// The port the server itself listens on; clients reach it through `clients`.
     port: u16,
     server: Option<ServerProcess>,
@@ -73,6 +83,7 @@ impl ProcessCluster {
         };
         let mut node = ProcessNode {
             id,
+            upgraded: self.spec.from.is_none(),
             port,
             server: None,
             clients: Relay::start(loopback(port))?,
@@ -90,11 +101,15 @@ impl ProcessCluster {
             (None, Some(disk)) => format!("sqlite://{}", disk.path.join("plexichat.db").display()),
             (None, None) => bail!("{} has neither PostgreSQL nor a disk", node.id),
         };
-        let mut command = Command::new(&self.spec.binary);
+        let build = match (&self.spec.from, node.upgraded) {
+            (Some(from), false) => from,
+            _ => &self.spec.current,
+        };
+        let mut command = Command::new(&build.binary);
         command
             .arg("serve")
             .arg("--config")
-            .arg(&self.spec.profile)
+            .arg(&build.profile)
             .args(["--listen", &format!("127.0.0.1:{}", node.port)])
             .args(["--database-url", &database_url])
             .args(["--node-id", &node.id])
@@ -146,6 +161,23 @@ impl ProcessCluster {
         Ok(detail)
     }
 
+    /// Stops a node cleanly and starts it again as itself from the working tree's build;
+    /// the detail says how long it was out (stopped until listening again).
+    fn upgrade_node(&mut self, number: usize) -> Result<String> {
+        let stopping = std::time::Instant::now();
+        let stopped = self.stop_node(number, Stop::Terminate)?;
+        let node = self.nodes.get_mut(number - 1).context("a node stopped just now")?;
+        if node.upgraded {
+            bail!("{} already runs the working tree's build", node.id);
+        }
+        node.upgraded = true;
+        let started = self.restart_node(number)?;
+        Ok(format!(
+            "{stopped}; {started}; out {:.2} s",
+            stopping.elapsed().as_secs_f64()
+        ))
+    }
+
     fn signal_node(&self, number: usize, signal: Signal) -> Result<String> {
         let node = self.node(number)?;
         let pid = node
@@ -178,14 +210,14 @@ impl Stop {
 impl ProcessCluster {
     /// What `nodes` processes on `store` can be put through. A cluster runs on PostgreSQL
     /// and NATS; a single SQLite node owns a disk of its own and depends on no service.
-    pub(crate) fn capabilities_for(nodes: usize, store: Store) -> Capabilities {
-        Capabilities::of_cluster("processes", nodes, store)
+    pub(crate) fn capabilities_for(nodes: usize, store: Store, upgradable: bool) -> Capabilities {
+        Capabilities::of_cluster("processes", nodes, store, upgradable)
     }
 }
 
 impl Backend for ProcessCluster {
     fn capabilities(&self) -> Capabilities {
-        Self::capabilities_for(self.nodes.len(), self.spec.store)
+        Self::capabilities_for(self.nodes.len(), self.spec.store, self.spec.from.is_some())
     }
 
     fn members(&self) -> Vec<Member> {
@@ -241,6 +273,7 @@ impl Backend for ProcessCluster {
             FaultKind::KillService => self.services.act(fault.service, ServiceAction::Kill),
             FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Freeze),
             FaultKind::RestartService => self.services.act(fault.service, ServiceAction::Restart),
+            FaultKind::Upgrade => on_each(self, fault, |c, n| c.upgrade_node(n)),
             FaultKind::DropAcknowledged => bail!("drop-acknowledged is the engine's to run"),
         }
     }
@@ -268,7 +301,9 @@ impl Backend for ProcessCluster {
             }),
             FaultKind::KillService => self.services.act(fault.service, ServiceAction::Start),
             FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Thaw),
-            FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged => Ok("nothing to heal".into()),
+            FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged | FaultKind::Upgrade => {
+                Ok("nothing to heal".into())
+            }
         }
     }
 

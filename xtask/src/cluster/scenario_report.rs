@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::engine::{Executed, Run};
+use super::engine::{Executed, NodeVersion, Run};
 use super::Description;
 use crate::history::check::{Check, Violation};
 use crate::history::stats::{self, Counts, Latency, Window};
@@ -28,6 +28,8 @@ pub struct ScenarioReport {
     delivery_latency_ms: Option<Latency>,
     checks: Vec<CheckVerdict>,
     violations: Vec<Violation>,
+    /// The build each node ran before and after.
+    versions: Vec<NodeVersion>,
     /// Per VM, on the VM backend.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     vms: Vec<VmUsage>,
@@ -82,6 +84,7 @@ impl ScenarioReport {
             schedule: run.executed,
             checks,
             violations: run.violations,
+            versions: run.versions,
             vms: Vec::new(),
             history: run.history_path,
             timeline: run.timeline_path,
@@ -128,6 +131,13 @@ impl Outcome for ScenarioReport {
                     seconds(window.detected_after_s),
                     seconds(window.recovered_after_s)
                 ),
+            ]);
+        }
+        for version in self.versions.iter().filter(|v| v.before != v.after) {
+            table.row(vec![
+                version.node_id.clone(),
+                "upgraded".into(),
+                format!("{} → {}", version.before, version.after),
             ]);
         }
         for vm in &self.vms {

@@ -126,7 +126,7 @@ pub fn run(args: Args) -> Result<BenchOutcome> {
     if !args.e2e && mode == Mode::Instructions {
         instructions::require_valgrind()?;
     }
-    let checkouts = Checkouts::prepare(args.baseline.as_deref())?;
+    let checkouts = Checkouts::prepare("--baseline", args.baseline.as_deref())?;
     let progress = Progress::new();
     let task = progress.task("bench");
     task.step(format!(
@@ -141,7 +141,7 @@ pub fn run(args: Args) -> Result<BenchOutcome> {
         baseline: Checkout {
             label: "baseline",
             root: &worktree.path.join(&checkouts.relative_root),
-            target_dir: &checkouts.target_dir.join("xtask").join("bench-compare").join("target"),
+            target_dir: &checkouts.baseline_target_dir(),
             bin_dir: checkouts.run_dir.join("baseline-bin"),
             fresh_checkout: true,
         },

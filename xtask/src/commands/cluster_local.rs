@@ -13,11 +13,12 @@ use serde::Serialize;
 use services::teardown::TempDir;
 use services::{Durability, Nats, Postgres, ServerProcess};
 
+use crate::bench::earlier;
 use crate::cargo::artefact::target_binary;
 use crate::cluster::dependencies::SharedServices;
 use crate::cluster::engine::{self, Backend as _};
 use crate::cluster::outcome::{ClusterOutcome, ScenarioArgs};
-use crate::cluster::processes::{NodeSpec, ProcessCluster};
+use crate::cluster::processes::{Build, NodeSpec, ProcessCluster};
 use crate::cluster::scenario_report::ScenarioReport;
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
 use crate::report::progress::Progress;
@@ -80,23 +81,58 @@ pub fn run(args: Args) -> Result<ClusterLocalOutcome> {
     let seed = args.scenario.seed();
     if let Some(plan) = scenario.as_ref().and_then(|scenario| {
         args.scenario.dry_run(scenario, |store| {
-            ProcessCluster::capabilities_for(usize::from(args.nodes), store)
+            ProcessCluster::capabilities_for(usize::from(args.nodes), store, args.scenario.from.is_some())
         })
     }) {
         return Ok(ClusterOutcome::Plan(plan?));
     }
     let progress = Progress::new();
 
+    // First: a revision that names no commit or does not build costs no other build.
+    let earlier = match &args.scenario.from {
+        Some(reference) => {
+            let task = progress.task("from");
+            let earlier = earlier::build(reference, &profile.build, &task)?;
+            task.finish(format!(
+                "{reference} ({}) built",
+                &earlier.commit[..10.min(earlier.commit.len())]
+            ));
+            Some(earlier)
+        }
+        None => None,
+    };
     let task = progress.task("build");
     // The static binary for this host: the same build as build-native's, images' and VMs'.
     let binary = target_binary(&workspace, &profile.build, targets::host()?, &task)?;
     task.finish("plexichat is up to date");
+    let current = Build {
+        binary,
+        profile: profile.path.clone(),
+    };
     match scenario {
         Some(scenario) => {
-            run_scenario(&args, &workspace, &profile, binary, &scenario, seed, &progress).map(ClusterOutcome::Scenario)
+            let spec = NodeSpec {
+                from: earlier.as_ref().map(|earlier| Build {
+                    binary: earlier.binary.clone(),
+                    profile: same_file_in(&workspace.root, &earlier.root, &profile.path),
+                }),
+                current,
+                store: scenario.requires.store.unwrap_or(Store::Postgres),
+            };
+            run_scenario(&args, &workspace, &profile, spec, &scenario, seed, &progress).map(ClusterOutcome::Scenario)
         }
-        None => run_checks(&args, &workspace, &profile, &binary, &progress).map(ClusterOutcome::Checks),
+        None => run_checks(&args, &workspace, &profile, &current.binary, &progress).map(ClusterOutcome::Checks),
     }
+}
+
+/// `file` (inside `root`) as the checkout at `other_root` has it, when it has it: an
+/// earlier revision's nodes read their own revision's profile.
+fn same_file_in(root: &Path, other_root: &Path, file: &Path) -> PathBuf {
+    file.strip_prefix(root)
+        .map(|relative| other_root.join(relative))
+        .ok()
+        .filter(|there| there.is_file())
+        .unwrap_or_else(|| file.to_path_buf())
 }
 
 /// Boots the nodes behind their relays, then runs `scenario` on them.
@@ -104,13 +140,13 @@ fn run_scenario(
     args: &Args,
     workspace: &Workspace,
     profile: &Profile,
-    binary: PathBuf,
+    spec: NodeSpec,
     scenario: &Scenario,
     seed: u64,
     progress: &Progress,
 ) -> Result<ScenarioReport> {
     let nodes = usize::from(args.nodes);
-    let store = scenario.requires.store.unwrap_or(Store::Postgres);
+    let store = spec.store;
     let task = progress.task("services");
     let postgres = match store {
         Store::Postgres => {
@@ -136,11 +172,6 @@ fn run_scenario(
 
     let task = progress.task("nodes");
     task.step(format!("starting {nodes} node(s) behind their relays"));
-    let spec = NodeSpec {
-        binary,
-        profile: profile.path.clone(),
-        store,
-    };
     let mut cluster = ProcessCluster::start(nodes, spec, services)?;
     let members = cluster.members();
     for member in &members {

@@ -25,6 +25,7 @@ use crate::qemu::disk::DataDisk;
 use crate::qemu::nodes::{Machine, Places, VmCluster};
 use crate::qemu::vm::{Launch, Vm, BOOT_TIMEOUT, GUEST_PROFILE, HOST_FROM_GUEST};
 use crate::qemu::{checks, plan, qmp, vm};
+use crate::report::error::UsageError;
 use crate::report::progress::Progress;
 use crate::report::{Outcome, Report, Table};
 use crate::scenario::{Scenario, Store};
@@ -84,6 +85,12 @@ pub fn run(args: Args) -> Result<QemuClusterOutcome> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
     let arches = plan::arches(&args.arch, usize::from(args.nodes))?;
+    if args.scenario.from.is_some() {
+        return Err(UsageError(
+            "--from: rolling upgrades run on processes for now (a VM's needs the earlier revision's image too)\n  fix: cargo xtask cluster-local N --from REF --scenario rolling-upgrade".into(),
+        )
+        .into());
+    }
     let scenario = args.scenario.load(&workspace.root)?;
     let seed = args.scenario.seed();
     if let Some(plan) = scenario.as_ref().and_then(|scenario| {

@@ -120,16 +120,19 @@ impl<'a> Indexed<'a> {
 
     /// Fault windows: from each start to its heal (or the end of the history).
     fn windows(&self) -> Vec<Window<'a>> {
-        let mut open: BTreeMap<usize, (usize, &'a super::Fault)> = BTreeMap::new();
+        // By step and nodes: a step on `each` node is one fault per node, all open at once
+        // when they do not heal.
+        let mut open: BTreeMap<(usize, &'a [String]), (usize, &'a super::Fault)> = BTreeMap::new();
         let mut windows = Vec::new();
         for (index, event) in self.events.iter().enumerate() {
             let Event::Fault(fault) = event else { continue };
+            let key = (fault.step, fault.nodes.as_slice());
             match fault.phase {
                 Phase::Start => {
-                    open.insert(fault.step, (index + 1, fault));
+                    open.insert(key, (index + 1, fault));
                 }
                 Phase::Heal => {
-                    if let Some((line, start)) = open.remove(&fault.step) {
+                    if let Some((line, start)) = open.remove(&key) {
                         windows.push(Window {
                             start,
                             line,
@@ -721,6 +724,18 @@ mod tests {
             "{violations:?}"
         );
         assert_eq!(violations[0].lines, [3]);
+    }
+
+    #[test]
+    fn one_step_on_each_node_keeps_a_fault_window_per_node() {
+        // Step 0 on `each` node, never healed: n1's window stays open after n2's starts.
+        let history = vec![
+            fault(Phase::Start, 0, &["n1"], false),
+            fault(Phase::Start, 2_000, &["n2"], false),
+            post("n1", "a", 2_500, 2_600, None, None),
+            post("n2", "b", 2_500, 2_600, None, None),
+        ];
+        assert_eq!(check(&history, &FinalState::new(), BOUNDS), Vec::new());
     }
 
     #[test]

@@ -193,7 +193,8 @@ impl VmCluster {
     /// What `nodes` VMs on `store` can be put through: the faults of the process backend
     /// (a single SQLite node has no shared services, a cluster's data is in PostgreSQL).
     pub(crate) fn capabilities_for(nodes: usize, store: Store) -> Capabilities {
-        Capabilities::of_cluster("vms", nodes, store)
+        // Upgrades run on processes for now: a VM's needs the earlier revision's image too.
+        Capabilities::of_cluster("vms", nodes, store, false)
     }
 
     fn node(&self, number: usize) -> Result<&VmNode> {
@@ -344,6 +345,7 @@ impl Backend for VmCluster {
             FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Freeze),
             FaultKind::RestartService => self.services.act(fault.service, ServiceAction::Restart),
             FaultKind::DropAcknowledged => bail!("drop-acknowledged is the engine's to run"),
+            FaultKind::Upgrade => bail!("upgrades run on processes (cluster-local --from) for now"),
         }
     }
 
@@ -370,7 +372,9 @@ impl Backend for VmCluster {
             }),
             FaultKind::KillService => self.services.act(fault.service, ServiceAction::Start),
             FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Thaw),
-            FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged => Ok("nothing to heal".into()),
+            FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged | FaultKind::Upgrade => {
+                Ok("nothing to heal".into())
+            }
         }
     }
 

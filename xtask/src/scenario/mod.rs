@@ -62,10 +62,13 @@ pub enum FaultKind {
     /// The checker's own test: an acknowledged message deleted from PostgreSQL behind
     /// the cluster's back. A run with it must fail, naming the message.
     DropAcknowledged,
+    /// The node stopped cleanly (SIGTERM) and started again as itself from the working
+    /// tree's build: a cluster started `--from` an earlier revision is rolled forward.
+    Upgrade,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Crash,
         FaultKind::Freeze,
         FaultKind::Reboot,
@@ -79,6 +82,7 @@ impl FaultKind {
         FaultKind::FreezeService,
         FaultKind::RestartService,
         FaultKind::DropAcknowledged,
+        FaultKind::Upgrade,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +100,7 @@ impl FaultKind {
             FaultKind::FreezeService => "freeze-service",
             FaultKind::RestartService => "restart-service",
             FaultKind::DropAcknowledged => "drop-acknowledged",
+            FaultKind::Upgrade => "upgrade",
         }
     }
 
@@ -112,7 +117,7 @@ impl FaultKind {
     pub fn lasts(self) -> bool {
         !matches!(
             self,
-            FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged
+            FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged | FaultKind::Upgrade
         )
     }
 }
@@ -244,12 +249,14 @@ impl Capabilities {
     /// on PostgreSQL and NATS: its shared services, the relays to them and the rows the
     /// checker's own test deletes; a single SQLite node owns a disk of its own (the one
     /// `fill-disk` fills) and depends on no service.
-    pub(crate) fn of_cluster(backend: &'static str, nodes: usize, store: Store) -> Self {
+    /// An upgrade needs an earlier build to start from (`upgradable`).
+    pub(crate) fn of_cluster(backend: &'static str, nodes: usize, store: Store, upgradable: bool) -> Self {
         Self {
             backend,
             faults: FaultKind::ALL
                 .into_iter()
                 .filter(|fault| match fault {
+                    FaultKind::Upgrade => upgradable,
                     FaultKind::FillDisk => store == Store::Sqlite,
                     FaultKind::KillService
                     | FaultKind::FreezeService
@@ -498,6 +505,13 @@ impl Scenario {
         }
         let mut faults = Vec::new();
         for (index, step) in self.timeline.iter().enumerate() {
+            if step.fault == FaultKind::Upgrade && !capabilities.faults.contains(&step.fault) {
+                return Err(self.error(
+                    &format!("timeline[{index}].fault"),
+                    "an upgrade replaces a node's build with the working tree's, and the cluster already runs it",
+                    "start the cluster on an earlier revision: pass --from REF (e.g. --from HEAD~1)",
+                ));
+            }
             if !capabilities.faults.contains(&step.fault) {
                 return Err(self.error(
                     &format!("timeline[{index}].fault"),

@@ -73,6 +73,15 @@ impl Workspace {
     }
 }
 
+/// The revision a server built from the tree at `root` says it is (`plexichat --version`,
+/// `/health`): the commit's first 12 digits, with `-dirty` when the work tree differs from
+/// it; `None` outside git.
+pub fn build_revision(root: &Path) -> Option<String> {
+    let commit = git(root, &["rev-parse", "--short=12", "HEAD"])?;
+    let dirty = git(root, &["status", "--porcelain"]).is_some_and(|changes| !changes.is_empty());
+    Some(if dirty { format!("{commit}-dirty") } else { commit })
+}
+
 /// `git ARGS` in `dir`: its trimmed stdout, or `None` if it failed.
 pub fn git(dir: &Path, args: &[&str]) -> Option<String> {
     let sh = process::shell_in(dir).ok()?;
