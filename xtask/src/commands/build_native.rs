@@ -67,6 +67,8 @@ pub fn run(args: Args) -> Result<BuildReport> {
         .copied()
         .filter(|t| !failures.contains_key(t.triple))
         .collect();
+    // What each binary must say it is: the revision is compiled in.
+    let build_version = workspace.build_version();
     std::thread::scope(|scope| {
         let mut smokes = Vec::new();
         for target in buildable {
@@ -75,7 +77,7 @@ pub fn run(args: Args) -> Result<BuildReport> {
             match outcome {
                 Ok(mut artefact) => {
                     artefact.git_revision = revision.clone();
-                    let (profile, version, manifest) = (&profile, &workspace.server_version, &manifest);
+                    let (profile, version, manifest) = (&profile, &build_version, &manifest);
                     smokes.push(scope.spawn(move || {
                         artefact.smoke =
                             artefact::smoke(&artefact, target, profile, version, manifest, args.smoke, &task);

@@ -95,13 +95,8 @@ impl VmCluster {
         for (index, &machine) in arches.iter().enumerate() {
             let id = format!("node-{index}");
             let disk = DataDisk::create(&cluster.places.run_dir.join(format!("{id}.qcow2")), DISK_MIB)?;
-            let dependencies = match store {
-                Store::Postgres => cluster.services.relays()?,
-                Store::Sqlite => DependencyRelays {
-                    nats: None,
-                    postgres: None,
-                },
-            };
+            // None on SQLite: a single node there depends on no service.
+            let dependencies = cluster.services.relays()?;
             // The guest reaches the host's loopback, where the relays listen, at the gateway.
             let via_gateway = |relay: &services::Relay| format!("{HOST_FROM_GUEST}:{}", relay.addr().port());
             let database_url = dependencies

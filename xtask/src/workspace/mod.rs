@@ -61,6 +61,15 @@ impl Workspace {
         self.target_dir.join("dist")
     }
 
+    /// The version a server built here by the toolchain reports: the package version and
+    /// the build's revision (see [`build_revision`]).
+    pub fn build_version(&self) -> String {
+        match build_revision(&self.root) {
+            Some(revision) => format!("{}+{revision}", self.server_version),
+            None => self.server_version.clone(),
+        }
+    }
+
     /// The commit checked out, with `-dirty` when the work tree differs from it.
     pub fn git_revision(&self) -> String {
         match git(&self.root, &["rev-parse", "HEAD"]) {
