@@ -101,7 +101,59 @@ pub fn postgres_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, bin)| bin)
 }
 
-/// A free TCP port on loopback (free when asked; services bind it right after).
+/// The lowest port a picked one may have: below it are the well-known services'.
+const LOWEST_PICKED: u16 = 10_000;
+
+/// A free TCP port on loopback, for a server that binds it a moment later (and again when
+/// it is restarted as itself). It is picked below the kernel's ephemeral range: a port from
+/// that range (what binding port 0 gives) is also handed to every outgoing connection of
+/// every process, and under a parallel test run one was taken that way between the pick
+/// and the server's bind ("Address already in use"). Ports below the range are only ever
+/// taken by a process that asks for them by number.
 pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Taken in turn within a process, so that two picks of one process never coincide;
+    // each process starts elsewhere in the span (by its pid), so that runs side by side
+    // rarely meet.
+    static PICKS: AtomicU32 = AtomicU32::new(0);
+    let below = ephemeral_range_start().unwrap_or(32_768);
+    if below > LOWEST_PICKED {
+        let span = u32::from(below - LOWEST_PICKED);
+        let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+        for _ in 0..span.min(1_000) {
+            let offset = (start + PICKS.fetch_add(1, Ordering::Relaxed)) % span;
+            let port = LOWEST_PICKED + u16::try_from(offset).unwrap_or_default();
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The first port of the kernel's ephemeral range (`ip_local_port_range`).
+fn ephemeral_range_start() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn a_picked_port_is_free_and_outside_the_ephemeral_range() {
+        let below = ephemeral_range_start().expect("Linux says its ephemeral range");
+        for _ in 0..20 {
+            let port = free_port().unwrap();
+            if below > LOWEST_PICKED {
+                assert!((LOWEST_PICKED..below).contains(&port), "{port}");
+            }
+            TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+        }
+    }
 }
