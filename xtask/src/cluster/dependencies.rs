@@ -4,13 +4,14 @@
 //! them, the fault points that cut one node from one service.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use services::process::{self, Signal};
-use services::{Nats, Postgres, Relay};
+use services::{Durability, Nats, Postgres, Relay};
 
-use crate::scenario::Service;
+use crate::report::progress::Task;
+use crate::scenario::{Service, Store};
 
 /// What a fault does to a shared service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,21 @@ pub(crate) struct DependencyRelays {
 }
 
 impl SharedServices {
+    /// What a cluster on `store` shares: a durable PostgreSQL (from the template cached in
+    /// `cache_dir`) and NATS; a single SQLite node on its own disk needs neither.
+    pub(crate) fn start_for(store: Store, cache_dir: &Path, task: &Task) -> Result<Self> {
+        match store {
+            Store::Postgres => {
+                task.step("starting PostgreSQL and NATS");
+                Self::new(
+                    Some(Postgres::start(cache_dir, Durability::Durable)?),
+                    Some(Nats::start()?),
+                )
+            }
+            Store::Sqlite => Self::new(None, None),
+        }
+    }
+
     pub(crate) fn new(postgres: Option<Postgres>, nats: Option<Nats>) -> Result<Self> {
         let nats = match nats {
             Some(server) => Some(NatsService {

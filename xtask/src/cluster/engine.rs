@@ -177,7 +177,7 @@ fn run(
             // An upgrade is over when its node serves again from the new build: recorded as
             // a heal, so that the node is excused only while it is out, and must then be
             // listed up again like any healed node.
-            let healed_s = if fault.fault == FaultKind::Upgrade {
+            let healed_s = if fault.fault.over_when_made() {
                 let back_ms = recorder.now_ms();
                 recorder.record(&Event::Fault(Fault {
                     step: fault.step,

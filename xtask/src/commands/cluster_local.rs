@@ -148,25 +148,7 @@ fn run_scenario(
     let nodes = usize::from(args.nodes);
     let store = spec.store;
     let task = progress.task("services");
-    let postgres = match store {
-        Store::Postgres => {
-            task.step("starting PostgreSQL");
-            Some(Postgres::start(
-                &workspace.target_dir.join("xtask/cache"),
-                Durability::Durable,
-            )?)
-        }
-        Store::Sqlite => None,
-    };
-    // A cluster shares PostgreSQL and NATS; a single SQLite node needs neither.
-    let nats = match store {
-        Store::Postgres => {
-            task.step("starting NATS");
-            Some(Nats::start()?)
-        }
-        Store::Sqlite => None,
-    };
-    let services = SharedServices::new(postgres, nats)?;
+    let services = SharedServices::start_for(store, &workspace.target_dir.join("xtask/cache"), &task)?;
     let (database_url, nats_url) = services.urls();
     task.finish("services up");
 

@@ -171,21 +171,7 @@ fn run_scenario(
 ) -> Result<ScenarioReport> {
     let store = scenario.requires.store.unwrap_or(Store::Postgres);
     let task = progress.task("services");
-    let (postgres, nats) = match store {
-        Store::Postgres => {
-            task.step("starting PostgreSQL and NATS");
-            (
-                Some(Postgres::start(
-                    &workspace.target_dir.join("xtask/cache"),
-                    Durability::Durable,
-                )?),
-                Some(Nats::start()?),
-            )
-        }
-        // A single SQLite node on its own disk needs neither.
-        Store::Sqlite => (None, None),
-    };
-    let services = SharedServices::new(postgres, nats)?;
+    let services = SharedServices::start_for(store, &workspace.target_dir.join("xtask/cache"), &task)?;
     let (database_url, nats_url) = services.urls();
     task.finish("services up");
 
@@ -231,12 +217,6 @@ fn run_checks(
     booted: &Booted,
     progress: &Progress,
 ) -> Result<ClusterReport> {
-    let Booted {
-        machines,
-        machine_of,
-        run_dir,
-        log_dir,
-    } = booted;
     let task = progress.task("services");
     task.step("starting PostgreSQL and NATS");
     let postgres = Postgres::start(&workspace.target_dir.join("xtask/cache"), Durability::Durable)?;
@@ -245,10 +225,10 @@ fn run_checks(
 
     let runtime = qmp::runtime()?;
     let mut vms = Vec::new();
-    for (index, &which) in machine_of.iter().enumerate() {
-        let machine = &machines[which];
+    for (index, &which) in booted.machine_of.iter().enumerate() {
+        let machine = &booted.machines[which];
         let node_id = format!("node-{index}");
-        let disk = DataDisk::create(&run_dir.path().join(format!("{node_id}.qcow2")), DISK_MIB)?;
+        let disk = DataDisk::create(&booted.run_dir.path().join(format!("{node_id}.qcow2")), DISK_MIB)?;
         let settings = vm::node_settings(
             &node_id,
             Some(&postgres.url_via(HOST_FROM_GUEST, "postgres")),
@@ -264,8 +244,8 @@ fn run_checks(
             data_disk: Some(&disk),
             generation: 0,
             settings,
-            run_dir: run_dir.path(),
-            log_dir,
+            run_dir: booted.run_dir.path(),
+            log_dir: &booted.log_dir,
         };
         vms.push(vm::Vm::launch(launch, &runtime)?);
     }

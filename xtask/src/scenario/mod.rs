@@ -113,6 +113,12 @@ impl FaultKind {
         }
     }
 
+    /// Whether the node is back once the fault has been made: the engine then records its
+    /// heal at once, so that the node is excused only while the fault was being made.
+    pub fn over_when_made(self) -> bool {
+        self == FaultKind::Upgrade
+    }
+
     /// Whether the fault lasts until healed (else it happens at once and is over).
     pub fn lasts(self) -> bool {
         !matches!(
