@@ -16,3 +16,4 @@ mod scenarios;
 mod schemathesis;
 mod server_cli;
 mod toolchain;
+mod upgrades;

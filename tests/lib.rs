@@ -126,16 +126,33 @@ pub fn is_running(pid: u32) -> bool {
 /// Starts `cargo xtask SUBCOMMAND ARGS` as CI would (no terminal, `CI` set), with
 /// stdout and stderr piped.
 pub fn spawn_xtask(subcommand: &str, args: &[&str]) -> Child {
-    Command::new(binary("xtask", "xtask").expect("xtask builds"))
+    xtask(subcommand, args).spawn().expect("xtask starts")
+}
+
+/// `cargo xtask SUBCOMMAND ARGS` in the workspace, as CI would run it (no terminal, `CI`
+/// set), with stdout and stderr piped: to adjust before spawning.
+pub fn xtask(subcommand: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(binary("xtask", "xtask").expect("xtask builds"));
+    command
         .arg(subcommand)
         .args(args)
         .current_dir(workspace_root())
         .env("CI", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("xtask starts")
+        .stderr(Stdio::piped());
+    command
+}
+
+/// The target directory the README's test command builds into.
+pub fn target_dir() -> PathBuf {
+    let xtask = binary("xtask", "xtask").expect("xtask builds");
+    // <target>/<profile>/xtask
+    xtask
+        .parent()
+        .and_then(Path::parent)
+        .expect("a binary sits in <target>/<profile>/")
+        .to_path_buf()
 }
 
 /// The cluster description a `--hold` run prints on stdout (its first line), once the

@@ -12,7 +12,7 @@ use services::process::{self, cmd};
 use crate::cargo::{cargo, rustc_version, server_build, with_messages};
 use crate::report::progress::Task;
 use crate::workspace::profile::BuildSection;
-use crate::workspace::targets;
+use crate::workspace::targets::Target;
 
 /// One side of the comparison: its source tree and its bench executables.
 pub(crate) struct Side {
@@ -55,13 +55,12 @@ pub(crate) fn benches(checkout: &Checkout, filter: Option<&str>, task: &Task) ->
     })
 }
 
-/// The server's static binary for this host, built as build-native builds it (the one
+/// The server's static binary for `target`, built as build-native builds it (the one
 /// cargo invocation of `crate::cargo::server_build`), so that the working tree's is the
 /// very artefact the images and VMs use.
-pub(crate) fn server(checkout: &Checkout, build: &BuildSection, task: &Task) -> Result<PathBuf> {
-    task.step(format!("building the {} server (release)", checkout.label));
-    let host = targets::host()?;
-    let mut executables = cargo_executables(checkout, server_build(checkout.root, build, host), &["bin"], task)?;
+pub(crate) fn server(checkout: &Checkout, build: &BuildSection, target: &Target, task: &Task) -> Result<PathBuf> {
+    task.step(format!("building the {} server for {}", checkout.label, target.arch));
+    let mut executables = cargo_executables(checkout, server_build(checkout.root, build, target), &["bin"], task)?;
     executables
         .remove("plexichat")
         .context("cargo built no `plexichat` executable")

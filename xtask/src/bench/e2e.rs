@@ -204,12 +204,12 @@ pub(crate) fn compare(
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), "bench")?;
     // Both sides' servers are built the same way, as build-native builds them.
-    let current = build::server(&sides.current, &profile.build, task)?;
+    let current = build::server(&sides.current, &profile.build, targets::host()?, task)?;
     let baseline = if sides.same_sources {
         task.step("the working tree is the baseline commit, unchanged: one build serves both sides");
         current.clone()
     } else {
-        build::server(&sides.baseline, &profile.build, task)?
+        build::server(&sides.baseline, &profile.build, targets::host()?, task)?
     };
     let (base_rustc, current_rustc) = (
         build::compiler(sides.baseline.root),

@@ -5,8 +5,8 @@
 pub(crate) mod baseline;
 pub(crate) mod build;
 pub(crate) mod e2e;
-pub(crate) mod earlier;
 pub(crate) mod instructions;
+pub(crate) mod revision;
 pub(crate) mod time;
 
 use std::path::{Path, PathBuf};
@@ -125,11 +125,14 @@ impl Checkouts {
         let root = metadata.workspace_root.into_std_path_buf();
         let target_dir = metadata.target_directory.into_std_path_buf();
         let relative_root = root.strip_prefix(&repo).unwrap_or(Path::new("")).to_path_buf();
-        // Per run: two runs at once (tests, a developer and CI) never share a worktree.
+        // Per run: two runs at once (tests, a developer and CI) never share a worktree, nor
+        // two revisions checked out by one run (`--from` and `--to`).
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let run_dir = target_dir
             .join("xtask")
             .join("bench-compare")
-            .join(format!("run-{}", std::process::id()));
+            .join(format!("run-{}-{run}", std::process::id()));
         let owned = run_dir.clone();
         let guard = services::teardown::Guard::new(move || {
             let _ = std::fs::remove_dir_all(&owned);

@@ -85,7 +85,7 @@ pub(crate) fn produce(
     task: &Task,
 ) -> Result<Artefact> {
     task.step("computing cache key");
-    let key = artefact_key(workspace, &profile.build, target, toolchain)?;
+    let key = tree_key(&workspace.root, &profile.build, target, toolchain)?;
     if let Some((cached, path)) = cached_artefact(workspace, manifest, target, &key) {
         task.step("cache hit: nothing to build");
         return Ok(Artefact {
@@ -164,7 +164,7 @@ pub(crate) fn target_binary(
     task: &Task,
 ) -> Result<PathBuf> {
     task.step("computing the server's cache key");
-    let key = artefact_key(workspace, build, target, &super::rustc_version(&workspace.root)?)?;
+    let key = tree_key(&workspace.root, build, target, &super::rustc_version(&workspace.root)?)?;
     if let Some((_, path)) = cached_artefact(workspace, &Manifest::load(workspace), target, &key) {
         task.step(format!(
             "server: build-native's artefact is current ({})",
@@ -179,9 +179,11 @@ pub(crate) fn target_binary(
 }
 
 /// build-native's cache key of the artefact for `target`.
-fn artefact_key(workspace: &Workspace, build: &BuildSection, target: &Target, toolchain: &str) -> Result<String> {
+/// The key of the server `build` makes for `target` from the sources at `root` (the
+/// working tree, or an earlier revision's checkout) with `toolchain` (`rustc -vV`).
+pub(crate) fn tree_key(root: &Path, build: &BuildSection, target: &Target, toolchain: &str) -> Result<String> {
     let linker = system::version_line(target.linker, &["--version"]).unwrap_or_default();
-    cache_key(&workspace.root, build, target, toolchain, &linker)
+    cache_key(root, build, target, toolchain, &linker)
 }
 
 /// The manifest's artefact for `target` and its path, if it was built with `key` and

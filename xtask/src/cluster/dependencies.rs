@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use services::process::{self, Signal};
@@ -12,6 +13,15 @@ use services::{Durability, Nats, Postgres, Relay};
 
 use crate::report::progress::Task;
 use crate::scenario::{Service, Store};
+
+/// The database the nodes use, and the one the toolchain administers it from.
+const CLUSTER_DATABASE: &str = "postgres";
+const ADMIN_DATABASE: &str = "template1";
+
+/// The database that keeps snapshot `tag` of the cluster's.
+fn snapshot_database(tag: &str) -> String {
+    format!("snapshot_{tag}")
+}
 
 /// What a fault does to a shared service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,10 +147,57 @@ impl SharedServices {
         }
     }
 
+    /// Keeps the cluster's database as it is now as snapshot `tag` (a copy of it as a
+    /// template), for [`Self::restore_database`]; how long that took. `None` on SQLite,
+    /// whose stores are on the nodes' own disks.
+    ///
+    /// The nodes' sessions are ended (a template may have none): call it while they stand
+    /// still; they reconnect by themselves when they run again.
+    pub(crate) fn save_database(&self, tag: &str) -> Result<Option<Duration>> {
+        let Some(postgres) = &self.postgres else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        postgres.execute(
+            ADMIN_DATABASE,
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{CLUSTER_DATABASE}'"
+            ),
+        )?;
+        postgres.execute(
+            ADMIN_DATABASE,
+            &format!(
+                "CREATE DATABASE \"{}\" TEMPLATE {CLUSTER_DATABASE}",
+                snapshot_database(tag)
+            ),
+        )?;
+        Ok(Some(started.elapsed()))
+    }
+
+    /// Puts the cluster's database back to snapshot `tag`, ending the nodes' sessions.
+    pub(crate) fn restore_database(&self, tag: &str) -> Result<Option<Duration>> {
+        let Some(postgres) = &self.postgres else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        postgres.execute(
+            ADMIN_DATABASE,
+            &format!("DROP DATABASE {CLUSTER_DATABASE} WITH (FORCE)"),
+        )?;
+        postgres.execute(
+            ADMIN_DATABASE,
+            &format!(
+                "CREATE DATABASE {CLUSTER_DATABASE} TEMPLATE \"{}\"",
+                snapshot_database(tag)
+            ),
+        )?;
+        Ok(Some(started.elapsed()))
+    }
+
     /// Deletes message `id` from PostgreSQL: the checker's own test.
     pub(crate) fn drop_message(&self, id: i64) -> Result<String> {
         let postgres = self.postgres().context("drop-acknowledged needs PostgreSQL")?;
-        postgres.execute("postgres", &format!("DELETE FROM messages WHERE id = {id}"))?;
+        postgres.execute(CLUSTER_DATABASE, &format!("DELETE FROM messages WHERE id = {id}"))?;
         Ok(format!("message {id} deleted from PostgreSQL"))
     }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::workload::{self, Client};
 use super::{Member, Verifier};
-use crate::history::check::{self, Bounds, Violation};
+use crate::history::check::{self, Bounds, Check, Violation};
 use crate::history::{stats, timeline, Event, Fault, Phase, Recorder};
 use crate::report::progress::{Progress, Task};
 use crate::scenario::{Capabilities, FaultKind, Planned, Scenario, Schedule};
@@ -57,14 +57,32 @@ pub struct Run {
     pub timeline_path: PathBuf,
     /// The build each node said it ran (`/health`), before the faults and after.
     pub versions: Vec<NodeVersion>,
+    /// After each upgrade that left two builds serving side by side: whether they
+    /// interoperate.
+    pub interop: Vec<Interop>,
 }
 
-/// One node's build before and after a run: different after an upgrade.
+/// Messages posted on a node of the old build reaching a subscriber on a node of the new
+/// one, and back, exactly once: checked after an upgrade, while both builds serve.
+#[derive(Debug, Clone, Serialize)]
+pub struct Interop {
+    pub after_step: usize,
+    /// The old build's node, then the new build's.
+    pub nodes: [String; 2],
+    pub versions: [String; 2],
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// One node's build before and after a run: different after an upgrade, which kept it
+/// out for `out_s` (stopped until serving again).
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeVersion {
     pub node_id: String,
     pub before: String,
     pub after: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_s: Option<f64>,
 }
 
 /// Runs `scenario` on a booted cluster: checks that its nodes are one cluster, makes the
@@ -91,12 +109,18 @@ pub(crate) fn run_scenario(
     };
     let history = run_dir(runs_dir, &scenario.name)?.join("history.jsonl");
     let before = versions(&members);
-    let mut run = run(scenario, schedule, backend, &client, bounds, &history, &task)?;
+    let observers = Observers {
+        client: &client,
+        verifier: &verifier,
+        bounds,
+    };
+    let mut run = run(scenario, schedule, backend, &observers, &history, &task)?;
     run.versions = members
         .iter()
         .zip(before)
         .zip(versions(&members))
         .map(|((member, before), after)| NodeVersion {
+            out_s: upgrade_outage(&run.executed, &member.id),
             node_id: member.id.clone(),
             before,
             after,
@@ -110,21 +134,34 @@ pub(crate) fn run_scenario(
     Ok(run)
 }
 
+/// Who watches a run: the workload's client, the verifier's own probes, and the
+/// checker's bounds.
+struct Observers<'a> {
+    client: &'a Client,
+    verifier: &'a Verifier,
+    bounds: Bounds,
+}
+
 /// Runs `schedule` with `scenario`'s workload on `backend`, recording into `history_path`.
 fn run(
     scenario: &Scenario,
     schedule: Schedule,
     backend: &mut dyn Backend,
-    client: &Client,
-    bounds: Bounds,
+    observers: &Observers,
     history_path: &Path,
     task: &Task,
 ) -> Result<Run> {
+    let Observers {
+        client,
+        verifier,
+        bounds,
+    } = *observers;
     let members = backend.members();
     let started = Instant::now();
     let recorder = Arc::new(Recorder::create(history_path, started)?);
     let running = workload::start(&members, client, &scenario.workload, &recorder)?;
     let mut executed: Vec<Executed> = Vec::new();
+    let mut interop: Vec<Interop> = Vec::new();
     let mut actions = actions_of(&schedule);
     actions.sort_by_key(|action| (action.at, action.heal));
     for action in actions {
@@ -191,6 +228,10 @@ fn run(
             } else {
                 None
             };
+            if fault.fault == FaultKind::Upgrade {
+                task.step("old and new builds side by side: cross-node delivery");
+                interop.extend(check_interop(verifier, &members, &names, fault.step));
+            }
             executed.push(Executed {
                 step: fault.step,
                 fault: fault.fault,
@@ -208,7 +249,15 @@ fn run(
     running.stop();
     let final_state = workload::final_state(&members, client)?;
     let history = recorder.finish()?;
-    let violations = check::check(&history, &final_state, bounds);
+    let mut violations = check::check(&history, &final_state, bounds);
+    violations.extend(interop.iter().filter(|probe| !probe.ok).map(|probe| Violation {
+        check: Check::Interoperation,
+        message: format!(
+            "after step {}, {} ({}) and {} ({}): {}",
+            probe.after_step, probe.nodes[0], probe.versions[0], probe.nodes[1], probe.versions[1], probe.detail
+        ),
+        lines: Vec::new(),
+    }));
     let timeline_path = history_path.with_file_name("timeline.svg");
     let title = format!("{} on {}", scenario.name, backend.capabilities().backend);
     timeline::write(&history, &stats::windows(&history), &title, &timeline_path)?;
@@ -220,7 +269,38 @@ fn run(
         history_path: recorder.path().to_path_buf(),
         timeline_path,
         versions: Vec::new(),
+        interop,
     })
+}
+
+/// When the nodes just upgraded (`upgraded`) serve beside nodes still on another build:
+/// the verifier's own messages posted on one of each reach subscribers on both, exactly
+/// once. `None` while the cluster runs a single build.
+fn check_interop(verifier: &Verifier, members: &[Member], upgraded: &[String], step: usize) -> Option<Interop> {
+    let running = members.iter().zip(versions(members));
+    let new = running.clone().find(|(member, _)| upgraded.contains(&member.id))?;
+    let old = running.clone().find(|(_, version)| *version != new.1)?;
+    let pair = [old.0.clone(), new.0.clone()];
+    let (ok, detail) = match verifier.delivery(&pair) {
+        Ok((detail, _)) => (true, detail),
+        Err(err) => (false, format!("{err:#}")),
+    };
+    Some(Interop {
+        after_step: step,
+        nodes: [old.0.id.clone(), new.0.id.clone()],
+        versions: [old.1, new.1],
+        ok,
+        detail,
+    })
+}
+
+/// How long `node` was out for its upgrades, if it had any.
+fn upgrade_outage(executed: &[Executed], node: &str) -> Option<f64> {
+    executed
+        .iter()
+        .filter(|entry| entry.fault == FaultKind::Upgrade && entry.nodes.iter().any(|n| n == node))
+        .map(|entry| entry.healed_s.unwrap_or(entry.started_s) - entry.started_s)
+        .reduce(|a, b| a + b)
 }
 
 /// The build each member says it runs (`/health`'s version), or why it said nothing.

@@ -3,6 +3,7 @@
 //! talks to the nodes as a client would. The services and server processes they start
 //! come from the services crate, which the server's tests share.
 
+pub(crate) mod canary;
 pub(crate) mod dependencies;
 pub(crate) mod engine;
 pub(crate) mod outcome;

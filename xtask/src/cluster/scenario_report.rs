@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::engine::{Executed, NodeVersion, Run};
+use super::engine::{Executed, Interop, NodeVersion, Run};
 use super::Description;
 use crate::history::check::{Check, Violation};
 use crate::history::stats::{self, Counts, Latency, Window};
@@ -30,6 +30,9 @@ pub struct ScenarioReport {
     violations: Vec<Violation>,
     /// The build each node ran before and after.
     versions: Vec<NodeVersion>,
+    /// Old and new builds side by side, after each upgrade.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    interop: Vec<Interop>,
     /// Per VM, on the VM backend.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     vms: Vec<VmUsage>,
@@ -65,9 +68,15 @@ impl ScenarioReport {
             .into_iter()
             .map(|check| {
                 let violations = run.violations.iter().filter(|v| v.check == check).count();
+                // Only an upgrade puts two builds side by side.
+                let ran = check != Check::Interoperation || !run.interop.is_empty();
                 CheckVerdict {
                     name: check.name(),
-                    result: if violations == 0 { "ok" } else { "failed" },
+                    result: match (ran, violations) {
+                        (false, _) => "not run",
+                        (true, 0) => "ok",
+                        (true, _) => "failed",
+                    },
                     violations,
                 }
             })
@@ -85,6 +94,7 @@ impl ScenarioReport {
             checks,
             violations: run.violations,
             versions: run.versions,
+            interop: run.interop,
             vms: Vec::new(),
             history: run.history_path,
             timeline: run.timeline_path,
@@ -93,6 +103,27 @@ impl ScenarioReport {
 }
 
 impl ScenarioReport {
+    /// A table row per check: its name, result, and its first violation.
+    pub(crate) fn check_rows(&self) -> Vec<Vec<String>> {
+        self.checks
+            .iter()
+            .map(|check| {
+                let first = self
+                    .violations
+                    .iter()
+                    .find(|v| v.check.name() == check.name)
+                    .map(|v| format!("{} (history lines {:?})", v.message, v.lines))
+                    .unwrap_or_default();
+                let detail = match check.violations {
+                    0 => String::new(),
+                    1 => first,
+                    n => format!("{n} violations; first: {first}"),
+                };
+                vec![check.name.into(), check.result.into(), detail]
+            })
+            .collect()
+    }
+
     /// The report with what each VM cost the host.
     pub fn with_vms(mut self, vms: Vec<VmUsage>) -> Self {
         self.vms = vms;
@@ -134,10 +165,18 @@ impl Outcome for ScenarioReport {
             ]);
         }
         for version in self.versions.iter().filter(|v| v.before != v.after) {
+            let out = version.out_s.map(|s| format!("; out {s:.2} s")).unwrap_or_default();
             table.row(vec![
                 version.node_id.clone(),
                 "upgraded".into(),
-                format!("{} → {}", version.before, version.after),
+                format!("{} → {}{out}", version.before, version.after),
+            ]);
+        }
+        for probe in &self.interop {
+            table.row(vec![
+                format!("{} ↔ {}", probe.nodes[0], probe.nodes[1]),
+                if probe.ok { "interoperate" } else { "FAILED" }.into(),
+                format!("after step {}: {}", probe.after_step, probe.detail),
             ]);
         }
         for vm in &self.vms {
@@ -150,19 +189,8 @@ impl Outcome for ScenarioReport {
                 ),
             ]);
         }
-        for check in &self.checks {
-            let first = self
-                .violations
-                .iter()
-                .find(|v| v.check.name() == check.name)
-                .map(|v| format!("{} (history lines {:?})", v.message, v.lines))
-                .unwrap_or_default();
-            let detail = match check.violations {
-                0 => String::new(),
-                1 => first,
-                n => format!("{n} violations; first: {first}"),
-            };
-            table.row(vec![check.name.into(), check.result.into(), detail]);
+        for row in self.check_rows() {
+            table.row(row);
         }
         table
     }

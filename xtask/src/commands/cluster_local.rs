@@ -4,7 +4,7 @@
 //! `--scenario`, the nodes run behind relays and a fault scenario runs on them instead.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use serde::Serialize;
 use services::teardown::TempDir;
 use services::{Durability, Nats, Postgres, ServerProcess};
 
-use crate::bench::earlier;
+use crate::bench::revision::RevisionBuild;
 use crate::cargo::artefact::target_binary;
 use crate::cluster::dependencies::SharedServices;
 use crate::cluster::engine::{self, Backend as _};
@@ -21,6 +21,7 @@ use crate::cluster::outcome::{ClusterOutcome, ScenarioArgs};
 use crate::cluster::processes::{Build, NodeSpec, ProcessCluster};
 use crate::cluster::scenario_report::ScenarioReport;
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
+use crate::report::error::UsageError;
 use crate::report::progress::Progress;
 use crate::report::{Outcome, Report, Table};
 use crate::scenario::{Scenario, Store};
@@ -77,6 +78,12 @@ impl Node {
 pub fn run(args: Args) -> Result<ClusterLocalOutcome> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
+    if args.scenario.canary {
+        return Err(UsageError(
+            "--canary saves the cluster with VM snapshots to roll it back, and processes have none\n  fix: cargo xtask qemu-cluster N --from REF --canary".into(),
+        )
+        .into());
+    }
     let scenario = args.scenario.load(&workspace.root)?;
     let seed = args.scenario.seed();
     if let Some(plan) = scenario.as_ref().and_then(|scenario| {
@@ -88,51 +95,39 @@ pub fn run(args: Args) -> Result<ClusterLocalOutcome> {
     }
     let progress = Progress::new();
 
-    // First: a revision that names no commit or does not build costs no other build.
-    let earlier = match &args.scenario.from {
-        Some(reference) => {
-            let task = progress.task("from");
-            let earlier = earlier::build(reference, &profile.build, &task)?;
-            task.finish(format!(
-                "{reference} ({}) built",
-                &earlier.commit[..10.min(earlier.commit.len())]
-            ));
-            Some(earlier)
-        }
-        None => None,
+    let host = targets::host()?;
+    let revisions = args.scenario.revisions(&profile.build, &[host], &progress)?;
+    let own_build = |revision: &RevisionBuild| -> Result<Build> {
+        Ok(Build {
+            binary: revision.binary(host)?.to_path_buf(),
+            profile: revision.same_file(&workspace.root, &profile.path),
+        })
     };
-    let task = progress.task("build");
-    // The static binary for this host: the same build as build-native's, images' and VMs'.
-    let binary = target_binary(&workspace, &profile.build, targets::host()?, &task)?;
-    task.finish("plexichat is up to date");
-    let current = Build {
-        binary,
-        profile: profile.path.clone(),
+    let current = match &revisions.to {
+        Some(to) => own_build(to)?,
+        None => {
+            let task = progress.task("build");
+            // The static binary for this host: the same build as build-native's, images' and VMs'.
+            let binary = target_binary(&workspace, &profile.build, host, &task)?;
+            task.finish("plexichat is up to date");
+            Build {
+                binary,
+                profile: profile.path.clone(),
+            }
+        }
     };
     match scenario {
         Some(scenario) => {
             let spec = NodeSpec {
-                from: earlier.as_ref().map(|earlier| Build {
-                    binary: earlier.binary.clone(),
-                    profile: same_file_in(&workspace.root, &earlier.root, &profile.path),
-                }),
+                from: revisions.from.as_ref().map(own_build).transpose()?,
                 current,
                 store: scenario.requires.store.unwrap_or(Store::Postgres),
             };
-            run_scenario(&args, &workspace, &profile, spec, &scenario, seed, &progress).map(ClusterOutcome::Scenario)
+            run_scenario(&args, &workspace, &profile, spec, &scenario, seed, &progress)
+                .map(|report| ClusterOutcome::Scenario(Box::new(report)))
         }
         None => run_checks(&args, &workspace, &profile, &current.binary, &progress).map(ClusterOutcome::Checks),
     }
-}
-
-/// `file` (inside `root`) as the checkout at `other_root` has it, when it has it: an
-/// earlier revision's nodes read their own revision's profile.
-fn same_file_in(root: &Path, other_root: &Path, file: &Path) -> PathBuf {
-    file.strip_prefix(root)
-        .map(|relative| other_root.join(relative))
-        .ok()
-        .filter(|there| there.is_file())
-        .unwrap_or_else(|| file.to_path_buf())
 }
 
 /// Boots the nodes behind their relays, then runs `scenario` on them.

@@ -12,7 +12,9 @@ use serde::Serialize;
 use services::teardown::TempDir;
 use services::{Durability, Nats, Postgres};
 
+use crate::bench::revision::RevisionBuild;
 use crate::cargo::artefact::target_binary;
+use crate::cluster::canary::{self, CanaryReport};
 use crate::cluster::dependencies::SharedServices;
 use crate::cluster::engine;
 use crate::cluster::outcome::{ClusterOutcome, ScenarioArgs};
@@ -22,14 +24,14 @@ use crate::guest::cpio::CpioWriter;
 use crate::guest::image;
 use crate::guest::{self as guest_images, ImageDefinition};
 use crate::qemu::disk::DataDisk;
-use crate::qemu::nodes::{Machine, Places, VmCluster};
+use crate::qemu::nodes::{Boot, Machine, Places, VmCluster};
 use crate::qemu::vm::{Launch, Vm, BOOT_TIMEOUT, GUEST_PROFILE, HOST_FROM_GUEST};
 use crate::qemu::{checks, plan, qmp, vm};
-use crate::report::error::UsageError;
-use crate::report::progress::Progress;
+use crate::report::progress::{Progress, Task};
 use crate::report::{Outcome, Report, Table};
 use crate::scenario::{Scenario, Store};
 use crate::workspace::profile::Profile;
+use crate::workspace::targets::Target;
 use crate::workspace::Workspace;
 
 /// Each VM's data disk in the plain checks.
@@ -85,17 +87,12 @@ pub fn run(args: Args) -> Result<QemuClusterOutcome> {
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), &args.profile)?;
     let arches = plan::arches(&args.arch, usize::from(args.nodes))?;
-    if args.scenario.from.is_some() {
-        return Err(UsageError(
-            "--from: rolling upgrades run on processes for now (a VM's needs the earlier revision's image too)\n  fix: cargo xtask cluster-local N --from REF --scenario rolling-upgrade".into(),
-        )
-        .into());
-    }
     let scenario = args.scenario.load(&workspace.root)?;
     let seed = args.scenario.seed();
     if let Some(plan) = scenario.as_ref().and_then(|scenario| {
-        args.scenario
-            .dry_run(scenario, |store| VmCluster::capabilities_for(arches.len(), store))
+        args.scenario.dry_run(scenario, |store| {
+            VmCluster::capabilities_for(arches.len(), store, args.scenario.from.is_some())
+        })
     }) {
         return Ok(ClusterOutcome::Plan(plan?));
     }
@@ -113,6 +110,8 @@ pub fn run(args: Args) -> Result<QemuClusterOutcome> {
         .map(|d| d.accelerator().map(|(accelerator, _)| accelerator))
         .collect::<Result<Vec<_>, _>>()?;
     plan::provision(&definitions, &progress)?;
+    let targets: Vec<&'static Target> = definitions.iter().map(ImageDefinition::target).collect();
+    let revisions = args.scenario.revisions(&profile.build, &targets, &progress)?;
 
     let run_dir = TempDir::new("qemu-cluster")?;
     let log_dir = workspace.target_dir.join("xtask/qemu-cluster");
@@ -125,15 +124,32 @@ pub fn run(args: Args) -> Result<QemuClusterOutcome> {
     let mut machines = Vec::new();
     for (definition, accelerator) in definitions.into_iter().zip(accelerators) {
         let task = progress.task(&format!("image {}", definition.arch));
-        let binary = target_binary(&workspace, &profile.build, definition.target(), &task)?;
-        let image = image::ensure(&workspace, &definition, binary, &task)?;
-        let initrd = with_profile(&image.initramfs, &profile.path, run_dir.path())?;
-        task.finish(if image.cache_hit { "up to date" } else { "built" });
+        let target = definition.target();
+        let images = Images {
+            workspace: &workspace,
+            definition: &definition,
+            run_dir: run_dir.path(),
+            task: &task,
+        };
+        let current = match &revisions.to {
+            Some(to) => images.of_revision(to, "to", &profile.path)?,
+            None => images.boot(
+                target_binary(&workspace, &profile.build, target, &task)?,
+                None,
+                &profile.path,
+            )?,
+        };
+        let earlier = revisions
+            .from
+            .as_ref()
+            .map(|from| images.of_revision(from, "from", &profile.path))
+            .transpose()?;
+        task.finish("images ready");
         machines.push(Machine {
             definition,
             accelerator,
-            kernel: image.kernel,
-            initrd,
+            current,
+            earlier,
         });
     }
     let booted = Booted {
@@ -143,9 +159,7 @@ pub fn run(args: Args) -> Result<QemuClusterOutcome> {
         log_dir,
     };
     match scenario {
-        Some(scenario) => {
-            run_scenario(&workspace, &profile, booted, &scenario, seed, &progress).map(ClusterOutcome::Scenario)
-        }
+        Some(scenario) => run_scenario(&args, &workspace, &profile, booted, &scenario, seed, &progress),
         None => run_checks(&args, &workspace, &profile, &booted, &progress).map(ClusterOutcome::Checks),
     }
 }
@@ -160,15 +174,17 @@ struct Booted {
     log_dir: PathBuf,
 }
 
-/// Boots the VMs with their relays and disks, then runs `scenario` on them.
+/// Boots the VMs with their relays and disks, then runs `scenario` on them (as a canary
+/// with `--canary`).
 fn run_scenario(
+    args: &Args,
     workspace: &Workspace,
     profile: &Profile,
     booted: Booted,
     scenario: &Scenario,
     seed: u64,
     progress: &Progress,
-) -> Result<ScenarioReport> {
+) -> Result<QemuClusterOutcome> {
     let store = scenario.requires.store.unwrap_or(Store::Postgres);
     let task = progress.task("services");
     let services = SharedServices::start_for(store, &workspace.target_dir.join("xtask/cache"), &task)?;
@@ -190,23 +206,43 @@ fn run_scenario(
     task.finish(format!("{} VM(s) healthy", machine_of.len()));
 
     let runs_dir = workspace.target_dir.join("xtask/qemu-cluster");
-    let run = engine::run_scenario(
-        scenario,
-        seed,
-        &mut cluster,
-        profile.cluster_lease(),
-        &runs_dir,
-        progress,
-    )?;
-    let description = Description {
-        nodes: cluster.describe(),
-        database_url,
-        nats_url,
+    let lease = profile.cluster_lease();
+    let outcome = if args.scenario.canary {
+        let runs = canary::run(
+            &mut cluster,
+            scenario,
+            seed,
+            args.scenario.rollback,
+            lease,
+            &runs_dir,
+            progress,
+        )?;
+        let description = Description {
+            nodes: cluster.describe(),
+            database_url,
+            nats_url,
+        };
+        ClusterOutcome::Canary(Box::new(CanaryReport::new(
+            scenario,
+            "vms",
+            description,
+            runs,
+            cluster.usage(),
+        )))
+    } else {
+        let run = engine::run_scenario(scenario, seed, &mut cluster, lease, &runs_dir, progress)?;
+        let description = Description {
+            nodes: cluster.describe(),
+            database_url,
+            nats_url,
+        };
+        ClusterOutcome::Scenario(Box::new(
+            ScenarioReport::new(&scenario.name, "vms", description, run).with_vms(cluster.usage()),
+        ))
     };
-    let usage = cluster.usage();
     drop(cluster);
     drop(run_dir);
-    Ok(ScenarioReport::new(&scenario.name, "vms", description, run).with_vms(usage))
+    Ok(outcome)
 }
 
 /// Boots the VMs, verifies them as one server, and fails them over QMP.
@@ -238,8 +274,8 @@ fn run_checks(
             node_id,
             definition: &machine.definition,
             accelerator: machine.accelerator,
-            kernel: &machine.kernel,
-            initrd: &machine.initrd,
+            kernel: &machine.current.kernel,
+            initrd: &machine.current.initrd,
             http_port: services::free_port()?,
             data_disk: Some(&disk),
             generation: 0,
@@ -249,7 +285,7 @@ fn run_checks(
         };
         vms.push(vm::Vm::launch(launch, &runtime)?);
     }
-    let healthy = wait_all_healthy(&vms, &progress)?;
+    let healthy = wait_all_healthy(&vms, progress)?;
     let all_healthy = healthy.iter().copied().fold(0.0, f64::max);
 
     let members: Vec<Member> = vms.iter().map(Vm::member).collect();
@@ -366,6 +402,33 @@ fn qmp_status(vm: &Vm) -> String {
         return format!("exited ({})", ended.unwrap_or_else(|| "no SHUTDOWN event".into()));
     }
     vm.qmp.status().unwrap_or_else(|err| format!("unknown: {err:#}"))
+}
+
+/// Where one machine's images are made, for each build its nodes boot.
+struct Images<'a> {
+    workspace: &'a Workspace,
+    definition: &'a ImageDefinition,
+    run_dir: &'a Path,
+    task: &'a Task,
+}
+
+impl Images<'_> {
+    /// The image with `binary` as /init (a `variant` for another revision's) and the
+    /// profile at `profile` in it, ready to boot.
+    fn boot(&self, binary: PathBuf, variant: Option<&str>, profile: &Path) -> Result<Boot> {
+        let image = image::ensure(self.workspace, self.definition, binary, variant, self.task)?;
+        Ok(Boot {
+            initrd: with_profile(&image.initramfs, profile, self.run_dir)?,
+            kernel: image.kernel,
+        })
+    }
+
+    /// `revision`'s image, with that revision's own version of the profile.
+    fn of_revision(&self, revision: &RevisionBuild, variant: &str, profile: &Path) -> Result<Boot> {
+        let binary = revision.binary(self.definition.target())?.to_path_buf();
+        let profile = revision.same_file(&self.workspace.root, profile);
+        self.boot(binary, Some(variant), &profile)
+    }
 }
 
 /// The image's initramfs with the profile appended as a second archive, which the

@@ -73,7 +73,7 @@ pub fn run(args: Args) -> Result<ImageReport> {
             continue;
         }
         let image = target_binary(&workspace, &profile.build, definition.target(), &task)
-            .and_then(|binary| image::ensure(&workspace, definition, binary, &task));
+            .and_then(|binary| image::ensure(&workspace, definition, binary, None, &task));
         match image {
             Ok(image) => {
                 task.finish(if image.cache_hit {

@@ -50,18 +50,24 @@ pub struct BuiltImage {
     pub cache_hit: bool,
 }
 
-/// Where the image of `definition` is built.
-pub(crate) fn image_dir(workspace: &Workspace, definition: &ImageDefinition) -> PathBuf {
-    workspace.target_dir.join("xtask/qemu-images").join(definition.name())
+/// Where the image of `definition` is built: the working tree's, or with a `variant`
+/// (`from`, `to`) another revision's, each kept beside the others.
+pub(crate) fn image_dir(workspace: &Workspace, definition: &ImageDefinition, variant: Option<&str>) -> PathBuf {
+    let name = match variant {
+        Some(variant) => format!("{}.{variant}", definition.name()),
+        None => definition.name(),
+    };
+    workspace.target_dir.join("xtask/qemu-images").join(name)
 }
 
 /// The image `definition` describes, with `binary` (a static server for its target) as
 /// /init: reused when nothing it is made from has changed, else built (fetching the
-/// kernel package first if needed).
+/// kernel package first if needed). `variant`: see [`image_dir`].
 pub(crate) fn ensure(
     workspace: &Workspace,
     definition: &ImageDefinition,
     binary: PathBuf,
+    variant: Option<&str>,
     task: &Task,
 ) -> Result<BuiltImage> {
     let started = Instant::now();
@@ -76,7 +82,7 @@ pub(crate) fn ensure(
     let server = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
     let binary_sha256 = hex(&Sha256::digest(&server));
     let key = cache_key(definition, &deb, &binary_sha256)?;
-    let dir = image_dir(workspace, definition);
+    let dir = image_dir(workspace, definition, variant);
     if let Some(image) = cached(&dir, &key) {
         task.step("cache hit: nothing to build");
         return Ok(BuiltImage {

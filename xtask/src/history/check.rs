@@ -46,16 +46,20 @@ pub enum Check {
     Availability,
     /// No 500, ever.
     NoInternalError,
+    /// After an upgrade, nodes of the old and the new build deliver each other's messages
+    /// (checked by the engine while both serve, not read from the history).
+    Interoperation,
 }
 
 impl Check {
-    pub const ALL: [Check; 6] = [
+    pub const ALL: [Check; 7] = [
         Check::AcknowledgedStored,
         Check::NoPhantom,
         Check::DeliveryOrder,
         Check::Recovery,
         Check::Availability,
         Check::NoInternalError,
+        Check::Interoperation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Check {
             Check::Recovery => "recovery",
             Check::Availability => "availability",
             Check::NoInternalError => "no 500",
+            Check::Interoperation => "old and new interoperate",
         }
     }
 }

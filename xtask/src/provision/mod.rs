@@ -229,27 +229,39 @@ pub fn apply_fixes(checks: &[Check]) -> Vec<(Fix, Result<(), String>)> {
 /// Installs, as `doctor --fix` would, whichever of `requirements` are missing; returns
 /// what is still missing afterwards (with its fix), for the caller to report.
 pub fn install_missing(requirements: &[Requirement], progress: &Progress) -> Vec<Check> {
-    let missing: Vec<Check> = probe_all(requirements).into_iter().filter(Check::is_missing).collect();
+    let mut missing: Vec<Check> = probe_all(requirements).into_iter().filter(Check::is_missing).collect();
     if missing.is_empty() {
         return missing;
     }
     let task = progress.task("provision");
-    task.step(format!(
-        "installing: {}",
-        fix::in_order(&missing)
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    ));
-    for (fix, result) in apply_fixes(&missing) {
-        if let Err(reason) = result {
-            task.step(format!("could not `{fix}`: {reason}"));
+    // Everything asked for is probed again after each round, not only what was missing: a
+    // fix can take away what was there (Debian's QEMU removes a newer qemu-utils from
+    // backports, and qemu-img with it), and a second round puts it back.
+    for _round in 0..2 {
+        if missing.is_empty() {
+            break;
         }
+        task.step(format!(
+            "installing: {}",
+            fix::in_order(&missing)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        for (fix, result) in apply_fixes(&missing) {
+            if let Err(reason) = result {
+                task.step(format!("could not `{fix}`: {reason}"));
+            }
+        }
+        missing = probe_all(requirements).into_iter().filter(Check::is_missing).collect();
     }
-    task.finish("done");
-    let requirements: Vec<Requirement> = missing.iter().map(|c| c.requirement).collect();
-    probe_all(&requirements).into_iter().filter(Check::is_missing).collect()
+    task.finish(if missing.is_empty() {
+        "done"
+    } else {
+        "some remain missing"
+    });
+    missing
 }
 
 /// `install_missing`, failing with the fixes still to make if anything is left.

@@ -5,13 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use services::process::{self, cmd};
 
 use crate::system::sbin_program;
 
 /// The id the disk's `-drive` has on the QEMU command line.
 pub const DRIVE_ID: &str = "data";
+/// The name of its qcow2 node, which snapshots are saved to and loaded from.
+pub const NODE_NAME: &str = "data-disk";
 
 pub struct DataDisk {
     pub path: PathBuf,
@@ -49,12 +51,45 @@ impl DataDisk {
         [
             "-drive".into(),
             format!(
-                "file={},if=none,id={DRIVE_ID},format=qcow2,cache=writeback,werror=report,rerror=report",
+                "file={},if=none,id={DRIVE_ID},node-name={NODE_NAME},format=qcow2,cache=writeback,werror=report,rerror=report",
                 self.path.display()
             ),
             "-device".into(),
             format!("{device},drive={DRIVE_ID}"),
         ]
+    }
+}
+
+impl DataDisk {
+    /// How many bytes snapshot `tag` holds of the VM's memory and device state, as
+    /// `qemu-img info` reads the image (shared: the VM may be running on it).
+    pub fn snapshot_bytes(&self, tag: &str) -> Result<u64> {
+        let sh = process::shell()?;
+        let path = &self.path;
+        let output = process::output(cmd!(sh, "qemu-img info --force-share --output=json {path}"))?;
+        if !output.status.success() {
+            bail!(
+                "qemu-img info {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let info: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("reading qemu-img info of {}", path.display()))?;
+        info["snapshots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|snapshot| snapshot["name"] == tag)
+            .and_then(|snapshot| snapshot["vm-state-size"].as_u64())
+            .with_context(|| format!("{} has no snapshot {tag}", path.display()))
+    }
+
+    /// The image file's size: the disk's blocks and its snapshots together.
+    pub fn file_bytes(&self) -> Result<u64> {
+        Ok(std::fs::metadata(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?
+            .len())
     }
 }
 

@@ -4,6 +4,7 @@
 //! would: over QMP, and through the guest agent for what only the guest can do. A node
 //! crashed or powered off boots again as itself: same id, port, disk and relays.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::runtime::Runtime;
 
-use super::disk::DataDisk;
+use super::disk::{DataDisk, NODE_NAME};
 use super::vm::{self, Launch, Vm, BOOT_TIMEOUT, HOST_FROM_GUEST, NETDEV, NIC};
+use crate::cluster::canary::{Saved, SnapshotFigures, Snapshots};
 use crate::cluster::dependencies::{DependencyRelays, ServiceAction, SharedServices};
 use crate::cluster::engine::{on_each, Backend};
 use crate::cluster::scenario_report::VmUsage;
@@ -32,6 +34,14 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Machine {
     pub definition: ImageDefinition,
     pub accelerator: Accelerator,
+    /// The build the nodes run (once upgraded, when they start on an earlier one).
+    pub current: Boot,
+    /// The earlier revision's build, which the nodes boot until upgraded (`--from`).
+    pub earlier: Option<Boot>,
+}
+
+/// A guest image ready to boot: its kernel and its initramfs with the profile in it.
+pub(crate) struct Boot {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
 }
@@ -58,6 +68,10 @@ struct VmNode {
     settings: Vec<String>,
     disk: DataDisk,
     dependencies: DependencyRelays,
+    /// Boots the current build (else its machine's earlier one).
+    upgraded: bool,
+    /// Per snapshot saved: whether the node ran the current build then.
+    snapshots: BTreeMap<String, bool>,
     /// How many times the node was started again as itself.
     generation: u32,
     vm: Option<Vm>,
@@ -114,6 +128,8 @@ impl VmCluster {
                 http_port: services::free_port()?,
                 disk,
                 dependencies,
+                upgraded: cluster.machines[machine].earlier.is_none(),
+                snapshots: BTreeMap::new(),
                 generation: 0,
                 vm: None,
                 healthy_seconds: 0.0,
@@ -137,12 +153,16 @@ impl VmCluster {
 
     fn launch(&self, node: &VmNode) -> Result<Vm> {
         let machine = &self.machines[node.machine];
+        let boot = match (&machine.earlier, node.upgraded) {
+            (Some(earlier), false) => earlier,
+            _ => &machine.current,
+        };
         let launch = Launch {
             node_id: node.id.clone(),
             definition: &machine.definition,
             accelerator: machine.accelerator,
-            kernel: &machine.kernel,
-            initrd: &machine.initrd,
+            kernel: &boot.kernel,
+            initrd: &boot.initrd,
             http_port: node.http_port,
             data_disk: Some(&node.disk),
             generation: node.generation,
@@ -186,10 +206,10 @@ impl VmCluster {
     }
 
     /// What `nodes` VMs on `store` can be put through: the faults of the process backend
-    /// (a single SQLite node has no shared services, a cluster's data is in PostgreSQL).
-    pub(crate) fn capabilities_for(nodes: usize, store: Store) -> Capabilities {
-        // Upgrades run on processes for now: a VM's needs the earlier revision's image too.
-        Capabilities::of_cluster("vms", nodes, store, false)
+    /// (a single SQLite node has no shared services, a cluster's data is in PostgreSQL),
+    /// and upgrades when they boot an earlier revision.
+    pub(crate) fn capabilities_for(nodes: usize, store: Store, upgradable: bool) -> Capabilities {
+        Capabilities::of_cluster("vms", nodes, store, upgradable)
     }
 
     fn node(&self, number: usize) -> Result<&VmNode> {
@@ -255,6 +275,28 @@ impl VmCluster {
         Ok(detail)
     }
 
+    /// Powers a node off with its power button and boots it again as itself from the
+    /// current build; the detail says how long it was out (power button until healthy).
+    fn upgrade_node(&mut self, number: usize) -> Result<String> {
+        let pressed = std::time::Instant::now();
+        let node = self.node(number)?;
+        if node.upgraded {
+            bail!("{} already runs the current build", node.id);
+        }
+        let stopped = self.stop_node(number, Stop::PowerButton)?;
+        self.nodes[number - 1].upgraded = true;
+        let booted = self.restart_node(number)?;
+        Ok(format!(
+            "{stopped}; {booted}; out {:.1} s",
+            pressed.elapsed().as_secs_f64()
+        ))
+    }
+
+    /// Does `act` to every running VM.
+    fn each_vm(&self, act: impl Fn(&Vm) -> Result<()>) -> Result<()> {
+        self.nodes.iter().filter_map(|node| node.vm.as_ref()).try_for_each(act)
+    }
+
     fn qmp(&self, number: usize, what: &str, act: impl FnOnce(&Vm) -> Result<()>) -> Result<String> {
         let (node, vm) = self.running(number)?;
         act(vm)?;
@@ -283,6 +325,10 @@ impl Usage {
     }
 }
 
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Stop {
     Quit,
@@ -291,7 +337,8 @@ enum Stop {
 
 impl Backend for VmCluster {
     fn capabilities(&self) -> Capabilities {
-        Self::capabilities_for(self.nodes.len(), self.store)
+        let upgradable = self.machines.iter().any(|machine| machine.earlier.is_some());
+        Self::capabilities_for(self.nodes.len(), self.store, upgradable)
     }
 
     fn members(&self) -> Vec<Member> {
@@ -340,7 +387,7 @@ impl Backend for VmCluster {
             FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Freeze),
             FaultKind::RestartService => self.services.act(fault.service, ServiceAction::Restart),
             FaultKind::DropAcknowledged => bail!("drop-acknowledged is the engine's to run"),
-            FaultKind::Upgrade => bail!("upgrades run on processes (cluster-local --from) for now"),
+            FaultKind::Upgrade => on_each(self, fault, |c, n| c.upgrade_node(n)),
         }
     }
 
@@ -375,5 +422,68 @@ impl Backend for VmCluster {
 
     fn drop_message(&mut self, id: i64) -> Result<String> {
         self.services.drop_message(id)
+    }
+}
+
+impl Snapshots for VmCluster {
+    /// Keeps the whole cluster as snapshot `tag`: every VM stopped at one moment, the
+    /// shared database copied, each VM's memory, devices and disk saved onto its qcow2
+    /// disk, and every VM running again.
+    fn save(&mut self, tag: &str) -> Result<Saved> {
+        self.each_vm(|vm| vm.qmp.stop())?;
+        let database = self.services.save_database(tag)?;
+        let mut vms = Vec::new();
+        for node in &mut self.nodes {
+            let vm = node
+                .vm
+                .as_ref()
+                .with_context(|| format!("{} is not running", node.id))?;
+            let took = vm.qmp.snapshot_save(tag, NODE_NAME)?;
+            node.snapshots.insert(tag.to_string(), node.upgraded);
+            vms.push(SnapshotFigures {
+                node_id: node.id.clone(),
+                vm_state_mib: mib(node.disk.snapshot_bytes(tag)?),
+                disk_file_mib: mib(node.disk.file_bytes()?),
+                save_seconds: took.as_secs_f64(),
+                load_seconds: None,
+            });
+        }
+        self.each_vm(|vm| vm.qmp.cont())?;
+        Ok(Saved {
+            tag: tag.to_string(),
+            database_save_seconds: database.map(|took| took.as_secs_f64()),
+            database_load_seconds: None,
+            vms,
+        })
+    }
+
+    /// Puts the whole cluster back to snapshot `tag` (see [`Self::save`]): every VM
+    /// stopped, the database put back, each VM loaded, every VM running again and
+    /// healthy. Each node runs again the build it ran then. Fills in the load times.
+    fn restore(&mut self, saved: &mut Saved, task: &Task) -> Result<()> {
+        let tag = saved.tag.clone();
+        self.each_vm(|vm| vm.qmp.stop())?;
+        saved.database_load_seconds = self.services.restore_database(&tag)?.map(|took| took.as_secs_f64());
+        for node in &mut self.nodes {
+            task.step(format!("loading {} on {}", tag, node.id));
+            let vm = node
+                .vm
+                .as_ref()
+                .with_context(|| format!("{} is not running", node.id))?;
+            let took = vm.qmp.snapshot_load(&tag, NODE_NAME)?;
+            node.upgraded = *node
+                .snapshots
+                .get(&tag)
+                .with_context(|| format!("{} has no snapshot {tag}", node.id))?;
+            if let Some(figures) = saved.vms.iter_mut().find(|figures| figures.node_id == node.id) {
+                figures.load_seconds = Some(took.as_secs_f64());
+            }
+        }
+        self.each_vm(|vm| vm.qmp.cont())?;
+        for node in &self.nodes {
+            task.step(format!("waiting for {} to answer again", node.id));
+            node.vm.as_ref().context("restored")?.wait_healthy(BOOT_TIMEOUT)?;
+        }
+        Ok(())
     }
 }

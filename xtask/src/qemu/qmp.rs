@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long QEMU may take to create its socket after launch.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a snapshot may take to save or load (a guest of a few hundred MiB under TCG).
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 type Service = QapiService<QmpStreamTokio<WriteHalf<UnixStream>>>;
 
@@ -222,6 +224,61 @@ impl Qmp {
 
     pub fn remove_object(&self, id: &str) -> Result<()> {
         self.execute(qmp::object_del { id: id.into() }).map(drop)
+    }
+
+    /// Saves the running (or paused) VM as snapshot `tag`: its memory and device state
+    /// into the qcow2 disk `node`, whose contents it snapshots too. Returns how long it
+    /// took; the guest's CPUs stand still meanwhile.
+    pub fn snapshot_save(&self, tag: &str, node: &str) -> Result<Duration> {
+        let started = Instant::now();
+        let job = format!("save-{tag}");
+        self.execute(qmp::snapshot_save {
+            job_id: job.clone(),
+            tag: tag.into(),
+            vmstate: node.into(),
+            devices: vec![node.into()],
+        })?;
+        self.await_job(&job)?;
+        Ok(started.elapsed())
+    }
+
+    /// Puts the VM back to snapshot `tag` of disk `node`: memory, devices and disk as
+    /// they were saved. Returns how long it took.
+    pub fn snapshot_load(&self, tag: &str, node: &str) -> Result<Duration> {
+        let started = Instant::now();
+        let job = format!("load-{tag}");
+        self.execute(qmp::snapshot_load {
+            job_id: job.clone(),
+            tag: tag.into(),
+            vmstate: node.into(),
+            devices: vec![node.into()],
+        })?;
+        self.await_job(&job)?;
+        Ok(started.elapsed())
+    }
+
+    /// Waits until job `id` concludes and dismisses it; its error, if it had one.
+    fn await_job(&self, id: &str) -> Result<()> {
+        let deadline = Instant::now() + JOB_TIMEOUT;
+        loop {
+            let jobs = self.execute(qmp::query_jobs {})?;
+            let job = jobs
+                .iter()
+                .find(|job| job.id == id)
+                .with_context(|| format!("QMP lists no job {id}"))?;
+            if job.status == qmp::JobStatus::concluded {
+                let error = job.error.clone();
+                self.execute(qmp::job_dismiss { id: id.into() })?;
+                return match error {
+                    Some(error) => bail!("job {id} failed: {error}"),
+                    None => Ok(()),
+                };
+            }
+            if Instant::now() > deadline {
+                bail!("job {id} still {} after {JOB_TIMEOUT:?}", name_of(&job.status));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits for an event matching `wanted` that arrived at or after `since`; returns

@@ -490,6 +490,17 @@ impl Scenario {
     }
 
     /// The faults as they will run on `capabilities`; `seed` draws a random scenario's.
+    /// The same workload without any fault, named `<name>-<suffix>`: how a cluster that
+    /// was put back (a rollback) shows it serves.
+    pub(crate) fn without_faults(&self, suffix: &str) -> Scenario {
+        Scenario {
+            name: format!("{}-{suffix}", self.name),
+            timeline: Vec::new(),
+            random: false,
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn plan(&self, capabilities: &Capabilities, seed: u64) -> Result<Schedule, UsageError> {
         if let Some(nodes) = self.requires.nodes {
             if capabilities.nodes != nodes {
