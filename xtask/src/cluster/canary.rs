@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::engine::{self, Backend, Run};
 use super::scenario_report::{ScenarioReport, VmUsage};
 use super::Description;
-use crate::report::progress::{Progress, Task};
+use crate::report::progress::Progress;
 use crate::report::{Outcome, Table};
 use crate::scenario::Scenario;
 
@@ -25,7 +25,7 @@ pub(crate) trait Snapshots: Backend {
     fn save(&mut self, tag: &str) -> Result<Saved>;
     /// Puts the cluster back to `saved`, filling in the load times; every node serves
     /// again when this returns.
-    fn restore(&mut self, saved: &mut Saved, task: &Task) -> Result<()>;
+    fn restore(&mut self, saved: &mut Saved) -> Result<()>;
 }
 
 /// A snapshot of the whole cluster: its VMs and the database they share.
@@ -37,6 +37,27 @@ pub(crate) struct Saved {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_load_seconds: Option<f64>,
     pub vms: Vec<SnapshotFigures>,
+}
+
+impl Saved {
+    /// One line for a report: the sizes and times.
+    pub(crate) fn describe(&self) -> String {
+        let vms: Vec<String> = self
+            .vms
+            .iter()
+            .map(|vm| {
+                let load = vm
+                    .load_seconds
+                    .map(|s| format!(", loaded in {s:.2} s"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {:.0} MiB saved in {:.2} s{load}",
+                    vm.node_id, vm.vm_state_mib, vm.save_seconds
+                )
+            })
+            .collect();
+        vms.join("; ")
+    }
 }
 
 /// One VM's snapshot: its size and how long it took to save and to load.
@@ -87,7 +108,7 @@ pub(crate) fn run<C: Snapshots>(
         Some(why) => {
             let task = progress.task("rollback");
             task.step(format!("{why}: loading {TAG} on every VM"));
-            cluster.restore(&mut snapshot, &task)?;
+            cluster.restore(&mut snapshot)?;
             task.finish("every VM back at the snapshot");
             let steady = scenario.without_faults("restored");
             Some(engine::run_scenario(&steady, seed, cluster, lease, runs_dir, progress)?)
@@ -133,7 +154,7 @@ impl CanaryReport {
                 run,
             )
         });
-        let canary = ScenarioReport::new(&scenario.name, backend, description, runs.canary).with_vms(vms);
+        let canary = ScenarioReport::new(&scenario.name, backend, description, runs.canary).with_vms(vms, Vec::new());
         // A canary that broke a promise fails the run, even when the rollback worked: the
         // upgrade must not ship.
         let ok = canary.ok() && restored.as_ref().is_none_or(|restored| restored.ok());

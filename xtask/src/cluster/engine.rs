@@ -15,9 +15,14 @@ use super::{Member, Verifier};
 use crate::history::check::{self, Bounds, Check, Violation};
 use crate::history::{stats, timeline, Event, Fault, Phase, Recorder};
 use crate::report::progress::{Progress, Task};
-use crate::scenario::{Capabilities, FaultKind, Planned, Scenario, Schedule};
+use crate::scenario::{Capabilities, FaultKind, Planned, Scenario, Schedule, TargetKind, Workload};
 use crate::system::http;
 
+/// How long a cluster may take to deliver across nodes (once its members agree): a cluster
+/// put back to a snapshot finds its dead NATS connections first. The server's client pings
+/// every 3 s (about 9 s to find one); builds from before that used async-nats' default
+/// minute (up to three), and a canary rolls back to such builds.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(200);
 /// How long subscribers keep listening after the posters stop, for the last deliveries.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -101,20 +106,21 @@ pub(crate) fn run_scenario(
     let task = progress.task(&format!("scenario {}", scenario.name));
     let first = members.first().context("a cluster of no node")?;
     let verifier = Verifier::new(first)?;
-    task.step("membership");
-    verifier.membership(&members)?;
-    let client = verifier.new_channel(first, &format!("scenario-{}-{}", scenario.name, std::process::id()))?;
+    task.step("membership and delivery");
+    until_serving(&verifier, &members)?;
+    let channel = format!("scenario-{}-{}", scenario.name, std::process::id());
+    let client = verifier.new_channel(first, &channel)?;
     let bounds = Bounds {
         convergence: lease + Duration::from_secs(2),
     };
     let history = run_dir(runs_dir, &scenario.name)?.join("history.jsonl");
     let before = versions(&members);
     let observers = Observers {
-        client: &client,
         verifier: &verifier,
         bounds,
+        channel: &channel,
     };
-    let mut run = run(scenario, schedule, backend, &observers, &history, &task)?;
+    let mut run = run(scenario, schedule, backend, client, &observers, &history, &task)?;
     run.versions = members
         .iter()
         .zip(before)
@@ -134,32 +140,108 @@ pub(crate) fn run_scenario(
     Ok(run)
 }
 
-/// Who watches a run: the workload's client, the verifier's own probes, and the
-/// checker's bounds.
-struct Observers<'a> {
-    client: &'a Client,
-    verifier: &'a Verifier,
-    bounds: Bounds,
+/// Waits until every node lists every node up and a message posted on each reaches
+/// every node: where every run, and every stretch after a restore, starts from.
+fn until_serving(verifier: &Verifier, members: &[Member]) -> Result<String> {
+    let started = Instant::now();
+    verifier.membership(members).context("membership")?;
+    let listed = started.elapsed();
+    verifier
+        .await_delivery(members, SERVING_TIMEOUT)
+        .context("delivery across nodes")?;
+    Ok(format!(
+        "every node listed every node up {:.1} s later, and delivered across nodes {:.1} s later",
+        listed.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ))
 }
 
-/// Runs `schedule` with `scenario`'s workload on `backend`, recording into `history_path`.
+/// Who watches a run: the verifier's own probes and channels, and the checker's bounds.
+struct Observers<'a> {
+    verifier: &'a Verifier,
+    bounds: Bounds,
+    /// The workload's channel name; a later segment's channel adds its number.
+    channel: &'a str,
+}
+
+/// One stretch of a run, with a history of its own: the workload on a channel of its own,
+/// recorded from its start until the run ends or a `restore` puts the cluster back in
+/// time. Whatever the cluster acknowledged since the snapshot goes with the restore, so
+/// each stretch is checked on its own, as it stood.
+struct Segment {
+    number: usize,
+    client: Client,
+    recorder: Arc<Recorder>,
+    running: workload::Running,
+}
+
+impl Segment {
+    fn start(
+        number: usize,
+        members: &[Member],
+        client: Client,
+        workload: &Workload,
+        first_history: &Path,
+        started: Instant,
+    ) -> Result<Self> {
+        let path = match number {
+            1 => first_history.to_path_buf(),
+            _ => first_history.with_file_name(format!("history-{number}.jsonl")),
+        };
+        let recorder = Arc::new(Recorder::create(&path, started)?);
+        let running = workload::start(members, &client, workload, &recorder)?;
+        Ok(Self {
+            number,
+            client,
+            recorder,
+            running,
+        })
+    }
+
+    /// Stops the workload (posters first; subscribers get the last deliveries), reads the
+    /// nodes' final state, and checks the segment's history against it.
+    fn finish(self, members: &[Member], bounds: Bounds) -> Result<(Vec<Event>, Vec<Violation>)> {
+        std::thread::sleep(SETTLE);
+        self.running.stop();
+        let listing = workload::final_state(members, &self.client);
+        let history = self.recorder.finish()?;
+        let mut violations = check::check(&history, &listing.state, bounds);
+        violations.extend(listing.unreadable.into_iter().map(|(node, why)| Violation {
+            check: Check::AcknowledgedStored,
+            message: format!("{node} could not list the workload's messages at the end: {why}"),
+            lines: Vec::new(),
+        }));
+        if self.number > 1 {
+            let file = self.recorder.path().file_name().unwrap_or_default().to_string_lossy();
+            for violation in &mut violations {
+                violation.message = format!("{} ({file})", violation.message);
+            }
+        }
+        Ok((history, violations))
+    }
+}
+
+/// Runs `schedule` with `scenario`'s workload on `backend`, recording into `history_path`
+/// (and, after each restore, beside it).
 fn run(
     scenario: &Scenario,
     schedule: Schedule,
     backend: &mut dyn Backend,
+    client: Client,
     observers: &Observers,
     history_path: &Path,
     task: &Task,
 ) -> Result<Run> {
     let Observers {
-        client,
         verifier,
         bounds,
+        channel,
     } = *observers;
     let members = backend.members();
     let started = Instant::now();
-    let recorder = Arc::new(Recorder::create(history_path, started)?);
-    let running = workload::start(&members, client, &scenario.workload, &recorder)?;
+    let mut segment = Segment::start(1, &members, client, &scenario.workload, history_path, started)?;
+    let mut history: Vec<Event> = Vec::new();
+    let mut violations: Vec<Violation> = Vec::new();
     let mut executed: Vec<Executed> = Vec::new();
     let mut interop: Vec<Interop> = Vec::new();
     let mut actions = actions_of(&schedule);
@@ -172,6 +254,36 @@ fn run(
             .iter()
             .filter_map(|n| members.get(n - 1).map(|m| m.id.clone()))
             .collect::<Vec<_>>();
+        if fault.fault == FaultKind::Restore {
+            task.step("restore: the stretch since the start (or the last restore) is checked as it stood");
+            let number = segment.number + 1;
+            let (events, found) = segment.finish(&members, bounds)?;
+            history.extend(events);
+            violations.extend(found);
+            let started_s = started.elapsed().as_secs_f64();
+            let put_back = backend
+                .start(fault)
+                .with_context(|| format!("step {} ({})", fault.step, fault.fault))?;
+            // The next stretch starts, as the first did, from a cluster that serves: put
+            // back, every node has to reach PostgreSQL and NATS again first.
+            let detail = format!(
+                "{put_back}; {}",
+                until_serving(verifier, &members).context("after the restore")?
+            );
+            let client = verifier.new_channel(&members[0], &format!("{channel}-{number}"))?;
+            segment = Segment::start(number, &members, client, &scenario.workload, history_path, started)?;
+            record_instant(&segment.recorder, fault, &names)?;
+            executed.push(Executed {
+                step: fault.step,
+                fault: fault.fault,
+                nodes: names,
+                started_s,
+                healed_s: Some(started.elapsed().as_secs_f64()),
+                detail,
+            });
+            continue;
+        }
+        let recorder = &segment.recorder;
         let started_ms = recorder.now_ms();
         let detail = if action.heal {
             task.step(format!("healing {} on {}", fault.fault, target_of(fault, &names)));
@@ -211,9 +323,9 @@ fn run(
                 entry.detail = format!("{}; {detail}", entry.detail);
             }
         } else {
-            // An upgrade is over when its node serves again from the new build: recorded as
-            // a heal, so that the node is excused only while it is out, and must then be
-            // listed up again like any healed node.
+            // An upgrade is over when its node serves again from the new build (a snapshot
+            // when every VM runs again): recorded as a heal, so that the nodes are excused
+            // only while it was made, and must then be listed up again like any healed node.
             let healed_s = if fault.fault.over_when_made() {
                 let back_ms = recorder.now_ms();
                 recorder.record(&Event::Fault(Fault {
@@ -222,7 +334,7 @@ fn run(
                     phase: Phase::Heal,
                     at_ms: back_ms,
                     nodes: names.clone(),
-                    shared: false,
+                    shared: fault.shared(),
                 }))?;
                 Some(back_ms as f64 / 1000.0)
             } else {
@@ -244,12 +356,9 @@ fn run(
     }
     sleep_until(started + scenario.workload.duration);
     task.step("the workload ends; reading every node's history");
-    // Posters stop first; subscribers get the last deliveries, then stop too.
-    std::thread::sleep(SETTLE);
-    running.stop();
-    let final_state = workload::final_state(&members, client)?;
-    let history = recorder.finish()?;
-    let mut violations = check::check(&history, &final_state, bounds);
+    let (events, found) = segment.finish(&members, bounds)?;
+    history.extend(events);
+    violations.extend(found);
     violations.extend(interop.iter().filter(|probe| !probe.ok).map(|probe| Violation {
         check: Check::Interoperation,
         message: format!(
@@ -266,11 +375,27 @@ fn run(
         executed,
         history,
         violations,
-        history_path: recorder.path().to_path_buf(),
+        history_path: history_path.to_path_buf(),
         timeline_path,
         versions: Vec::new(),
         interop,
     })
+}
+
+/// A fault that is made and over at once, recorded as its start and its heal together.
+fn record_instant(recorder: &Recorder, fault: &Planned, names: &[String]) -> Result<()> {
+    let at_ms = recorder.now_ms();
+    for phase in [Phase::Start, Phase::Heal] {
+        recorder.record(&Event::Fault(Fault {
+            step: fault.step,
+            fault: fault.fault.name().into(),
+            phase,
+            at_ms,
+            nodes: names.to_vec(),
+            shared: fault.shared(),
+        }))?;
+    }
+    Ok(())
 }
 
 /// When the nodes just upgraded (`upgraded`) serve beside nodes still on another build:
@@ -375,6 +500,7 @@ fn target_of(fault: &Planned, names: &[String]) -> String {
     match (fault.service, names.is_empty()) {
         (Some(service), _) => service.to_string(),
         (None, false) => names.join(", "),
+        (None, true) if fault.fault.target() == TargetKind::Cluster => "the cluster".into(),
         (None, true) => "the store".into(),
     }
 }

@@ -211,7 +211,7 @@ impl ProcessCluster {
     /// What `nodes` processes on `store` can be put through. A cluster runs on PostgreSQL
     /// and NATS; a single SQLite node owns a disk of its own and depends on no service.
     pub(crate) fn capabilities_for(nodes: usize, store: Store, upgradable: bool) -> Capabilities {
-        Capabilities::of_cluster("processes", nodes, store, upgradable)
+        Capabilities::of_cluster("processes", nodes, store, upgradable, false)
     }
 }
 
@@ -275,6 +275,7 @@ impl Backend for ProcessCluster {
             FaultKind::RestartService => self.services.act(fault.service, ServiceAction::Restart),
             FaultKind::Upgrade => on_each(self, fault, |c, n| c.upgrade_node(n)),
             FaultKind::DropAcknowledged => bail!("drop-acknowledged is the engine's to run"),
+            FaultKind::Snapshot | FaultKind::Restore => bail!("processes have no snapshots: the VM backend has"),
         }
     }
 
@@ -301,9 +302,12 @@ impl Backend for ProcessCluster {
             }),
             FaultKind::KillService => self.services.act(fault.service, ServiceAction::Start),
             FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Thaw),
-            FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged | FaultKind::Upgrade => {
-                Ok("nothing to heal".into())
-            }
+            FaultKind::Reboot
+            | FaultKind::RestartService
+            | FaultKind::DropAcknowledged
+            | FaultKind::Upgrade
+            | FaultKind::Snapshot
+            | FaultKind::Restore => Ok("nothing to heal".into()),
         }
     }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::canary::Saved;
 use super::engine::{Executed, Interop, NodeVersion, Run};
 use super::Description;
 use crate::history::check::{Check, Violation};
@@ -36,6 +37,9 @@ pub struct ScenarioReport {
     /// Per VM, on the VM backend.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     vms: Vec<VmUsage>,
+    /// The snapshots the scenario's `snapshot` steps took (VMs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    snapshots: Vec<Saved>,
     history: PathBuf,
     /// The picture: posts, errors and delivery latency over time, fault windows shaded.
     timeline: PathBuf,
@@ -43,7 +47,7 @@ pub struct ScenarioReport {
 
 /// What one VM cost the host over a run, all its lives together.
 #[derive(Debug, Clone, Serialize)]
-pub struct VmUsage {
+pub(crate) struct VmUsage {
     pub node_id: String,
     pub arch: String,
     /// Boots: 1, plus one per restart as the same node.
@@ -96,6 +100,7 @@ impl ScenarioReport {
             versions: run.versions,
             interop: run.interop,
             vms: Vec::new(),
+            snapshots: Vec::new(),
             history: run.history_path,
             timeline: run.timeline_path,
         }
@@ -124,9 +129,10 @@ impl ScenarioReport {
             .collect()
     }
 
-    /// The report with what each VM cost the host.
-    pub fn with_vms(mut self, vms: Vec<VmUsage>) -> Self {
+    /// The report with what each VM cost the host, and the snapshots its steps took.
+    pub(crate) fn with_vms(mut self, vms: Vec<VmUsage>, snapshots: Vec<Saved>) -> Self {
         self.vms = vms;
+        self.snapshots = snapshots;
         self
     }
 }
@@ -187,6 +193,13 @@ impl Outcome for ScenarioReport {
                     "{}: QEMU used {:.1} CPU s, peak {:.0} MiB resident",
                     vm.arch, vm.cpu_seconds, vm.peak_rss_mib
                 ),
+            ]);
+        }
+        for saved in &self.snapshots {
+            table.row(vec![
+                format!("snapshot {}", saved.tag),
+                "saved".into(),
+                saved.describe(),
             ]);
         }
         for row in self.check_rows() {

@@ -164,25 +164,53 @@ impl Verifier {
         }
     }
 
-    /// Every node lists every node as up.
+    /// Every node lists every node as up, within [`MEMBERSHIP_TIMEOUT`]. A node that
+    /// cannot answer yet (a 503 while it reaches its database again) is asked again.
     pub fn membership(&self, members: &[Member]) -> Result<String> {
         let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
         for observer in members {
             loop {
-                let listed = self.listing(observer)?;
-                let all_up = members
-                    .iter()
-                    .all(|m| listed.get(&m.id).is_some_and(|entry| entry.status == "up"));
-                if all_up {
-                    break;
-                }
+                let seen = match self.listing(observer) {
+                    Ok(listed) => {
+                        let all_up = members
+                            .iter()
+                            .all(|m| listed.get(&m.id).is_some_and(|entry| entry.status == "up"));
+                        if all_up {
+                            break;
+                        }
+                        format!("{} lists {listed:?}", observer.id)
+                    }
+                    Err(err) => format!("{err:#}"),
+                };
                 if Instant::now() > deadline {
-                    bail!("{} lists {listed:?}", observer.id);
+                    bail!("after {MEMBERSHIP_TIMEOUT:?}: {seen}");
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
         Ok(format!("{} of {} nodes up on every node", members.len(), members.len()))
+    }
+
+    /// Waits until a message posted on each node reaches a subscriber on every node (after
+    /// a restore, nodes find their stale connections dead and connect again first);
+    /// returns how long that took.
+    pub fn await_delivery(&self, members: &[Member], timeout: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        let mut listeners = Listeners::open(members, &self.token, self.channel)?;
+        for member in members {
+            loop {
+                let id = self.post(member, &format!("delivery probe from {}", member.id))?;
+                match listeners.await_message(id) {
+                    Ok(_) => break,
+                    Err(err) if started.elapsed() > timeout => {
+                        return Err(err.context(format!("no delivery within {timeout:?}")));
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        listeners.close();
+        Ok(started.elapsed())
     }
 
     /// A message posted on each node reaches a subscriber on every node, exactly once.

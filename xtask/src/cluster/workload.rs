@@ -237,33 +237,52 @@ fn sample_membership(member: &Member, client: &Client, recorder: &Recorder, stop
     }
 }
 
+/// Every message of the channel as each node lists it, and the nodes that could not
+/// list it, with why (a broken promise the checker cannot see for itself).
+pub(crate) struct Listing {
+    pub state: FinalState,
+    pub unreadable: Vec<(String, String)>,
+}
+
 /// Every message of the channel as each node lists it, paged back from the newest.
-pub(crate) fn final_state(members: &[Member], client: &Client) -> Result<FinalState> {
-    let mut state = FinalState::new();
+pub(crate) fn final_state(members: &[Member], client: &Client) -> Listing {
+    let mut listing = Listing {
+        state: FinalState::new(),
+        unreadable: Vec::new(),
+    };
     for member in members {
-        let mut stored = Vec::new();
-        let mut before = String::new();
-        loop {
-            let path = format!("/api/v1/channels/{}/messages?limit=200{before}", client.channel);
-            let (status, page) = http::request(member.addr, "GET", &path, Some(&client.token), None)
-                .with_context(|| format!("reading the history of {}", member.id))?;
-            if status != 200 {
-                anyhow::bail!("paging history on {} answered {status}: {page}", member.id);
+        match stored_on(member, client) {
+            Ok(stored) => {
+                listing.state.insert(member.id.clone(), stored);
             }
-            let page = page.as_array().context("a page of messages")?;
-            let Some(oldest) = page.last().and_then(|m| m["id"].as_i64()) else {
-                break;
-            };
-            stored.extend(page.iter().filter_map(|message| {
-                Some(Stored {
-                    id: message["id"].as_i64()?,
-                    key: history::key_of_body(message["body"].as_str().unwrap_or_default()),
-                    origin: message["node_id"].as_str().unwrap_or_default().to_string(),
-                })
-            }));
-            before = format!("&before={oldest}");
+            Err(err) => listing.unreadable.push((member.id.clone(), format!("{err:#}"))),
         }
-        state.insert(member.id.clone(), stored);
     }
-    Ok(state)
+    listing
+}
+
+/// The channel's messages as `member` lists them.
+fn stored_on(member: &Member, client: &Client) -> Result<Vec<Stored>> {
+    let mut stored = Vec::new();
+    let mut before = String::new();
+    loop {
+        let path = format!("/api/v1/channels/{}/messages?limit=200{before}", client.channel);
+        let (status, page) = http::request(member.addr, "GET", &path, Some(&client.token), None)?;
+        if status != 200 {
+            anyhow::bail!("paging the channel's messages answered {status}: {page}");
+        }
+        let page = page.as_array().context("a page of messages")?;
+        let Some(oldest) = page.last().and_then(|m| m["id"].as_i64()) else {
+            break;
+        };
+        stored.extend(page.iter().filter_map(|message| {
+            Some(Stored {
+                id: message["id"].as_i64()?,
+                key: history::key_of_body(message["body"].as_str().unwrap_or_default()),
+                origin: message["node_id"].as_str().unwrap_or_default().to_string(),
+            })
+        }));
+        before = format!("&before={oldest}");
+    }
+    Ok(stored)
 }

@@ -237,7 +237,7 @@ fn run_scenario(
             nats_url,
         };
         ClusterOutcome::Scenario(Box::new(
-            ScenarioReport::new(&scenario.name, "vms", description, run).with_vms(cluster.usage()),
+            ScenarioReport::new(&scenario.name, "vms", description, run).with_vms(cluster.usage(), cluster.snapshots()),
         ))
     };
     drop(cluster);

@@ -59,6 +59,13 @@ pub(crate) struct VmCluster {
     store: Store,
     places: Places,
     runtime: Arc<Runtime>,
+    /// The snapshots `snapshot` steps took, with their figures.
+    saved: Vec<Saved>,
+}
+
+/// The tag of the snapshot scenario step `step` takes.
+fn snapshot_tag(step: usize) -> String {
+    format!("step-{step}")
 }
 
 struct VmNode {
@@ -105,6 +112,7 @@ impl VmCluster {
             store,
             places,
             runtime: super::qmp::runtime()?,
+            saved: Vec::new(),
         };
         for (index, &machine) in arches.iter().enumerate() {
             let id = format!("node-{index}");
@@ -188,6 +196,11 @@ impl VmCluster {
             .collect()
     }
 
+    /// The snapshots the scenario's steps took, with their sizes and times.
+    pub(crate) fn snapshots(&self) -> Vec<Saved> {
+        self.saved.clone()
+    }
+
     /// What each VM cost the host so far.
     pub(crate) fn usage(&self) -> Vec<VmUsage> {
         self.nodes
@@ -209,7 +222,7 @@ impl VmCluster {
     /// (a single SQLite node has no shared services, a cluster's data is in PostgreSQL),
     /// and upgrades when they boot an earlier revision.
     pub(crate) fn capabilities_for(nodes: usize, store: Store, upgradable: bool) -> Capabilities {
-        Capabilities::of_cluster("vms", nodes, store, upgradable)
+        Capabilities::of_cluster("vms", nodes, store, upgradable, true)
     }
 
     fn node(&self, number: usize) -> Result<&VmNode> {
@@ -388,6 +401,26 @@ impl Backend for VmCluster {
             FaultKind::RestartService => self.services.act(fault.service, ServiceAction::Restart),
             FaultKind::DropAcknowledged => bail!("drop-acknowledged is the engine's to run"),
             FaultKind::Upgrade => on_each(self, fault, |c, n| c.upgrade_node(n)),
+            FaultKind::Snapshot => {
+                let saved = self.save(&snapshot_tag(fault.step))?;
+                let detail = saved.describe();
+                self.saved.push(saved);
+                Ok(detail)
+            }
+            FaultKind::Restore => {
+                let tag = snapshot_tag(fault.restores.context("a restore names no snapshot")?);
+                let index = self
+                    .saved
+                    .iter()
+                    .rposition(|saved| saved.tag == tag)
+                    .with_context(|| format!("no snapshot {tag} was taken"))?;
+                // Its figures gain the load times of the latest restore.
+                let mut snapshot = self.saved[index].clone();
+                self.restore(&mut snapshot)?;
+                let detail = format!("the cluster put back to {tag}: {}", snapshot.describe());
+                self.saved[index] = snapshot;
+                Ok(detail)
+            }
         }
     }
 
@@ -414,9 +447,12 @@ impl Backend for VmCluster {
             }),
             FaultKind::KillService => self.services.act(fault.service, ServiceAction::Start),
             FaultKind::FreezeService => self.services.act(fault.service, ServiceAction::Thaw),
-            FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged | FaultKind::Upgrade => {
-                Ok("nothing to heal".into())
-            }
+            FaultKind::Reboot
+            | FaultKind::RestartService
+            | FaultKind::DropAcknowledged
+            | FaultKind::Upgrade
+            | FaultKind::Snapshot
+            | FaultKind::Restore => Ok("nothing to heal".into()),
         }
     }
 
@@ -460,12 +496,11 @@ impl Snapshots for VmCluster {
     /// Puts the whole cluster back to snapshot `tag` (see [`Self::save`]): every VM
     /// stopped, the database put back, each VM loaded, every VM running again and
     /// healthy. Each node runs again the build it ran then. Fills in the load times.
-    fn restore(&mut self, saved: &mut Saved, task: &Task) -> Result<()> {
+    fn restore(&mut self, saved: &mut Saved) -> Result<()> {
         let tag = saved.tag.clone();
         self.each_vm(|vm| vm.qmp.stop())?;
         saved.database_load_seconds = self.services.restore_database(&tag)?.map(|took| took.as_secs_f64());
         for node in &mut self.nodes {
-            task.step(format!("loading {} on {}", tag, node.id));
             let vm = node
                 .vm
                 .as_ref()
@@ -479,9 +514,14 @@ impl Snapshots for VmCluster {
                 figures.load_seconds = Some(took.as_secs_f64());
             }
         }
+        // Each node's connections to NATS and PostgreSQL went back in time with it, and
+        // their far ends moved on: ended now, so that the node sees them dead and connects
+        // again at once, instead of at its client's next keepalive (NATS: minutes).
+        for node in &self.nodes {
+            node.dependencies.iter().for_each(services::Relay::reset_connections);
+        }
         self.each_vm(|vm| vm.qmp.cont())?;
         for node in &self.nodes {
-            task.step(format!("waiting for {} to answer again", node.id));
             node.vm.as_ref().context("restored")?.wait_healthy(BOOT_TIMEOUT)?;
         }
         Ok(())

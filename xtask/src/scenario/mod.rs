@@ -65,10 +65,16 @@ pub enum FaultKind {
     /// The node stopped cleanly (SIGTERM) and started again as itself from the working
     /// tree's build: a cluster started `--from` an earlier revision is rolled forward.
     Upgrade,
+    /// The whole cluster saved at one moment (VMs: every VM's memory, devices and disk,
+    /// and the database they share), for a later `restore`.
+    Snapshot,
+    /// The whole cluster put back to the latest snapshot: a fork of the run, whose
+    /// workload starts again on a channel of its own, checked on its own.
+    Restore,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Crash,
         FaultKind::Freeze,
         FaultKind::Reboot,
@@ -83,6 +89,8 @@ impl FaultKind {
         FaultKind::RestartService,
         FaultKind::DropAcknowledged,
         FaultKind::Upgrade,
+        FaultKind::Snapshot,
+        FaultKind::Restore,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +109,8 @@ impl FaultKind {
             FaultKind::RestartService => "restart-service",
             FaultKind::DropAcknowledged => "drop-acknowledged",
             FaultKind::Upgrade => "upgrade",
+            FaultKind::Snapshot => "snapshot",
+            FaultKind::Restore => "restore",
         }
     }
 
@@ -109,6 +119,7 @@ impl FaultKind {
         match self {
             FaultKind::KillService | FaultKind::FreezeService | FaultKind::RestartService => TargetKind::Service,
             FaultKind::DropAcknowledged => TargetKind::Store,
+            FaultKind::Snapshot | FaultKind::Restore => TargetKind::Cluster,
             _ => TargetKind::Nodes,
         }
     }
@@ -116,14 +127,19 @@ impl FaultKind {
     /// Whether the node is back once the fault has been made: the engine then records its
     /// heal at once, so that the node is excused only while the fault was being made.
     pub fn over_when_made(self) -> bool {
-        self == FaultKind::Upgrade
+        matches!(self, FaultKind::Upgrade | FaultKind::Snapshot | FaultKind::Restore)
     }
 
     /// Whether the fault lasts until healed (else it happens at once and is over).
     pub fn lasts(self) -> bool {
         !matches!(
             self,
-            FaultKind::Reboot | FaultKind::RestartService | FaultKind::DropAcknowledged | FaultKind::Upgrade
+            FaultKind::Reboot
+                | FaultKind::RestartService
+                | FaultKind::DropAcknowledged
+                | FaultKind::Upgrade
+                | FaultKind::Snapshot
+                | FaultKind::Restore
         )
     }
 }
@@ -139,6 +155,8 @@ pub enum TargetKind {
     Nodes,
     Service,
     Store,
+    /// Every node and the services they share, together.
+    Cluster,
 }
 
 /// A service every node depends on.
@@ -255,14 +273,22 @@ impl Capabilities {
     /// on PostgreSQL and NATS: its shared services, the relays to them and the rows the
     /// checker's own test deletes; a single SQLite node owns a disk of its own (the one
     /// `fill-disk` fills) and depends on no service.
-    /// An upgrade needs an earlier build to start from (`upgradable`).
-    pub(crate) fn of_cluster(backend: &'static str, nodes: usize, store: Store, upgradable: bool) -> Self {
+    /// An upgrade needs an earlier build to start from (`upgradable`); a snapshot, a backend
+    /// that can save its nodes whole (`snapshots`: VMs).
+    pub(crate) fn of_cluster(
+        backend: &'static str,
+        nodes: usize,
+        store: Store,
+        upgradable: bool,
+        snapshots: bool,
+    ) -> Self {
         Self {
             backend,
             faults: FaultKind::ALL
                 .into_iter()
                 .filter(|fault| match fault {
                     FaultKind::Upgrade => upgradable,
+                    FaultKind::Snapshot | FaultKind::Restore => snapshots,
                     FaultKind::FillDisk => store == Store::Sqlite,
                     FaultKind::KillService
                     | FaultKind::FreezeService
@@ -296,6 +322,9 @@ pub struct Planned {
     /// When it heals; `None` for a fault that is over at once.
     #[serde(skip_serializing_if = "Option::is_none", with = "humantime_text::optional")]
     pub heals: Option<Duration>,
+    /// A restore's snapshot: the step that took it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restores: Option<usize>,
 }
 
 impl Planned {
@@ -448,7 +477,7 @@ impl Scenario {
                 }
                 only_for(step.nodes.is_some(), "nodes", "faults on nodes")?;
             }
-            TargetKind::Store => {
+            TargetKind::Store | TargetKind::Cluster => {
                 only_for(step.nodes.is_some(), "nodes", "faults on nodes")?;
                 only_for(
                     step.service.is_some(),
@@ -489,7 +518,6 @@ impl Scenario {
         Ok(())
     }
 
-    /// The faults as they will run on `capabilities`; `seed` draws a random scenario's.
     /// The same workload without any fault, named `<name>-<suffix>`: how a cluster that
     /// was put back (a rollback) shows it serves.
     pub(crate) fn without_faults(&self, suffix: &str) -> Scenario {
@@ -501,6 +529,7 @@ impl Scenario {
         }
     }
 
+    /// The faults as they will run on `capabilities`; `seed` draws a random scenario's.
     pub(crate) fn plan(&self, capabilities: &Capabilities, seed: u64) -> Result<Schedule, UsageError> {
         if let Some(nodes) = self.requires.nodes {
             if capabilities.nodes != nodes {
@@ -547,6 +576,23 @@ impl Scenario {
             faults.extend(self.expand(index, step, capabilities.nodes)?);
         }
         faults.sort_by_key(|planned| (planned.at, planned.step));
+        // A restore loads the latest snapshot taken before it.
+        let mut latest_snapshot = None;
+        for planned in &mut faults {
+            match planned.fault {
+                FaultKind::Snapshot => latest_snapshot = Some(planned.step),
+                FaultKind::Restore => {
+                    planned.restores = Some(latest_snapshot.ok_or_else(|| {
+                        self.error(
+                            &format!("timeline[{}].fault", planned.step),
+                            "restore puts the cluster back to the latest snapshot, and none is taken before it",
+                            "add a `snapshot` step earlier in the timeline, e.g. `- {at: 5s, fault: snapshot}`",
+                        )
+                    })?);
+                }
+                _ => {}
+            }
+        }
         if let Some(last) = faults.iter().map(|f| f.heals.unwrap_or(f.at)).max() {
             if last >= self.workload.duration {
                 return Err(self.error(
@@ -576,6 +622,7 @@ impl Scenario {
             latency: (step.fault == FaultKind::SlowLink).then(|| step.latency.unwrap_or(DEFAULT_LATENCY)),
             at,
             heals: lasting.map(|lasting| at + lasting),
+            restores: None,
         };
         Ok(match &step.nodes {
             None => vec![planned(Vec::new(), step.at)],
@@ -855,6 +902,44 @@ mod tests {
     }
 
     #[test]
+    fn a_restore_loads_the_latest_snapshot_before_it() {
+        let scenario = parse(&with_timeline(
+            "  - {at: 2s, fault: snapshot}\n  - {at: 10s, fault: restore}\n  - {at: 12s, fault: snapshot}\n  - {at: 20s, fault: restore}\n  - {at: 25s, fault: restore}\n",
+        ))
+        .unwrap();
+        let schedule = scenario.plan(&processes(3), 0).unwrap();
+        let restores: Vec<(usize, Option<usize>)> = schedule
+            .faults
+            .iter()
+            .filter(|f| f.fault == FaultKind::Restore)
+            .map(|f| (f.step, f.restores))
+            .collect();
+        assert_eq!(restores, [(1, Some(0)), (3, Some(2)), (4, Some(2))]);
+        assert!(schedule.faults.iter().all(|f| f.nodes.is_empty() && f.heals.is_none()));
+    }
+
+    #[test]
+    fn a_restore_without_an_earlier_snapshot_is_refused() {
+        let scenario = parse(&with_timeline(
+            "  - {at: 10s, fault: restore}\n  - {at: 12s, fault: snapshot}\n",
+        ))
+        .unwrap();
+        let message = scenario.plan(&processes(3), 0).unwrap_err().to_string();
+        assert!(message.contains("`timeline[0].fault`"), "{message}");
+        assert!(message.contains("add a `snapshot` step earlier"), "{message}");
+        // A snapshot acts on the whole cluster: it names no nodes.
+        let message = error(&with_timeline("  - {at: 10s, fault: snapshot, nodes: [1]}\n"));
+        assert!(message.contains("`timeline[0].nodes`"), "{message}");
+    }
+
+    #[test]
+    fn snapshots_are_for_backends_that_can_save_their_nodes() {
+        let on = |snapshots| Capabilities::of_cluster("x", 3, Store::Postgres, false, snapshots).faults;
+        assert!(on(true).contains(&FaultKind::Restore));
+        assert!(!on(false).contains(&FaultKind::Snapshot) && !on(false).contains(&FaultKind::Restore));
+    }
+
+    #[test]
     fn the_shipped_scenarios_plan_on_three_nodes() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let names = crate::workspace::yaml_names(&scenarios_dir(root));
@@ -867,6 +952,9 @@ mod tests {
             "power-cut",
             "disk-full",
             "random",
+            "rolling-upgrade",
+            "canary",
+            "forks",
         ] {
             assert!(
                 names.iter().any(|n| n == name),

@@ -27,7 +27,12 @@ pub(crate) fn draw(seed: u64, capabilities: &Capabilities, duration: Duration) -
         .iter()
         .copied()
         // Neither the checker's own test nor an upgrade is a fault a cluster meets by chance.
-        .filter(|kind| !matches!(kind, FaultKind::DropAcknowledged | FaultKind::Upgrade))
+        .filter(|kind| {
+            !matches!(
+                kind,
+                FaultKind::DropAcknowledged | FaultKind::Upgrade | FaultKind::Snapshot | FaultKind::Restore
+            )
+        })
         .collect();
     let mut faults = Vec::new();
     if kinds.is_empty() || capabilities.nodes == 0 {
@@ -52,12 +57,13 @@ pub(crate) fn draw(seed: u64, capabilities: &Capabilities, duration: Duration) -
             fault,
             nodes: match fault.target() {
                 TargetKind::Nodes => vec![node],
-                TargetKind::Service | TargetKind::Store => Vec::new(),
+                TargetKind::Service | TargetKind::Store | TargetKind::Cluster => Vec::new(),
             },
             service: (fault.target() == TargetKind::Service).then_some(service),
             dependency: (fault == FaultKind::CutFrom).then_some(service),
             latency: (fault == FaultKind::SlowLink).then_some(latency),
             at,
+            restores: None,
             heals,
         });
         at = heals.unwrap_or(at) + Duration::from_secs(rng.random_range(GAP_SECONDS));
