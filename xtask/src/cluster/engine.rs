@@ -246,8 +246,11 @@ fn run(
     let mut interop: Vec<Interop> = Vec::new();
     let mut actions = actions_of(&schedule);
     actions.sort_by_key(|action| (action.at, action.heal));
+    // How long restores took beyond their planned instant: the rest of the timeline, and
+    // the workload's end, move by as much, so that each fork runs its steps as written.
+    let mut restores_took = Duration::ZERO;
     for action in actions {
-        sleep_until(started + action.at);
+        sleep_until(started + action.at + restores_took);
         let fault = &schedule.faults[action.index];
         let names = fault
             .nodes
@@ -270,6 +273,7 @@ fn run(
                 "{put_back}; {}",
                 until_serving(verifier, &members).context("after the restore")?
             );
+            restores_took = started.elapsed().saturating_sub(action.at);
             let client = verifier.new_channel(&members[0], &format!("{channel}-{number}"))?;
             segment = Segment::start(number, &members, client, &scenario.workload, history_path, started)?;
             record_instant(&segment.recorder, fault, &names)?;
@@ -354,7 +358,7 @@ fn run(
             });
         }
     }
-    sleep_until(started + scenario.workload.duration);
+    sleep_until(started + scenario.workload.duration + restores_took);
     task.step("the workload ends; reading every node's history");
     let (events, found) = segment.finish(&members, bounds)?;
     history.extend(events);
