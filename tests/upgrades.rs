@@ -55,6 +55,45 @@ fn an_upgrade_from_a_revision_that_does_not_exist_exits_2_naming_it() {
     assert!(stderr.contains("pass --from REF"), "{stderr}");
 }
 
+#[test]
+fn a_revision_whose_server_does_not_build_exits_2_naming_it() {
+    let scratch = tempfile::tempdir().unwrap();
+    let clone = scratch.path().join("repo");
+    let sh = process::shell().unwrap();
+    let origin = workspace_root();
+    process::run(cmd!(sh, "git clone --quiet {origin} {clone}")).unwrap();
+    let lib = clone.join("plexichat/src/lib.rs");
+    let text = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(
+        &lib,
+        format!("{text}\ncompile_error!(\"this revision does not build\");\n"),
+    )
+    .unwrap();
+    let sh = process::shell_in(&clone).unwrap();
+    process::run(cmd!(
+        sh,
+        "git -c user.name=fixture -c user.email=fixture@plexichat.invalid commit --quiet -am 'does not build'"
+    ))
+    .unwrap();
+    let args = [
+        "3",
+        "--scenario",
+        "rolling-upgrade",
+        "--from",
+        "HEAD",
+        "--profile",
+        "release",
+    ];
+    let mut xtask = xtask(PROCESSES, &args);
+    xtask.current_dir(&clone).env("CARGO_TARGET_DIR", target_dir());
+    let (code, _, stderr) = report_of(xtask.spawn().expect("xtask starts"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--from HEAD") && stderr.contains("does not build") && stderr.contains("fix:"),
+        "{stderr}"
+    );
+}
+
 /// A throwaway commit on top of HEAD, in a clone of the workspace at `clone`: the server
 /// renames `messages.node_id` to `origin_node` in a new migration, and reads and writes
 /// the new name. The server it builds works; an earlier server still running beside it

@@ -2,7 +2,8 @@
 //! with a data disk of its own, sharing PostgreSQL and NATS on the host (reached through
 //! user-mode networking's gateway), verified as one server and then failed over QMP:
 //! paused, resumed, reset and quit, the way a hypervisor or a dying host would. With
-//! `--scenario`, a fault scenario runs on the VMs instead.
+//! `--scenario`, a fault scenario runs on the VMs instead (on an earlier revision's build
+//! with `--from`, as a canary with a way back with `--canary`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,10 @@
 //! a data disk of its own, reaching PostgreSQL and NATS through relays of its own on the
 //! host (its fault points for one dependency), faulted as a hypervisor or a dying host
 //! would: over QMP, and through the guest agent for what only the guest can do. A node
-//! crashed or powered off boots again as itself: same id, port, disk and relays.
+//! crashed or powered off boots again as itself: same id, port, disk and relays; an
+//! upgraded one boots so from the new build's image. The whole cluster can be saved and
+//! put back (QMP `snapshot-save`/`snapshot-load` onto each VM's qcow2 disk, with the
+//! database the nodes share): for canaries and for scenario steps.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -230,30 +230,37 @@ impl Qmp {
     /// into the qcow2 disk `node`, whose contents it snapshots too. Returns how long it
     /// took; the guest's CPUs stand still meanwhile.
     pub fn snapshot_save(&self, tag: &str, node: &str) -> Result<Duration> {
-        let started = Instant::now();
         let job = format!("save-{tag}");
-        self.execute(qmp::snapshot_save {
+        let save = qmp::snapshot_save {
             job_id: job.clone(),
             tag: tag.into(),
             vmstate: node.into(),
             devices: vec![node.into()],
-        })?;
-        self.await_job(&job)?;
-        Ok(started.elapsed())
+        };
+        self.run_job(&job, save)
     }
 
     /// Puts the VM back to snapshot `tag` of disk `node`: memory, devices and disk as
     /// they were saved. Returns how long it took.
     pub fn snapshot_load(&self, tag: &str, node: &str) -> Result<Duration> {
-        let started = Instant::now();
         let job = format!("load-{tag}");
-        self.execute(qmp::snapshot_load {
+        let load = qmp::snapshot_load {
             job_id: job.clone(),
             tag: tag.into(),
             vmstate: node.into(),
             devices: vec![node.into()],
-        })?;
-        self.await_job(&job)?;
+        };
+        self.run_job(&job, load)
+    }
+
+    /// Starts job `id` with `command` and waits until it concludes; how long it took.
+    fn run_job<C>(&self, id: &str, command: C) -> Result<Duration>
+    where
+        C: qapi::Command + qmp::QmpCommand + 'static,
+    {
+        let started = Instant::now();
+        self.execute(command)?;
+        self.await_job(id)?;
         Ok(started.elapsed())
     }
 
