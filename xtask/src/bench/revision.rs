@@ -85,7 +85,7 @@ pub(crate) fn build(
             mark_used(&kept);
         } else {
             let checkout = Checkout {
-                label: "earlier",
+                label: "revision",
                 root: &root,
                 target_dir: &checkouts.baseline_target_dir(),
                 bin_dir: checkouts.run_dir.join("bin").join(target.triple),
