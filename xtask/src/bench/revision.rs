@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use super::baseline::Worktree;
 use super::build::{server, Checkout};
 use super::{short, Checkouts};
-use crate::cargo::artefact::tree_key;
+use crate::cargo::artefact::{put_in_place, tree_key};
 use crate::cargo::rustc_version;
 use crate::report::error::UsageError;
 use crate::report::progress::Task;
@@ -119,15 +119,12 @@ fn mark_used(kept: &Path) {
     }
 }
 
-/// Copies `binary` to `kept` (renamed into place: a concurrent run sees it whole or not
-/// at all), and forgets the oldest builds of the same target beyond [`KEPT_PER_TARGET`].
+/// Copies `binary` to `kept` (as build-native puts its artefacts in place: a concurrent
+/// run sees it whole or not at all), and forgets the oldest builds of the same target beyond [`KEPT_PER_TARGET`].
 fn keep(binary: &Path, kept: &Path) -> Result<()> {
     let dir = kept.parent().context("a kept build's directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let partial = kept.with_extension(format!("partial-{}", std::process::id()));
-    std::fs::copy(binary, &partial)
-        .and_then(|_| std::fs::rename(&partial, kept))
-        .with_context(|| format!("keeping {} as {}", binary.display(), kept.display()))?;
+    put_in_place(binary, kept)?;
     let target_dir = dir.parent().context("a kept build's target directory")?;
     let mut builds: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(target_dir)?
         .filter_map(|entry| entry.ok())

@@ -205,7 +205,7 @@ fn cached_artefact<'m>(
 /// Copies `executable` to `dest` through a rename, so that whoever has the previous file
 /// open (another build-native run hashing it, a smoke server under qemu-user) keeps a
 /// whole file instead of watching it being rewritten. Returns the bytes put there.
-fn put_in_place(executable: &Path, dest: &Path) -> Result<Vec<u8>> {
+pub(crate) fn put_in_place(executable: &Path, dest: &Path) -> Result<Vec<u8>> {
     let partial = dest.with_extension(format!("partial-{}", std::process::id()));
     let copied = std::fs::copy(executable, &partial)
         .and_then(|_| std::fs::read(&partial))

@@ -51,8 +51,8 @@ impl Saved {
                     .map(|s| format!(", loaded in {s:.2} s"))
                     .unwrap_or_default();
                 format!(
-                    "{} {:.0} MiB saved in {:.2} s{load}",
-                    vm.node_id, vm.vm_state_mib, vm.save_seconds
+                    "{} {:.0} MiB (disk file {:.0} MiB) saved in {:.2} s{load}",
+                    vm.node_id, vm.vm_state_mib, vm.disk_file_mib, vm.save_seconds
                 )
             })
             .collect();
@@ -175,18 +175,11 @@ impl Outcome for CanaryReport {
 
     fn table(&self) -> Table {
         let mut table = self.canary.table();
-        for vm in &self.snapshot.vms {
-            table.row(vec![
-                format!("snapshot {}", vm.node_id),
-                format!("{:.0} MiB", vm.vm_state_mib),
-                format!(
-                    "saved in {:.2} s, loaded in {}; disk file {:.0} MiB",
-                    vm.save_seconds,
-                    vm.load_seconds.map_or("-".into(), |s| format!("{s:.2} s")),
-                    vm.disk_file_mib
-                ),
-            ]);
-        }
+        table.row(vec![
+            format!("snapshot {}", self.snapshot.tag),
+            "saved".into(),
+            self.snapshot.describe(),
+        ]);
         if let Some(seconds) = self.snapshot.database_save_seconds {
             let load = self.snapshot.database_load_seconds;
             table.row(vec![

@@ -127,7 +127,7 @@ impl FaultKind {
     /// Whether the node is back once the fault has been made: the engine then records its
     /// heal at once, so that the node is excused only while the fault was being made.
     pub fn over_when_made(self) -> bool {
-        matches!(self, FaultKind::Upgrade | FaultKind::Snapshot | FaultKind::Restore)
+        matches!(self, FaultKind::Upgrade | FaultKind::Snapshot)
     }
 
     /// Whether the fault lasts until healed (else it happens at once and is over).
