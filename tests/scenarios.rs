@@ -277,6 +277,8 @@ fn after_a_restore_on_vms_the_checker_still_catches_a_deleted_message() {
     );
     let (code, report, stderr) = run_scenario_on(VMS, "2", file.path().to_str().unwrap(), &[]);
     assert_eq!(code, Some(1), "{stderr}\n{report:#}");
+    // Exit 1 is also how an error ends a run: the report says it was the checker.
+    assert!(report.is_object(), "no report: {stderr}");
     let failed: Vec<(String, String)> = checks_of(&report)
         .into_iter()
         .filter(|(_, result)| result == "failed")
