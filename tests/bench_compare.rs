@@ -1,18 +1,25 @@
 //! `cargo xtask bench-compare` against a fixture: a tiny workspace in a temporary git
-//! repository with a baseline commit and a commit that does twice the work.
+//! repository with a baseline commit and a commit that does more of the same work.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use plexichat_e2e::{binary, json_of, run_xtask, workspace_root};
 use serde_json::Value;
 use services::process::{self, cmd};
 
+/// `{package}`: cargo names build outputs by package, not by the workspace's path, so two
+/// fixtures with different sources in the one shared target directory need two names.
 const MANIFEST: &str = r#"[package]
-name = "spin"
+name = "{package}"
 version = "0.1.0"
 edition = "2021"
 publish = false
+
+[lib]
+name = "spin"
 
 [dev-dependencies]
 criterion = { version = "0.5", default-features = false }
@@ -54,26 +61,33 @@ fn lib(work: u64) -> String {
     )
 }
 
-/// A git repository whose HEAD does twice the work of HEAD~1.
+/// A git repository whose HEAD does more work than HEAD~1.
 struct Fixture {
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
+    /// HEAD does twice the work of HEAD~1.
     fn new() -> Self {
+        Self::slower_by(20_000, 40_000)
+    }
+
+    /// HEAD~1 spins `baseline` times per iteration, HEAD `head` times.
+    fn slower_by(baseline: u64, head: u64) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         std::fs::create_dir_all(root.join("src")).unwrap();
         std::fs::create_dir_all(root.join("benches")).unwrap();
-        std::fs::write(root.join("Cargo.toml"), MANIFEST).unwrap();
+        let manifest = MANIFEST.replace("{package}", &format!("spin-{baseline}-{head}"));
+        std::fs::write(root.join("Cargo.toml"), manifest).unwrap();
         std::fs::write(root.join("benches/spin.rs"), BENCH).unwrap();
         // The workspace's lock pins criterion and its dependencies: no resolution, and
         // the crates are already in cargo's cache.
         std::fs::copy(workspace_root().join("Cargo.lock"), root.join("Cargo.lock")).unwrap();
         let fixture = Self { dir };
         fixture.git(&["init", "--quiet", "--initial-branch=main"]);
-        fixture.commit(20_000, "baseline");
-        fixture.commit(40_000, "twice the work");
+        fixture.commit(baseline, "baseline");
+        fixture.commit(head, "more work");
         fixture
     }
 
@@ -137,8 +151,8 @@ fn verdict_of(report: &Value, id: &str) -> String {
         .to_string()
 }
 
-fn assert_regressed(mode: &str) {
-    let fixture = Fixture::new();
+/// Compares HEAD with HEAD~1 and asserts it regressed by more than `least` percent.
+fn assert_regressed(fixture: &Fixture, mode: &str, least: f64) {
     let output = fixture.compare(&["--baseline", "HEAD~1", "--mode", mode]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -146,20 +160,71 @@ fn assert_regressed(mode: &str) {
     assert_eq!(report["mode"], mode);
     assert_eq!(verdict_of(&report, "spin/work"), "regressed", "{report}");
     let change = report["benches"][0]["change_pct"].as_f64().expect("a change");
-    // A count doubles with the work; a time, on a busy machine, at least clears the threshold.
-    let least = if mode == "instructions" { 90.0 } else { 5.0 };
-    assert!(change > least, "twice the work, yet {change:+.1}%: {report}");
+    assert!(change > least, "{change:+.1}%: {report}");
     assert!(stderr.contains("spin/work") && stderr.contains("REGRESSED"), "{stderr}");
 }
 
 #[test]
 fn a_slower_commit_is_regressed_in_instructions_mode() {
-    assert_regressed("instructions");
+    // A count doubles with the work.
+    assert_regressed(&Fixture::new(), "instructions", 90.0);
+}
+
+/// Both cores kept busy while it lives: what a build beside a benchmark run does to it.
+struct CpuHog {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHog {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..2)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for i in 0..100_000 {
+                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 #[test]
-fn a_slower_commit_is_regressed_in_time_mode() {
-    assert_regressed("time");
+fn a_five_percent_slower_commit_is_regressed_in_time_mode_beside_a_cpu_hog() {
+    let fixture = Fixture::slower_by(20_000, 21_000);
+    let _hog = CpuHog::start();
+    assert_regressed(&fixture, "time", 2.0);
+}
+
+#[test]
+fn a_revision_compared_with_itself_in_time_mode_beside_a_cpu_hog_has_no_verdict() {
+    let fixture = Fixture::new();
+    let _hog = CpuHog::start();
+    let output = fixture.compare(&["--baseline", "HEAD", "--mode", "time"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let report = json_of(&output);
+    assert_eq!(verdict_of(&report, "spin/work"), "no_change", "{report}");
+    // The pairs' interval is what held the verdict back: it spans no change.
+    let interval = &report["benches"][0]["interval_pct"];
+    let (lower, upper) = (interval[0].as_f64().unwrap(), interval[1].as_f64().unwrap());
+    assert!(lower <= 2.0 && upper >= -2.0 && lower <= upper, "{report}");
 }
 
 #[test]

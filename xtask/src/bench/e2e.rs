@@ -19,7 +19,7 @@ use services::teardown::TempDir;
 use services::{Durability, Postgres, ServerProcess};
 
 use super::build::{self, Checkout};
-use super::{verdict, Measurement, Verdict};
+use super::{median, verdict, Measurement, Verdict};
 use crate::cargo::artefact::target_binary;
 use crate::provision::{self, Requirement};
 use crate::report::error::UsageError;
@@ -410,16 +410,6 @@ fn pair(
     }
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    match values.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(values[middle]),
-        _ => Some((values[middle - 1] + values[middle]) / 2.0),
-    }
-}
-
 fn millis(value: Option<f64>) -> String {
     value.map_or("-".into(), |ms| format!("{ms:.2} ms"))
 }
@@ -510,12 +500,5 @@ mod tests {
             !lines[1].contains('→'),
             "only the baseline pair gets a verdict: {summary}"
         );
-    }
-
-    #[test]
-    fn medians_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        assert_eq!(median(Vec::new()), None);
     }
 }

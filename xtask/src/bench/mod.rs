@@ -6,6 +6,7 @@ pub(crate) mod baseline;
 pub(crate) mod build;
 pub(crate) mod e2e;
 pub(crate) mod instructions;
+mod paired;
 pub(crate) mod revision;
 pub(crate) mod time;
 
@@ -24,13 +25,6 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    pub(crate) fn default_threshold(self) -> f64 {
-        match self {
-            Mode::Time => 5.0,
-            Mode::Instructions => 2.0,
-        }
-    }
-
     pub(crate) fn unit(self) -> &'static str {
         match self {
             Mode::Time => "ns",
@@ -39,13 +33,17 @@ impl Mode {
     }
 }
 
+/// The change (in %) a benchmark may show before it counts, in either mode: paired time
+/// slices and instruction counts are both steady enough for 2 %.
+pub(crate) const DEFAULT_THRESHOLD_PCT: f64 = 2.0;
+
 /// One benchmark on both sides; `change` and `interval` are relative (0.03 = +3 %).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Measurement {
     pub baseline: f64,
     pub current: f64,
     pub change: f64,
-    /// Time: criterion's bootstrap confidence interval of the change in the mean.
+    /// Time: a bootstrap confidence interval of the median change over the pairs of slices.
     /// Instructions: the lowest and highest change any pair of runs shows.
     pub interval: Option<(f64, f64)>,
 }
@@ -84,6 +82,17 @@ pub(crate) fn verdict(measurement: &Measurement, threshold_pct: f64) -> Verdict 
         Verdict::Improved
     } else {
         Verdict::NoChange
+    }
+}
+
+/// The middle value, or the mean of the middle two; `None` of nothing.
+pub(crate) fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
     }
 }
 
@@ -180,6 +189,13 @@ pub(crate) fn format_value(mode: Mode, value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+    }
+
     use super::*;
 
     fn with_interval(change: f64, lower: f64, upper: f64) -> Measurement {

@@ -1,6 +1,9 @@
-//! Time mode: criterion measures each side, the baseline saved as a named criterion
-//! baseline and the current side compared against it, so the verdict comes from
-//! criterion's own bootstrap confidence interval of the change in the mean.
+//! Time mode, paired. A shared machine slows whichever side happens to run while something
+//! else does, so the two sides never run apart: for each benchmark the baseline's and the
+//! current side's executables take turns in short criterion slices (a short warm-up, a
+//! short measurement), the order flipped every pair so a drift favours neither, and the
+//! verdict comes from the pairs' ratios ([`super::paired`]). This is tango-bench's paired
+//! benchmarking, done across two processes instead of inside one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,62 +13,59 @@ use serde_json::Value;
 use services::process::{self, cmd};
 
 use super::build::Side;
-use super::Measurement;
+use super::{paired, Measurement};
 use crate::report::progress::Task;
 
-const BASELINE_NAME: &str = "xtask-baseline";
+/// One slice: long enough for criterion's timer to see many iterations, short enough that
+/// a load coming and going rarely hits one half of a pair only.
+const WARM_UP_SECONDS: &str = "0.2";
+const MEASUREMENT_SECONDS: &str = "0.5";
+/// Many short samples, so that some of them ran undisturbed; criterion's own analysis of
+/// a slice is not used, so it resamples little.
+const SAMPLES: &str = "30";
+const CRITERION_RESAMPLES: &str = "1000";
 
-/// Runs each bench executable of the baseline then the current side in turn (one
-/// executable's benches at a time, so slow drift of the machine hits both sides alike)
-/// and reads criterion's estimates back.
+/// Measures each benchmark in `pairs` pairs of slices, one benchmark at a time.
 pub(crate) fn measure(
     baseline: &Side,
     current: &Side,
     ids: &[String],
+    pairs: u32,
     criterion_home: &Path,
     task: &Task,
 ) -> Result<BTreeMap<String, Measurement>> {
-    std::fs::create_dir_all(criterion_home)?;
-    for (index, id) in ids.iter().enumerate() {
-        task.step(format!("[{}/{}] {id}: baseline, then current", index + 1, ids.len()));
-        run(baseline, id, &["--save-baseline", BASELINE_NAME], criterion_home)?;
-        run(current, id, &["--baseline", BASELINE_NAME], criterion_home)?;
-    }
-    let directories = benchmark_directories(criterion_home);
     let mut results = BTreeMap::new();
-    for id in ids {
-        let dir = directories
-            .get(id)
-            .with_context(|| format!("criterion wrote no results for {id} under {}", criterion_home.display()))?;
-        let mean = |file: &Path| -> Result<Value> {
-            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            let estimates: Value =
-                serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
-            Ok(estimates["mean"].clone())
-        };
-        let base = mean(&dir.join(BASELINE_NAME).join("estimates.json"))?;
-        let new = mean(&dir.join("new").join("estimates.json"))?;
-        let change = mean(&dir.join("change").join("estimates.json"))?;
-        let number = |value: &Value| value.as_f64().context("a number in criterion's estimates");
-        let interval = &change["confidence_interval"];
-        results.insert(
-            id.clone(),
-            Measurement {
-                baseline: number(&base["point_estimate"])?,
-                current: number(&new["point_estimate"])?,
-                change: number(&change["point_estimate"])?,
-                interval: Some((number(&interval["lower_bound"])?, number(&interval["upper_bound"])?)),
-            },
-        );
+    for (index, id) in ids.iter().enumerate() {
+        let (mut baseline_slices, mut current_slices) = (Vec::new(), Vec::new());
+        for pair in 0..pairs {
+            task.step(format!("[{}/{}] {id}: pair {}/{pairs}", index + 1, ids.len(), pair + 1));
+            let slice = |side: &Side| slice(side, id, &criterion_home.join(side.label));
+            if pair % 2 == 0 {
+                baseline_slices.push(slice(baseline)?);
+                current_slices.push(slice(current)?);
+            } else {
+                current_slices.push(slice(current)?);
+                baseline_slices.push(slice(baseline)?);
+            }
+        }
+        results.insert(id.clone(), paired::measurement(&baseline_slices, &current_slices));
     }
     Ok(results)
 }
 
-fn run(side: &Side, id: &str, baseline_args: &[&str], criterion_home: &Path) -> Result<()> {
+/// Runs one slice of benchmark `id` on `side`; returns its fastest sample's time per
+/// iteration (ns), read from the samples criterion keeps. Other work on the machine only
+/// ever adds time, so the least disturbed sample is the best estimate of the code's own
+/// (as BenchmarkTools.jl argues in "Robust benchmarking in noisy environments").
+fn slice(side: &Side, id: &str, home: &Path) -> Result<f64> {
     let executable = &side.benches[id];
     let sh = process::shell_in(&side.root)?;
     let output = process::output(
-        cmd!(sh, "{executable} --bench --noplot --exact {id} {baseline_args...}").env("CRITERION_HOME", criterion_home),
+        cmd!(
+            sh,
+            "{executable} --bench --noplot --exact {id} --warm-up-time {WARM_UP_SECONDS} --measurement-time {MEASUREMENT_SECONDS} --sample-size {SAMPLES} --nresamples {CRITERION_RESAMPLES}"
+        )
+        .env("CRITERION_HOME", home),
     )
     .with_context(|| format!("running {}", executable.display()))?;
     if !output.status.success() {
@@ -76,7 +76,31 @@ fn run(side: &Side, id: &str, baseline_args: &[&str], criterion_home: &Path) -> 
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(())
+    let dir = benchmark_directories(home)
+        .remove(id)
+        .with_context(|| format!("criterion wrote no results for {id} under {}", home.display()))?;
+    let file = dir.join("new").join("sample.json");
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let sample: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    let numbers = |field: &str| -> Result<Vec<f64>> {
+        sample[field]
+            .as_array()
+            .with_context(|| format!("no {field} in {}", file.display()))?
+            .iter()
+            .map(|value| {
+                value
+                    .as_f64()
+                    .with_context(|| format!("a number in {}'s {field}", file.display()))
+            })
+            .collect()
+    };
+    numbers("times")?
+        .iter()
+        .zip(numbers("iters")?)
+        .filter(|(_, iterations)| *iterations > 0.0)
+        .map(|(nanoseconds, iterations)| nanoseconds / iterations)
+        .min_by(f64::total_cmp)
+        .with_context(|| format!("{}: criterion ran no iteration", file.display()))
 }
 
 /// Criterion's directory of each benchmark, by id (its directory names are sanitised ids,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::bench::build::Checkout;
 use crate::bench::{
     baseline, build, different_compilers, e2e, format_value, instructions, short, time, verdict, Checkouts, Mode,
-    Verdict,
+    Verdict, DEFAULT_THRESHOLD_PCT,
 };
 use crate::report::error::UsageError;
 use crate::report::progress::Progress;
@@ -21,17 +21,20 @@ pub struct Args {
     /// The git ref to compare against [default: the merge-base with main, else HEAD~1].
     #[arg(long, value_name = "REF")]
     baseline: Option<String>,
-    /// time: criterion's statistics; instructions: callgrind's counts, deterministic on a
-    /// busy machine [default: instructions when CI is set, else time].
+    /// time: criterion slices of both sides taking turns, judged by their paired ratios;
+    /// instructions: callgrind's counts, deterministic on a busy machine [default:
+    /// instructions when CI is set, else time].
     #[arg(long, value_enum, conflicts_with = "e2e")]
     mode: Option<Mode>,
-    /// The change (in %) a benchmark may show before it counts [default: 5 in time mode,
-    /// 2 in instructions mode, 10 with --e2e].
+    /// The change (in %) a benchmark may show before it counts [default: 2, 10 with --e2e].
     #[arg(long, value_name = "PCT")]
     threshold: Option<f64>,
     /// Only benchmarks whose id (group/function/value) matches this regular expression.
     #[arg(long, value_name = "RE", conflicts_with = "e2e")]
     filter: Option<String>,
+    /// Time mode: pairs of slices (baseline and current, back to back) per benchmark.
+    #[arg(long, default_value_t = 16, conflicts_with = "e2e", value_parser = clap::value_parser!(u32).range(2..))]
+    pairs: u32,
     /// Instead of the benches: whole release servers under a load generator on loopback,
     /// baseline against working tree, PostgreSQL against SQLite, aarch64 under qemu-user
     /// against native (messages/s, post and WebSocket delivery p50/p99).
@@ -115,7 +118,7 @@ pub fn run(args: Args) -> Result<BenchOutcome> {
     let threshold = args.threshold.unwrap_or(if args.e2e {
         E2E_THRESHOLD_PCT
     } else {
-        mode.default_threshold()
+        DEFAULT_THRESHOLD_PCT
     });
     if !(threshold.is_finite() && threshold >= 0.0) {
         return Err(UsageError(format!(
@@ -208,7 +211,14 @@ pub fn run(args: Args) -> Result<BenchOutcome> {
     }
     let run_dir = &checkouts.run_dir;
     let measured = match mode {
-        Mode::Time => time::measure(&base_side, &current_side, &shared, &run_dir.join("criterion"), &task)?,
+        Mode::Time => time::measure(
+            &base_side,
+            &current_side,
+            &shared,
+            args.pairs,
+            &run_dir.join("criterion"),
+            &task,
+        )?,
         Mode::Instructions => {
             instructions::measure(&base_side, &current_side, &shared, &run_dir.join("callgrind"), &task)?
         }
