@@ -314,7 +314,18 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
             server["delivery_ms"]["p99"].as_f64().expect("delivery p99"),
         );
         assert!(0.0 < p50 && p50 <= p99, "{server}");
+        // A static server is megabytes on disk and in memory, never nothing.
+        assert!(server["binary_bytes"].as_u64() > Some(1 << 20), "{server}");
+        assert!(server["peak_rss_mib"].as_f64() > Some(1.0), "{server}");
     }
+    // One build on both sides: the same size to the byte, and the same memory within reason.
+    let footprint = report["report"]["footprint"].as_array().expect("footprint");
+    let figures: Vec<(&str, &str)> = footprint
+        .iter()
+        .map(|f| (f["unit"].as_str().unwrap(), f["verdict"].as_str().unwrap()))
+        .collect();
+    assert_eq!(figures, [("bytes", "no_change"), ("MiB", "no_change")], "{report}");
+    assert_eq!(footprint[0]["change_pct"], 0.0, "{report}");
     let comparisons = report["report"]["comparisons"].as_array().expect("comparisons");
     assert_eq!(comparisons.len(), 3, "{report}");
     assert_eq!(comparisons[0]["verdict"], "no_change", "{report}");
@@ -322,7 +333,9 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
         .iter()
         .all(|c| c["verdict"].is_null() && c["throughput_ratio"].as_f64() > Some(0.0)));
     assert!(
-        stderr.contains("delivery p99") && stderr.contains("emulated against native"),
+        stderr.contains("delivery p99")
+            && stderr.contains("emulated against native")
+            && stderr.contains("peak RSS, working tree against baseline"),
         "{stderr}"
     );
     assert_eq!(

@@ -191,6 +191,11 @@ fn a_canary_that_breaks_the_old_nodes_is_rolled_back_and_the_restored_cluster_se
     let (code, report, stderr) = roll_onto_the_broken_migration(VMS, &["3", "--canary", "--duration", "20s"]);
     // The upgrade must not ship: exit 1, though the rollback worked.
     assert_eq!(code, Some(1), "{stderr}\n{report:#}");
+    // Exit 1 is also what an error ends with: only a report says the verdict was reached.
+    assert!(
+        report.is_object(),
+        "no report, so the run failed rather than judged:\n{stderr}"
+    );
     let canary = &report["canary"];
     assert_eq!(canary["ok"], false, "{report:#}");
     assert!(

@@ -5,8 +5,9 @@
 //! SQLite, the working tree's on PostgreSQL, and the working tree's static aarch64 build
 //! under qemu-user. Each round runs every server once, in that order, so the machine's
 //! drift reaches every side alike; medians over the rounds are what is reported. Only the
-//! baseline against the working tree gets a verdict: the other pairs are meant to differ,
-//! and their ratios are what an engineer wants before choosing a store or an edge box.
+//! baseline against the working tree gets a verdict, on speed and on footprint (the binary's
+//! size, the server's peak memory): the other pairs are meant to differ, and their ratios
+//! are what an engineer wants before choosing a store or an edge box.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +26,7 @@ use crate::provision::{self, Requirement};
 use crate::report::error::UsageError;
 use crate::report::progress::{Progress, Task};
 use crate::report::Table;
+use crate::system;
 use crate::workspace::profile::Profile;
 use crate::workspace::targets::{self, Target};
 use crate::workspace::Workspace;
@@ -70,6 +72,10 @@ pub(crate) struct LoadResult {
     pub deliveries: u64,
     pub deliveries_expected: u64,
     pub delivery_ms: Percentiles,
+    /// The server's peak resident memory in the round (read from /proc, not from the load
+    /// generator); under qemu-user, the emulator's with the guest program in it.
+    #[serde(default)]
+    pub peak_rss_mib: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
@@ -82,8 +88,11 @@ pub(crate) struct Percentiles {
 struct ScenarioReport {
     name: String,
     store: Store,
+    /// The server's executable (stripped, as the release profile builds it).
+    binary_bytes: u64,
     /// Medians over the rounds.
     messages_per_second: f64,
+    peak_rss_mib: Option<f64>,
     latency_ms: Percentiles,
     delivery_ms: Percentiles,
     deliveries: u64,
@@ -106,6 +115,20 @@ struct ComparisonReport {
     verdict: Option<Verdict>,
 }
 
+/// The working tree's footprint against the baseline's, judged like its speed: what an
+/// edge box pays in disk and memory for a change.
+#[derive(Serialize)]
+struct FootprintReport {
+    name: &'static str,
+    unit: &'static str,
+    baseline: f64,
+    current: f64,
+    change_pct: f64,
+    /// A size is exact (the change twice); memory spans the rounds' changes.
+    interval_pct: [f64; 2],
+    verdict: Verdict,
+}
+
 /// What whole servers did under the same load: the `report` of `--e2e`'s document, and
 /// the table and summary printed from it.
 #[derive(Serialize)]
@@ -115,6 +138,7 @@ pub(crate) struct Comparison {
     servers: Vec<ScenarioReport>,
     /// The working tree against the baseline first: the only pair with a verdict.
     comparisons: Vec<ComparisonReport>,
+    footprint: Vec<FootprintReport>,
 }
 
 impl Comparison {
@@ -131,18 +155,22 @@ impl Comparison {
             pair("PostgreSQL against SQLite", &servers[2], &servers[1], None),
             pair("emulated against native", &servers[3], &servers[1], None),
         ];
+        let footprint = footprint(&servers[1], &servers[0], threshold_pct);
         Self {
             load,
             threshold_pct,
             servers,
             comparisons,
+            footprint,
         }
     }
 
     pub(crate) fn regressed(&self) -> bool {
         self.comparisons
             .iter()
-            .any(|comparison| comparison.verdict == Some(Verdict::Regressed))
+            .filter_map(|comparison| comparison.verdict)
+            .chain(self.footprint.iter().map(|figure| figure.verdict))
+            .any(|verdict| verdict == Verdict::Regressed)
     }
 
     pub(crate) fn table(&self) -> Table {
@@ -154,6 +182,8 @@ impl Comparison {
             "delivery p50",
             "delivery p99",
             "delivered",
+            "binary",
+            "peak RSS",
         ]);
         for report in &self.servers {
             table.row(vec![
@@ -164,25 +194,84 @@ impl Comparison {
                 millis(report.delivery_ms.p50),
                 millis(report.delivery_ms.p99),
                 format!("{}/{}", report.deliveries, report.deliveries_expected),
+                format!("{:.1} MiB", report.binary_bytes as f64 / MIB),
+                report
+                    .peak_rss_mib
+                    .map_or_else(|| "-".to_string(), |mib| format!("{mib:.1} MiB")),
             ]);
         }
         table
     }
 
-    /// One line per pair of servers: the ratio, the change and, for the baseline pair, the verdict.
+    /// One line per pair of servers: the ratio, the change and, for the baseline pair, the
+    /// verdict; then one per footprint figure.
     pub(crate) fn summary(&self) -> String {
-        self.comparisons
-            .iter()
-            .map(|c| {
-                let verdict = c.verdict.map(|v| format!(" → {}", v.label())).unwrap_or_default();
-                format!(
-                    "{}: ×{:.2} messages/s, {:+.1}% per message [{:+.1}%, {:+.1}%]{verdict}",
-                    c.name, c.throughput_ratio, c.change_pct, c.interval_pct[0], c.interval_pct[1]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        let speed = self.comparisons.iter().map(|c| {
+            let verdict = c.verdict.map(|v| format!(" → {}", v.label())).unwrap_or_default();
+            format!(
+                "{}: ×{:.2} messages/s, {:+.1}% per message [{:+.1}%, {:+.1}%]{verdict}",
+                c.name, c.throughput_ratio, c.change_pct, c.interval_pct[0], c.interval_pct[1]
+            )
+        });
+        let footprint = self.footprint.iter().map(|f| {
+            format!(
+                "{}: {:+.1}% [{:+.1}%, {:+.1}%] → {}",
+                f.name,
+                f.change_pct,
+                f.interval_pct[0],
+                f.interval_pct[1],
+                f.verdict.label()
+            )
+        });
+        speed.chain(footprint).collect::<Vec<_>>().join("\n")
     }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The working tree's binary size and peak memory against the baseline's, each with the
+/// speed comparison's verdict rule and threshold.
+fn footprint(current: &ScenarioReport, baseline: &ScenarioReport, threshold_pct: f64) -> Vec<FootprintReport> {
+    let judged = |name, unit, (b, c): (f64, f64), interval: (f64, f64)| {
+        let measurement = Measurement {
+            baseline: b,
+            current: c,
+            change: c / b - 1.0,
+            interval: Some(interval),
+        };
+        FootprintReport {
+            name,
+            unit,
+            baseline: b,
+            current: c,
+            change_pct: measurement.change * 100.0,
+            interval_pct: [interval.0 * 100.0, interval.1 * 100.0],
+            verdict: verdict(&measurement, threshold_pct),
+        }
+    };
+    let (base_bytes, current_bytes) = (baseline.binary_bytes as f64, current.binary_bytes as f64);
+    let size_change = current_bytes / base_bytes - 1.0;
+    let mut figures = vec![judged(
+        "binary size, working tree against baseline",
+        "bytes",
+        (base_bytes, current_bytes),
+        (size_change, size_change),
+    )];
+    let per_round: Vec<f64> = current
+        .rounds
+        .iter()
+        .zip(&baseline.rounds)
+        .filter_map(|(c, b)| Some(c.peak_rss_mib? / b.peak_rss_mib? - 1.0))
+        .collect();
+    if let (Some(b), Some(c), false) = (baseline.peak_rss_mib, current.peak_rss_mib, per_round.is_empty()) {
+        figures.push(judged(
+            "peak RSS, working tree against baseline",
+            "MiB",
+            (b, c),
+            span(&per_round),
+        ));
+    }
+    figures
 }
 
 /// The baseline's checkout and the working tree's.
@@ -274,7 +363,7 @@ pub(crate) fn compare(
         .iter()
         .zip(results)
         .map(|(scenario, rounds)| summarise(scenario, rounds))
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(Comparison::of(load, threshold_pct, reports))
 }
 
@@ -334,6 +423,7 @@ fn run_once(scenario: &Scenario, postgres_url: Option<&str>, generator: &Path, l
         "{generator} post --url {url} --workers {workers} --seconds {seconds} --subscribers {subscribers}"
     ))
     .context("running the load generator")?;
+    let peak_rss_mib = system::status_kib(server.pid(), "VmHWM:").map(|kib| kib / 1024.0);
     server.terminate(Duration::from_secs(30))?;
     if !output.status.success() {
         bail!(
@@ -342,7 +432,7 @@ fn run_once(scenario: &Scenario, postgres_url: Option<&str>, generator: &Path, l
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let result: LoadResult = serde_json::from_slice(&output.stdout).with_context(|| {
+    let mut result: LoadResult = serde_json::from_slice(&output.stdout).with_context(|| {
         format!(
             "reading the load generator's report: {}",
             String::from_utf8_lossy(&output.stdout)
@@ -351,15 +441,21 @@ fn run_once(scenario: &Scenario, postgres_url: Option<&str>, generator: &Path, l
     if result.messages == 0 {
         bail!("not one message was acknowledged in {} s", load.seconds);
     }
+    result.peak_rss_mib = peak_rss_mib;
     Ok(result)
 }
 
-fn summarise(scenario: &Scenario, rounds: Vec<LoadResult>) -> ScenarioReport {
+fn summarise(scenario: &Scenario, rounds: Vec<LoadResult>) -> Result<ScenarioReport> {
     let median_of = |value: &dyn Fn(&LoadResult) -> Option<f64>| median(rounds.iter().filter_map(value).collect());
-    ScenarioReport {
+    let binary = scenario.command.last().context("a server command")?;
+    Ok(ScenarioReport {
         name: scenario.name.clone(),
         store: scenario.store,
+        binary_bytes: std::fs::metadata(binary)
+            .with_context(|| format!("reading {}", binary.display()))?
+            .len(),
         messages_per_second: median_of(&|r| Some(r.messages_per_second)).unwrap_or(0.0),
+        peak_rss_mib: median_of(&|r| r.peak_rss_mib),
         latency_ms: Percentiles {
             p50: median_of(&|r| r.latency_ms.p50),
             p99: median_of(&|r| r.latency_ms.p99),
@@ -372,7 +468,16 @@ fn summarise(scenario: &Scenario, rounds: Vec<LoadResult>) -> ScenarioReport {
         deliveries_expected: rounds.iter().map(|r| r.deliveries_expected).sum(),
         failures: rounds.iter().map(|r| r.failures).sum(),
         rounds,
-    }
+    })
+}
+
+/// The lowest and the highest of the rounds' changes: the interval a verdict reads.
+fn span(changes: &[f64]) -> (f64, f64) {
+    changes
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lowest, highest), &change| {
+            (lowest.min(change), highest.max(change))
+        })
 }
 
 /// `of` against `against` in time per message (the inverse of throughput, so a positive
@@ -391,8 +496,7 @@ fn pair(
         .map(|(of, against)| against.messages_per_second / of.messages_per_second - 1.0)
         .collect();
     let change = against.messages_per_second / of.messages_per_second - 1.0;
-    let lowest = per_round.iter().copied().fold(f64::INFINITY, f64::min);
-    let highest = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lowest, highest) = span(&per_round);
     let measurement = Measurement {
         baseline: against.messages_per_second,
         current: of.messages_per_second,
@@ -427,12 +531,15 @@ fn scenario(rates: &[f64]) -> ScenarioReport {
             deliveries: 0,
             deliveries_expected: 0,
             delivery_ms: Percentiles::default(),
+            peak_rss_mib: Some(10.0),
         })
         .collect();
     ScenarioReport {
         name: "s".into(),
         store: Store::Sqlite,
+        binary_bytes: 8 << 20,
         messages_per_second: median(rates.to_vec()).unwrap(),
+        peak_rss_mib: Some(10.0),
         latency_ms: Percentiles::default(),
         delivery_ms: Percentiles::default(),
         deliveries: 0,
@@ -490,7 +597,12 @@ mod tests {
         assert_eq!(comparison.table().to_string().lines().count(), 2 + 4);
         let summary = comparison.summary();
         let lines: Vec<&str> = summary.lines().collect();
-        assert_eq!(lines.len(), 3, "{summary}");
+        // Three pairs of servers, then binary size and peak RSS.
+        assert_eq!(lines.len(), 5, "{summary}");
+        assert!(
+            lines[3].starts_with("binary size") && lines[4].starts_with("peak RSS"),
+            "{summary}"
+        );
         assert!(
             lines[0].starts_with("working tree against baseline: ×0.80"),
             "{summary}"
@@ -500,5 +612,54 @@ mod tests {
             !lines[1].contains('→'),
             "only the baseline pair gets a verdict: {summary}"
         );
+    }
+
+    /// The baseline's report and the working tree's, whose binary and per-round peak memory
+    /// are given.
+    fn footprints(binary_bytes: u64, peak_rss_mib: &[f64]) -> Vec<FootprintReport> {
+        let baseline = scenario(&[1000.0, 1000.0, 1000.0]);
+        let mut current = scenario(&[1000.0, 1000.0, 1000.0]);
+        current.binary_bytes = binary_bytes;
+        for (round, mib) in current.rounds.iter_mut().zip(peak_rss_mib) {
+            round.peak_rss_mib = Some(*mib);
+        }
+        current.peak_rss_mib = median(peak_rss_mib.to_vec());
+        footprint(&current, &baseline, 10.0)
+    }
+
+    fn verdicts(figures: &[FootprintReport]) -> Vec<(&str, Verdict)> {
+        figures.iter().map(|f| (f.unit, f.verdict)).collect()
+    }
+
+    #[test]
+    fn a_binary_a_fifth_bigger_is_a_regression_and_a_same_sized_one_is_not() {
+        let grown = footprints((8 << 20) * 6 / 5, &[10.0, 10.0, 10.0]);
+        assert_eq!(
+            verdicts(&grown),
+            [("bytes", Verdict::Regressed), ("MiB", Verdict::NoChange)]
+        );
+        assert!((grown[0].change_pct - 20.0).abs() < 1e-3, "{}", grown[0].change_pct);
+        let same = footprints(8 << 20, &[10.0, 10.0, 10.0]);
+        assert_eq!(
+            verdicts(&same),
+            [("bytes", Verdict::NoChange), ("MiB", Verdict::NoChange)]
+        );
+    }
+
+    #[test]
+    fn peak_memory_up_in_every_round_is_a_regression_and_in_one_round_is_noise() {
+        let every = footprints(8 << 20, &[12.0, 12.5, 12.2]);
+        assert_eq!(verdicts(&every)[1], ("MiB", Verdict::Regressed));
+        let once = footprints(8 << 20, &[14.0, 10.1, 9.9]);
+        assert_eq!(verdicts(&once)[1], ("MiB", Verdict::NoChange));
+    }
+
+    #[test]
+    fn a_footprint_regression_alone_fails_the_comparison() {
+        let mut comparison = regressed_comparison();
+        comparison.comparisons[0].verdict = Some(Verdict::NoChange);
+        assert!(!comparison.regressed());
+        comparison.footprint = footprints(16 << 20, &[10.0, 10.0, 10.0]);
+        assert!(comparison.regressed());
     }
 }

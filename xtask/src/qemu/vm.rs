@@ -17,7 +17,7 @@ use super::disk::DataDisk;
 use super::qmp::{Qmp, VmEvent};
 use crate::cluster::Member;
 use crate::guest::{Accelerator, ImageDefinition, Powerdown};
-use crate::system::http;
+use crate::system::{http, status_kib};
 
 /// The port the guest serves on; QEMU forwards a loopback port of the host to it.
 pub const GUEST_HTTP_PORT: u16 = 8000;
@@ -286,18 +286,6 @@ pub fn node_settings(node_id: &str, database_url: Option<&str>, nats_url: Option
     settings.extend(database_url.map(|url| format!("plexichat.database_url={url}")));
     settings.extend(nats_url.map(|url| format!("plexichat.nats_url={url}")));
     settings
-}
-
-/// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `VmHWM:`).
-fn status_kib(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// The host ends of a VM's sockets: its two QMP monitors and the guest agent's port.
