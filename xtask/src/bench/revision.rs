@@ -120,7 +120,8 @@ fn mark_used(kept: &Path) {
 }
 
 /// Copies `binary` to `kept` (as build-native puts its artefacts in place: a concurrent
-/// run sees it whole or not at all), and forgets the oldest builds of the same target beyond [`KEPT_PER_TARGET`].
+/// run sees it whole or not at all), and forgets the oldest builds of the same target
+/// beyond [`KEPT_PER_TARGET`].
 fn keep(binary: &Path, kept: &Path) -> Result<()> {
     let dir = kept.parent().context("a kept build's directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
