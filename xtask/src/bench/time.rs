@@ -36,51 +36,85 @@ pub(crate) fn measure(
 ) -> Result<BTreeMap<String, Measurement>> {
     let mut results = BTreeMap::new();
     for (index, id) in ids.iter().enumerate() {
-        let (mut baseline_slices, mut current_slices) = (Vec::new(), Vec::new());
+        let mut base = Slices::new(baseline, id, criterion_home);
+        let mut new = Slices::new(current, id, criterion_home);
         for pair in 0..pairs {
             task.step(format!("[{}/{}] {id}: pair {}/{pairs}", index + 1, ids.len(), pair + 1));
-            let slice = |side: &Side| slice(side, id, &criterion_home.join(side.label));
             if pair % 2 == 0 {
-                baseline_slices.push(slice(baseline)?);
-                current_slices.push(slice(current)?);
+                base.take()?;
+                new.take()?;
             } else {
-                current_slices.push(slice(current)?);
-                baseline_slices.push(slice(baseline)?);
+                new.take()?;
+                base.take()?;
             }
         }
-        results.insert(id.clone(), paired::measurement(&baseline_slices, &current_slices));
+        results.insert(id.clone(), paired::measurement(&base.times, &new.times));
     }
     Ok(results)
 }
 
-/// Runs one slice of benchmark `id` on `side`; returns its fastest sample's time per
-/// iteration (ns), read from the samples criterion keeps. Other work on the machine only
-/// ever adds time, so the least disturbed sample is the best estimate of the code's own
-/// (as BenchmarkTools.jl argues in "Robust benchmarking in noisy environments").
-fn slice(side: &Side, id: &str, home: &Path) -> Result<f64> {
-    let executable = &side.benches[id];
-    let sh = process::shell_in(&side.root)?;
-    let output = process::output(
-        cmd!(
-            sh,
-            "{executable} --bench --noplot --exact {id} --warm-up-time {WARM_UP_SECONDS} --measurement-time {MEASUREMENT_SECONDS} --sample-size {SAMPLES} --nresamples {CRITERION_RESAMPLES}"
-        )
-        .env("CRITERION_HOME", home),
-    )
-    .with_context(|| format!("running {}", executable.display()))?;
-    if !output.status.success() {
-        bail!(
-            "the {} side's benchmark {id} failed ({}):\n{}",
-            side.label,
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+/// One side's slices of one benchmark: their times, and where criterion keeps the latest
+/// slice's samples (found once, after the first slice: criterion names its directories
+/// after sanitised ids).
+struct Slices<'a> {
+    side: &'a Side,
+    id: &'a str,
+    home: PathBuf,
+    samples: Option<PathBuf>,
+    times: Vec<f64>,
+}
+
+impl<'a> Slices<'a> {
+    fn new(side: &'a Side, id: &'a str, criterion_home: &Path) -> Self {
+        Self {
+            side,
+            id,
+            home: criterion_home.join(side.label),
+            samples: None,
+            times: Vec::new(),
+        }
     }
-    let dir = benchmark_directories(home)
-        .remove(id)
-        .with_context(|| format!("criterion wrote no results for {id} under {}", home.display()))?;
-    let file = dir.join("new").join("sample.json");
-    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+
+    /// Runs one slice and keeps its time.
+    fn take(&mut self) -> Result<()> {
+        let (executable, id) = (&self.side.benches[self.id], self.id);
+        let sh = process::shell_in(&self.side.root)?;
+        let output = process::output(
+            cmd!(
+                sh,
+                "{executable} --bench --noplot --exact {id} --warm-up-time {WARM_UP_SECONDS} --measurement-time {MEASUREMENT_SECONDS} --sample-size {SAMPLES} --nresamples {CRITERION_RESAMPLES}"
+            )
+            .env("CRITERION_HOME", &self.home),
+        )
+        .with_context(|| format!("running {}", executable.display()))?;
+        if !output.status.success() {
+            bail!(
+                "the {} side's benchmark {id} failed ({}):\n{}",
+                self.side.label,
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let samples = match &self.samples {
+            Some(samples) => samples,
+            None => {
+                let dir = benchmark_directories(&self.home)
+                    .remove(id)
+                    .with_context(|| format!("criterion wrote no results for {id} under {}", self.home.display()))?;
+                self.samples.insert(dir.join("new").join("sample.json"))
+            }
+        };
+        self.times.push(fastest_sample(samples)?);
+        Ok(())
+    }
+}
+
+/// The fastest sample's time per iteration (ns) in criterion's `sample.json`. Other work
+/// on the machine only ever adds time, so the least disturbed sample is the best estimate
+/// of the code's own (as BenchmarkTools.jl argues in "Robust benchmarking in noisy
+/// environments").
+fn fastest_sample(file: &Path) -> Result<f64> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let sample: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
     let numbers = |field: &str| -> Result<Vec<f64>> {
         sample[field]
