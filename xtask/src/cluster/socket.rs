@@ -26,9 +26,15 @@ pub(crate) fn open_subscribed(
     let url = format!("ws://{}/api/v1/ws?token={token}", member.addr);
     let stream =
         TcpStream::connect_timeout(&member.addr, timeout).with_context(|| format!("connecting to {}", member.id))?;
-    stream.set_read_timeout(Some(poll))?;
+    // The handshake gets the whole `timeout`: with `poll` already set, a node slower than
+    // that to upgrade (a VM just restored from a snapshot, a loaded machine) broke it off
+    // as `Interrupted handshake (WouldBlock)`.
+    stream.set_read_timeout(Some(timeout))?;
     let (mut socket, _) = tungstenite::client(url.as_str(), MaybeTlsStream::Plain(stream))
         .map_err(|err| anyhow::anyhow!("WebSocket to {}: {err}", member.id))?;
+    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream.set_read_timeout(Some(poll))?;
+    }
     socket.send(tungstenite::Message::text(
         json!({"type": "subscribe", "channel_id": channel}).to_string(),
     ))?;
@@ -57,4 +63,46 @@ pub(crate) fn is_timeout(err: &std::io::Error) -> bool {
         err.kind(),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A node that takes `delay` to answer the upgrade, then confirms any subscription.
+    fn slow_node(delay: Duration) -> Member {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            std::thread::sleep(delay);
+            let mut socket = tungstenite::accept(stream).unwrap();
+            let _subscribe = socket.read().unwrap();
+            socket
+                .send(tungstenite::Message::text(r#"{"type":"subscribed","channel_id":1}"#))
+                .unwrap();
+            // Held open until the client has read the confirmation and gone.
+            while socket.read().is_ok() {}
+        });
+        Member {
+            id: "slow".into(),
+            addr,
+        }
+    }
+
+    #[test]
+    fn a_handshake_slower_than_the_poll_but_within_the_timeout_subscribes() {
+        let node = slow_node(Duration::from_millis(400));
+        let socket = open_subscribed(&node, "t", 1, Duration::from_secs(10), Duration::from_millis(50));
+        assert!(socket.is_ok(), "{:#}", socket.err().unwrap());
+    }
+
+    #[test]
+    fn a_handshake_slower_than_the_timeout_fails() {
+        let node = slow_node(Duration::from_secs(3));
+        let socket = open_subscribed(&node, "t", 1, Duration::from_millis(300), Duration::from_millis(50));
+        assert!(socket.is_err());
+    }
 }
