@@ -149,6 +149,19 @@ fn http(c: &mut Criterion) {
             assert_eq!(status, StatusCode::CREATED);
         })
     });
+    // 64 clients posting to one channel at once: the posts wait for the channel's turn,
+    // and group commit makes them share transactions.
+    group.bench_function("post_64_messages_at_once", |b| {
+        b.iter(|| {
+            let posts = (0..64).map(|_| {
+                let body = json!({"body": "the quick brown fox jumps over the lazy dog"});
+                call(&fx.router, Method::POST, &post, Some(&fx.token), Some(body))
+            });
+            for (status, _) in fx.runtime.block_on(futures_util::future::join_all(posts)) {
+                assert_eq!(status, StatusCode::CREATED);
+            }
+        })
+    });
     group.finish();
 }
 

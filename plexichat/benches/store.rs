@@ -1,4 +1,5 @@
-//! The SQLite store's hot paths: committing a message, and reading a page of history.
+//! The SQLite store's hot paths: committing a message or a group of them, and reading a
+//! page of history.
 // The package's other targets' dependencies are in scope here too; unused ones are
 // the library's lint to catch.
 #![allow(unused_crate_dependencies)]
@@ -41,7 +42,7 @@ fn fixture(history: usize) -> Fixture {
             .expect("channel");
         for n in 0..history {
             store
-                .insert_message(&message(channel.id, user.id, n))
+                .insert_messages(&[message(channel.id, user.id, n)])
                 .await
                 .expect("message");
         }
@@ -77,7 +78,20 @@ fn store_benches(c: &mut Criterion) {
                 n += 1;
                 message(fx.channel, fx.author, n)
             },
-            |msg| fx.runtime.block_on(fx.store.insert_message(&msg)).expect("insert"),
+            |msg| fx.runtime.block_on(fx.store.insert_messages(&[msg])).expect("insert"),
+            BatchSize::SmallInput,
+        )
+    });
+    // What group commit buys: 64 posts that waited for a channel's turn, in one transaction.
+    group.bench_function("insert_64_messages_in_one_group", |b| {
+        b.iter_batched(
+            || {
+                n += 64;
+                (n - 64..n)
+                    .map(|k| message(fx.channel, fx.author, k))
+                    .collect::<Vec<_>>()
+            },
+            |group| fx.runtime.block_on(fx.store.insert_messages(&group)).expect("insert"),
             BatchSize::SmallInput,
         )
     });

@@ -8,10 +8,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Passwords;
-use crate::bus::{ClusterEvent, EventBus, InProcessBus, LocalEffects, NatsBus, Sequencer};
+use crate::bus::{self, ClusterEvent, EventBus, InProcessBus, LocalEffects, NatsBus};
 use crate::cache::Caches;
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::group_commit::GroupCommit;
 use crate::hub::Hub;
 use crate::model::{ChannelId, Timestamp, UserId};
 use crate::ratelimit::RateLimits;
@@ -27,8 +28,8 @@ pub struct App {
     pub caches: Arc<Caches>,
     pub hub: Arc<Hub>,
     pub bus: Arc<dyn EventBus>,
-    /// Orders commit-and-publish per channel.
-    pub sequencer: Sequencer,
+    /// Commits, publishes and acknowledges posts in groups, in order per channel.
+    pub posts: GroupCommit,
     pub passwords: Passwords,
     pub rate_limits: RateLimits,
     pub metrics: Option<PrometheusHandle>,
@@ -62,6 +63,7 @@ impl App {
             Some(url) => Arc::new(NatsBus::start(url, &node_id, effects, shutdown.clone(), &tasks).await?),
             None => Arc::new(InProcessBus::new(effects)),
         };
+        let posts = GroupCommit::start(store.clone(), bus.clone());
         Ok(Arc::new(Self {
             node_id,
             generation: Timestamp::now().0,
@@ -69,7 +71,7 @@ impl App {
             caches,
             hub,
             bus,
-            sequencer: Sequencer::default(),
+            posts,
             passwords: Passwords::new(&settings.auth)?,
             rate_limits: RateLimits::new(&settings.rate_limits),
             metrics,
@@ -80,12 +82,9 @@ impl App {
         }))
     }
 
-    /// Publishes on the bus; a failure is logged, never the caller's failure, because
-    /// the database already holds what matters.
+    /// Publishes on the bus; a failure is logged, never the caller's failure.
     pub async fn publish(&self, event: ClusterEvent) {
-        if let Err(err) = self.bus.publish(event).await {
-            tracing::warn!(error = %err, "fan-out failed; clients will page back");
-        }
+        bus::publish_best_effort(self.bus.as_ref(), event).await;
     }
 
     /// `NotFound` for a missing channel, `Forbidden` when `user` is not a member.

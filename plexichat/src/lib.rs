@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 mod connections;
 pub mod error;
+pub mod group_commit;
 #[cfg(target_os = "linux")]
 pub mod guest;
 pub mod healthcheck;

@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "http_request_duration_seconds";
 pub const MESSAGES_POSTED_TOTAL: &str = "plexichat_messages_posted_total";
+pub const COMMIT_GROUPS_TOTAL: &str = "plexichat_commit_groups_total";
 pub const WS_CONNECTIONS: &str = "plexichat_websocket_connections";
 pub const WS_CONNECTIONS_TOTAL: &str = "plexichat_websocket_connections_total";
 pub const FANOUT_DELIVERIES_TOTAL: &str = "plexichat_fanout_deliveries_total";
@@ -59,6 +60,10 @@ fn describe() {
         "HTTP request latency by method and route"
     );
     describe_counter!(MESSAGES_POSTED_TOTAL, "Messages accepted (committed) by this node");
+    describe_counter!(
+        COMMIT_GROUPS_TOTAL,
+        "Transactions that committed posted messages; messages posted per group is the ratio"
+    );
     describe_gauge!(WS_CONNECTIONS, "Open WebSocket connections");
     describe_counter!(WS_CONNECTIONS_TOTAL, "WebSocket connections accepted");
     describe_counter!(FANOUT_DELIVERIES_TOTAL, "Frames handed to local WebSocket subscribers");

@@ -3,10 +3,8 @@
 //! cluster the NATS bus.
 
 mod nats;
-mod sequencer;
 
 pub use self::nats::NatsBus;
-pub use self::sequencer::Sequencer;
 
 use std::sync::Arc;
 
@@ -59,6 +57,14 @@ pub trait EventBus: Send + Sync + 'static {
     /// Hands the event to every node, this one included. Best effort: history in the
     /// database is the truth, and clients page back what they missed.
     async fn publish(&self, event: ClusterEvent) -> anyhow::Result<()>;
+}
+
+/// Publishes `event`, logging a failure rather than returning it: the database already
+/// holds what matters, and clients page back what they missed.
+pub async fn publish_best_effort(bus: &dyn EventBus, event: ClusterEvent) {
+    if let Err(err) = bus.publish(event).await {
+        tracing::warn!(error = %err, "fan-out failed; clients will page back");
+    }
 }
 
 /// What one node does with an event, whichever bus brought it.

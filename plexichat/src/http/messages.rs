@@ -11,7 +11,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::app::App;
 use crate::auth::AuthUser;
-use crate::bus::ClusterEvent;
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::MESSAGES_POSTED_TOTAL;
 use crate::model::{validate_message_body, ChannelId, Message, MessageId, NewMessage, Timestamp};
@@ -52,10 +51,9 @@ pub(super) async fn post(
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
     app.require_member(channel_id, auth.user.id).await?;
     let body = validate_message_body(&posted.body, &app.settings.limits)?;
-    let _turn = app.sequencer.turn(channel_id).await;
     let message = app
-        .store
-        .insert_message(&NewMessage {
+        .posts
+        .post(NewMessage {
             channel_id,
             author_id: auth.user.id,
             author: auth.user.username,
@@ -65,10 +63,6 @@ pub(super) async fn post(
         })
         .await?;
     metrics::counter!(MESSAGES_POSTED_TOTAL).increment(1);
-    app.publish(ClusterEvent::MessagePosted {
-        message: message.clone(),
-    })
-    .await;
     Ok((StatusCode::CREATED, Json(message)))
 }
 

@@ -15,7 +15,7 @@ use crate::model::{
 /// The write the database refused last, while it keeps refusing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteFailure {
-    /// What was being written, e.g. `insert_message`.
+    /// What was being written, e.g. `insert_messages`.
     pub operation: &'static str,
     /// The database's own words.
     pub cause: String,
@@ -137,9 +137,9 @@ impl Store for WriteWatch {
         self.inner.is_member(channel_id, user_id).await
     }
 
-    async fn insert_message(&self, message: &NewMessage) -> StoreResult<Message> {
-        let result = self.inner.insert_message(message).await;
-        self.observe("insert_message", result)
+    async fn insert_messages(&self, messages: &[NewMessage]) -> StoreResult<Vec<Message>> {
+        let result = self.inner.insert_messages(messages).await;
+        self.observe("insert_messages", result)
     }
 
     async fn messages(

@@ -22,11 +22,13 @@ use crate::model::{
     Channel, ChannelId, Message, MessageId, NewMessage, NodeHeartbeat, NodeRecord, Session, Timestamp, User, UserId,
 };
 
-#[derive(Debug, thiserror::Error)]
+// Clone, so that every post of a group committed together hears why the group failed:
+// sqlx's errors are shared rather than copied.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached right now; the request may succeed later.
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Arc<sqlx::Error>),
     /// A unique name is taken.
     #[error("already exists")]
     Conflict,
@@ -34,7 +36,7 @@ pub enum StoreError {
     #[error("not found")]
     NotFound,
     #[error(transparent)]
-    Other(sqlx::Error),
+    Other(Arc<sqlx::Error>),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -44,11 +46,11 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_) => StoreError::Unavailable(err),
-            sqlx::Error::Database(db) if refuses_service(db.as_ref()) => StoreError::Unavailable(err),
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(Arc::new(err)),
+            sqlx::Error::Database(db) if refuses_service(db.as_ref()) => StoreError::Unavailable(Arc::new(err)),
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::NotFound,
-            _ => StoreError::Other(err),
+            _ => StoreError::Other(Arc::new(err)),
         }
     }
 }
@@ -145,8 +147,9 @@ pub trait Store: Send + Sync + 'static {
     async fn leave_channel(&self, channel_id: ChannelId, user_id: UserId) -> StoreResult<()>;
     async fn is_member(&self, channel_id: ChannelId, user_id: UserId) -> StoreResult<bool>;
 
-    /// Returns once the message is committed.
-    async fn insert_message(&self, message: &NewMessage) -> StoreResult<Message>;
+    /// Commits `messages` in one transaction, all or none, and returns them with their
+    /// ids in the same order; returns once they are committed.
+    async fn insert_messages(&self, messages: &[NewMessage]) -> StoreResult<Vec<Message>>;
     /// Newest first, ids below `before` when given.
     async fn messages(&self, channel_id: ChannelId, before: Option<MessageId>, limit: u32)
         -> StoreResult<Vec<Message>>;
