@@ -296,6 +296,7 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
         [
             "baseline · native · SQLite",
             "current · native · SQLite",
+            "baseline · native · PostgreSQL",
             "current · native · PostgreSQL",
             "current · aarch64 qemu-user · SQLite",
         ]
@@ -327,9 +328,11 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
     assert_eq!(figures, [("bytes", "no_change"), ("MiB", "no_change")], "{report}");
     assert_eq!(footprint[0]["change_pct"], 0.0, "{report}");
     let comparisons = report["report"]["comparisons"].as_array().expect("comparisons");
-    assert_eq!(comparisons.len(), 3, "{report}");
+    assert_eq!(comparisons.len(), 4, "{report}");
+    // Both stores: the same build against itself.
     assert_eq!(comparisons[0]["verdict"], "no_change", "{report}");
-    assert!(comparisons[1..]
+    assert_eq!(comparisons[1]["verdict"], "no_change", "{report}");
+    assert!(comparisons[2..]
         .iter()
         .all(|c| c["verdict"].is_null() && c["throughput_ratio"].as_f64() > Some(0.0)));
     assert!(

@@ -1,13 +1,14 @@
 //! `bench-compare --e2e`: whole servers under load rather than functions under criterion.
 //!
-//! Four servers take turns under the same load generator (plexichat's `load` example, a
-//! second process on loopback): the baseline's release build and the working tree's on
-//! SQLite, the working tree's on PostgreSQL, and the working tree's static aarch64 build
-//! under qemu-user. Each round runs every server once, in that order, so the machine's
-//! drift reaches every side alike; medians over the rounds are what is reported. Only the
-//! baseline against the working tree gets a verdict, on speed and on footprint (the binary's
-//! size, the server's peak memory): the other pairs are meant to differ, and their ratios
-//! are what an engineer wants before choosing a store or an edge box.
+//! Five servers take turns under the same load generator (plexichat's `load` example, a
+//! second process on loopback): the baseline's release build and the working tree's, each
+//! on SQLite and on PostgreSQL, and the working tree's static aarch64 build under
+//! qemu-user. Each round runs every server once, in that order, so the machine's drift
+//! reaches every side alike; medians over the rounds are what is reported. Only the
+//! baseline against the working tree gets a verdict, on each store for speed and on SQLite
+//! for footprint (the binary's size, the server's peak memory): the other pairs are meant
+//! to differ, and their ratios are what an engineer wants before choosing a store or an
+//! edge box.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,6 +53,16 @@ const SERVER_START_TIMEOUT: Duration = Duration::from_secs(120);
 enum Store {
     Sqlite,
     Postgres,
+}
+
+/// The servers of a run, in the order each round runs them.
+#[derive(Clone, Copy)]
+enum Server {
+    Baseline,
+    Current,
+    BaselinePostgres,
+    CurrentPostgres,
+    Emulated,
 }
 
 struct Scenario {
@@ -142,20 +153,36 @@ pub(crate) struct Comparison {
 }
 
 impl Comparison {
-    /// Pairs the servers, given in `compare`'s order: baseline, working tree, working tree
-    /// on PostgreSQL, working tree emulated.
+    /// Pairs the servers, given in `compare`'s order (see [`Server`]).
     fn of(load: Load, threshold_pct: f64, servers: Vec<ScenarioReport>) -> Self {
+        let server = |which: Server| &servers[which as usize];
         let comparisons = vec![
             pair(
                 "working tree against baseline",
-                &servers[1],
-                &servers[0],
+                server(Server::Current),
+                server(Server::Baseline),
                 Some(threshold_pct),
             ),
-            pair("PostgreSQL against SQLite", &servers[2], &servers[1], None),
-            pair("emulated against native", &servers[3], &servers[1], None),
+            pair(
+                "working tree against baseline on PostgreSQL",
+                server(Server::CurrentPostgres),
+                server(Server::BaselinePostgres),
+                Some(threshold_pct),
+            ),
+            pair(
+                "PostgreSQL against SQLite",
+                server(Server::CurrentPostgres),
+                server(Server::Current),
+                None,
+            ),
+            pair(
+                "emulated against native",
+                server(Server::Emulated),
+                server(Server::Current),
+                None,
+            ),
         ];
-        let footprint = footprint(&servers[1], &servers[0], threshold_pct);
+        let footprint = footprint(server(Server::Current), server(Server::Baseline), threshold_pct);
         Self {
             load,
             threshold_pct,
@@ -310,6 +337,7 @@ pub(crate) fn compare(
     let generator = build::load_generator(&sides.current, task)?;
     let foreign = target_binary(&workspace, &profile.build, emulated, task)?;
     let profile_of = |root: &Path| root.join("profiles").join("bench.yaml");
+    // In `Server`'s order.
     let scenarios = [
         Scenario {
             name: "baseline · native · SQLite".into(),
@@ -322,6 +350,12 @@ pub(crate) fn compare(
             command: vec![current.clone()],
             profile: profile_of(sides.current.root),
             store: Store::Sqlite,
+        },
+        Scenario {
+            name: "baseline · native · PostgreSQL".into(),
+            command: vec![baseline.clone()],
+            profile: profile_of(sides.baseline.root),
+            store: Store::Postgres,
         },
         Scenario {
             name: "current · native · PostgreSQL".into(),
@@ -562,6 +596,7 @@ pub(crate) fn regressed_comparison() -> Comparison {
         scenario(&[1000.0, 1010.0, 990.0]),
         scenario(&[800.0, 820.0, 790.0]),
         scenario(&[700.0, 700.0, 700.0]),
+        scenario(&[690.0, 700.0, 710.0]),
         scenario(&[100.0, 100.0, 100.0]),
     ];
     Comparison::of(load, 10.0, servers)
@@ -594,13 +629,15 @@ mod tests {
     fn the_table_and_summary_are_read_from_the_comparison() {
         let comparison = regressed_comparison();
         assert!(comparison.regressed());
-        assert_eq!(comparison.table().to_string().lines().count(), 2 + 4);
+        assert_eq!(comparison.table().to_string().lines().count(), 2 + 5);
         let summary = comparison.summary();
         let lines: Vec<&str> = summary.lines().collect();
-        // Three pairs of servers, then binary size and peak RSS.
-        assert_eq!(lines.len(), 5, "{summary}");
+        // Four pairs of servers, then binary size and peak RSS.
+        assert_eq!(lines.len(), 6, "{summary}");
         assert!(
-            lines[3].starts_with("binary size") && lines[4].starts_with("peak RSS"),
+            lines[1].starts_with("working tree against baseline on PostgreSQL")
+                && lines[4].starts_with("binary size")
+                && lines[5].starts_with("peak RSS"),
             "{summary}"
         );
         assert!(
@@ -608,9 +645,11 @@ mod tests {
             "{summary}"
         );
         assert!(lines[0].ends_with("→ REGRESSED"), "{summary}");
+        // 700 against 690–710 messages/s: within the threshold on PostgreSQL.
+        assert!(lines[1].ends_with("→ no change"), "{summary}");
         assert!(
-            !lines[1].contains('→'),
-            "only the baseline pair gets a verdict: {summary}"
+            !lines[2].contains('→') && !lines[3].contains('→'),
+            "only the baseline pairs get a verdict: {summary}"
         );
     }
 

@@ -403,6 +403,6 @@ mod tests {
         assert_eq!(json["kind"], "e2e");
         assert!(!e2e.ok());
         assert_eq!(e2e.table().to_string(), e2e::regressed_comparison().table().to_string());
-        assert_eq!(json["report"]["servers"].as_array().map(Vec::len), Some(4));
+        assert_eq!(json["report"]["servers"].as_array().map(Vec::len), Some(5));
     }
 }
