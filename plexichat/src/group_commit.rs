@@ -90,27 +90,31 @@ async fn commit_groups(
     bus: Arc<dyn EventBus>,
     groups: Arc<AtomicU64>,
 ) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
+    // Grown to the largest group seen rather than reserved: 64 idle stripes cost nothing.
+    let mut group = Vec::new();
     while waiting.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let messages: Vec<NewMessage> = group.iter().map(|pending| pending.message.clone()).collect();
+        let (messages, replies): (Vec<NewMessage>, Vec<_>) = group
+            .drain(..)
+            .map(|pending: Pending| (pending.message, pending.committed))
+            .unzip();
         match store.insert_messages(&messages).await {
             Ok(committed) => {
                 groups.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(COMMIT_GROUPS_TOTAL).increment(1);
-                for (pending, message) in group.drain(..).zip(committed) {
+                for (reply, message) in replies.into_iter().zip(committed) {
                     let event = ClusterEvent::MessagePosted {
                         message: message.clone(),
                     };
                     bus::publish_best_effort(bus.as_ref(), event).await;
                     // The client may have hung up; its message is committed all the same.
-                    let _ = pending.committed.send(Ok(message));
+                    let _ = reply.send(Ok(message));
                 }
             }
             // The transaction was rolled back as a whole: none of the group was stored,
             // and every post in it hears why.
             Err(err) => {
-                for pending in group.drain(..) {
-                    let _ = pending.committed.send(Err(err.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
                 }
             }
         }
