@@ -29,6 +29,9 @@ use crate::protocol::{ClientFrame, ServerFrame};
 /// How long a closing connection waits for the client to acknowledge the close frame
 /// (and, before that, for the frame to be written at all to a client that reads slowly).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most queued frames one flush carries, so a socket under a flood still looks at its
+/// endings and its client between flushes.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct WsQuery {
@@ -197,7 +200,23 @@ impl Connection {
             if let Some(ending) = self.ended() {
                 break Some(ending);
             }
-            if sink.send(WsMessage::Text(frame)).await.is_err() {
+            if sink.feed(WsMessage::Text(frame)).await.is_err() {
+                break None;
+            }
+            // The frames queued meanwhile go out with it in one flush: a burst costs one
+            // write to the socket rather than one per frame.
+            let mut queued = 1;
+            while queued < MAX_FRAMES_PER_FLUSH {
+                let Ok(frame) = inbox.try_recv() else { break };
+                if self.ended().is_some() || sink.feed(WsMessage::Text(frame)).await.is_err() {
+                    break;
+                }
+                queued += 1;
+            }
+            if let Some(ending) = self.ended() {
+                break Some(ending);
+            }
+            if sink.flush().await.is_err() {
                 break None;
             }
         };
