@@ -36,6 +36,14 @@ pub(crate) fn measurement(baseline: &[f64], current: &[f64]) -> Measurement {
     }
 }
 
+/// Whether the interval spans a threshold (`0.02` = 2 %), so that a few more pairs could
+/// put the verdict on either side of it.
+pub(crate) fn undecided(measurement: &Measurement, threshold: f64) -> bool {
+    let (lower, upper) = measurement.interval.unwrap_or((measurement.change, measurement.change));
+    let spans = |edge: f64| lower < edge && edge < upper;
+    spans(threshold) || spans(-threshold)
+}
+
 fn bootstrap_median_interval(values: &[f64]) -> (f64, f64) {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut resample = vec![0.0; values.len()];
@@ -93,6 +101,21 @@ mod tests {
         let m = measurement(&baseline, &current);
         assert_eq!(m.change, 0.0, "{m:?}");
         assert!(m.interval.unwrap().0 <= 0.0, "{m:?}");
+    }
+
+    #[test]
+    fn only_an_interval_across_a_threshold_is_undecided() {
+        let with = |lower, upper| Measurement {
+            baseline: 1.0,
+            current: 1.0,
+            change: (lower + upper) / 2.0,
+            interval: Some((lower, upper)),
+        };
+        assert!(undecided(&with(0.015, 0.07), 0.02));
+        assert!(undecided(&with(-0.03, 0.0), 0.02));
+        assert!(!undecided(&with(0.025, 0.07), 0.02), "regressed");
+        assert!(!undecided(&with(-0.01, 0.01), 0.02), "no change");
+        assert!(!undecided(&with(-0.07, -0.03), 0.02), "improved");
     }
 
     #[test]

@@ -25,30 +25,58 @@ const MEASUREMENT_SECONDS: &str = "0.5";
 const SAMPLES: &str = "30";
 const CRITERION_RESAMPLES: &str = "1000";
 
-/// Measures each benchmark in `pairs` pairs of slices, one benchmark at a time.
+/// A benchmark whose interval still spans the threshold after the pairs asked for gets
+/// this many more, again while it does, up to `MAX_PAIRS_FACTOR` times the pairs asked
+/// for. A change near the threshold, or a loaded machine, needs more pairs to be told from
+/// noise; a clear case needs no more. More pairs only narrow the interval around the true
+/// change, so asking for them cannot turn no change into a verdict.
+const EXTRA_PAIRS: u32 = 8;
+const MAX_PAIRS_FACTOR: u32 = 4;
+
+/// Measures each benchmark in at least `pairs` pairs of slices, one benchmark at a time,
+/// with more while its interval spans `threshold_pct`.
 pub(crate) fn measure(
     baseline: &Side,
     current: &Side,
     ids: &[String],
     pairs: u32,
+    threshold_pct: f64,
     criterion_home: &Path,
     task: &Task,
 ) -> Result<BTreeMap<String, Measurement>> {
     let mut results = BTreeMap::new();
+    let most = pairs * MAX_PAIRS_FACTOR;
     for (index, id) in ids.iter().enumerate() {
         let mut base = Slices::new(baseline, id, criterion_home);
         let mut new = Slices::new(current, id, criterion_home);
-        for pair in 0..pairs {
-            task.step(format!("[{}/{}] {id}: pair {}/{pairs}", index + 1, ids.len(), pair + 1));
-            if pair % 2 == 0 {
-                base.take()?;
-                new.take()?;
-            } else {
-                new.take()?;
-                base.take()?;
+        let mut wanted = pairs;
+        let measurement = loop {
+            for pair in base.times.len() as u32..wanted {
+                task.step(format!(
+                    "[{}/{}] {id}: pair {}/{wanted}",
+                    index + 1,
+                    ids.len(),
+                    pair + 1
+                ));
+                if pair % 2 == 0 {
+                    base.take()?;
+                    new.take()?;
+                } else {
+                    new.take()?;
+                    base.take()?;
+                }
             }
-        }
-        results.insert(id.clone(), paired::measurement(&base.times, &new.times));
+            let measurement = paired::measurement(&base.times, &new.times);
+            if wanted >= most || !paired::undecided(&measurement, threshold_pct / 100.0) {
+                break measurement;
+            }
+            wanted = (wanted + EXTRA_PAIRS).min(most);
+            task.detail(format!(
+                "{id}: the interval spans the {threshold_pct}% threshold after {} pairs; up to {wanted}",
+                base.times.len()
+            ));
+        };
+        results.insert(id.clone(), measurement);
     }
     Ok(results)
 }

@@ -216,6 +216,7 @@ pub fn run(args: Args) -> Result<BenchOutcome> {
             &current_side,
             &shared,
             args.pairs,
+            threshold,
             &run_dir.join("criterion"),
             &task,
         )?,
