@@ -8,21 +8,6 @@ pub(super) const CHANNEL_COLUMNS: &str = "c.id, c.name, c.created_by, c.created_
 
 pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.channel_id, m.author_id, u.username, m.body, m.created_at, m.node_id";
 
-/// A pooled connection whose transaction failed is closed rather than pooled again. When
-/// COMMIT fails (a full disk, an I/O error), SQLite can leave the transaction open, and
-/// the rollback sqlx then sends can fail too; back in the pool, that connection would
-/// nest every later transaction inside the dead one as a savepoint, whose commit only
-/// reaches memory: a 201 for a message that is never stored.
-pub(super) fn close_if_failed<DB: sqlx::Database, T>(
-    mut connection: sqlx::pool::PoolConnection<DB>,
-    result: Result<T, sqlx::Error>,
-) -> Result<T, sqlx::Error> {
-    if result.is_err() {
-        connection.close_on_drop();
-    }
-    result
-}
-
 /// `sql_store!(StoreType, RowType, NOW)`: `StoreType` has a `pool` field of the matching
 /// pool; `NOW` is the dialect's expression for the database's clock in Unix milliseconds,
 /// the one clock all nodes share for membership leases.
@@ -31,7 +16,7 @@ macro_rules! sql_store {
         use async_trait::async_trait;
         use sqlx::Row;
 
-        use super::sql::{close_if_failed, CHANNEL_COLUMNS, MESSAGE_COLUMNS};
+        use super::sql::{CHANNEL_COLUMNS, MESSAGE_COLUMNS};
         use super::{Credentials, QueryTimer, Store, StoreError, StoreResult};
         use crate::model::{
             Channel, ChannelId, Message, MessageId, NewMessage, NodeHeartbeat, NodeRecord, Session, Timestamp, User,
@@ -87,6 +72,32 @@ fn node_from(row: &$row) -> Result<NodeRecord, sqlx::Error> {
         last_seen: Timestamp(row.try_get("last_seen")?),
         up: row.try_get("up")?,
     })
+}
+
+impl $store {
+    /// Runs `work` in a transaction of its own, committed when `work` succeeds. A connection
+    /// whose transaction failed is closed rather than pooled again: when COMMIT fails (a
+    /// full disk, an I/O error), SQLite can leave the transaction open, and the rollback
+    /// sqlx then sends can fail too; back in the pool, that connection would nest every
+    /// later transaction inside the dead one as a savepoint, whose commit only reaches
+    /// memory: a 201 for a message that is never stored.
+    async fn in_transaction<T>(
+        &self,
+        work: impl for<'c> AsyncFnOnce(&mut sqlx::Transaction<'c, <$row as sqlx::Row>::Database>) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let mut connection = self.pool.acquire().await?;
+        let result = async {
+            let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+            let value = work(&mut tx).await?;
+            tx.commit().await?;
+            Ok(value)
+        }
+        .await;
+        if result.is_err() {
+            connection.close_on_drop();
+        }
+        result
+    }
 }
 
 #[async_trait]
@@ -184,28 +195,26 @@ impl Store for $store {
 
     async fn create_channel(&self, name: &str, created_by: UserId, now: Timestamp) -> StoreResult<Channel> {
         let _timer = QueryTimer::start("create_channel");
-        let mut connection = self.pool.acquire().await?;
-        let created = async {
-            let mut tx = sqlx::Connection::begin(&mut *connection).await?;
-            let id: ChannelId =
-                sqlx::query_scalar("INSERT INTO channels (name, created_by, created_at) VALUES ($1, $2, $3) RETURNING id")
-                    .bind(name)
-                    .bind(created_by)
-                    .bind(now.0)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .and_then(inserted)?;
-            sqlx::query("INSERT INTO memberships (channel_id, user_id, joined_at) VALUES ($1, $2, $3)")
-                .bind(id)
+        let id = self
+            .in_transaction(async |tx| {
+                let id: ChannelId = sqlx::query_scalar(
+                    "INSERT INTO channels (name, created_by, created_at) VALUES ($1, $2, $3) RETURNING id",
+                )
+                .bind(name)
                 .bind(created_by)
                 .bind(now.0)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(id)
-        }
-        .await;
-        let id = close_if_failed(connection, created)?;
+                .fetch_all(&mut **tx)
+                .await
+                .and_then(inserted)?;
+                sqlx::query("INSERT INTO memberships (channel_id, user_id, joined_at) VALUES ($1, $2, $3)")
+                    .bind(id)
+                    .bind(created_by)
+                    .bind(now.0)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(id)
+            })
+            .await?;
         Ok(Channel {
             id,
             name: name.to_string(),
@@ -275,40 +284,38 @@ impl Store for $store {
 
     async fn insert_messages(&self, messages: &[NewMessage]) -> StoreResult<Vec<Message>> {
         let _timer = QueryTimer::start("insert_messages");
-        let mut connection = self.pool.acquire().await?;
         // One transaction for the whole group: one commit however many messages, and
         // none of them stored if any insert or the commit fails.
-        let committed = async {
-            let mut tx = sqlx::Connection::begin(&mut *connection).await?;
-            let mut committed = Vec::with_capacity(messages.len());
-            for message in messages {
-                let id: MessageId = sqlx::query_scalar(
-                    "INSERT INTO messages (channel_id, author_id, body, created_at, node_id) VALUES ($1, $2, $3, $4, $5)
-                     RETURNING id",
-                )
-                .bind(message.channel_id)
-                .bind(message.author_id)
-                .bind(&message.body)
-                .bind(message.created_at.0)
-                .bind(&message.node_id)
-                .fetch_all(&mut *tx)
-                .await
-                .and_then(inserted)?;
-                committed.push(Message {
-                    id,
-                    channel_id: message.channel_id,
-                    author_id: message.author_id,
-                    author: message.author.clone(),
-                    body: message.body.clone(),
-                    created_at: message.created_at,
-                    node_id: message.node_id.clone(),
-                });
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(committed)
-        }
-        .await;
-        Ok(close_if_failed(connection, committed)?)
+        let committed = self
+            .in_transaction(async |tx| {
+                let mut committed = Vec::with_capacity(messages.len());
+                for message in messages {
+                    let id: MessageId = sqlx::query_scalar(
+                        "INSERT INTO messages (channel_id, author_id, body, created_at, node_id) VALUES ($1, $2, $3, $4, $5)
+                         RETURNING id",
+                    )
+                    .bind(message.channel_id)
+                    .bind(message.author_id)
+                    .bind(&message.body)
+                    .bind(message.created_at.0)
+                    .bind(&message.node_id)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .and_then(inserted)?;
+                    committed.push(Message {
+                        id,
+                        channel_id: message.channel_id,
+                        author_id: message.author_id,
+                        author: message.author.clone(),
+                        body: message.body.clone(),
+                        created_at: message.created_at,
+                        node_id: message.node_id.clone(),
+                    });
+                }
+                Ok(committed)
+            })
+            .await?;
+        Ok(committed)
     }
 
     async fn messages(
