@@ -204,6 +204,16 @@ mod tests {
             tokio::spawn(async move { posts.post(message).await })
         }
 
+        /// Posts once and waits until that post's group committed: the bus then holds it at
+        /// its publish, and every post after it can only queue.
+        async fn first_post_held(&self) -> tokio::task::JoinHandle<StoreResult<Message>> {
+            let first = self.post(self.channel, 0);
+            while self.posts.groups_committed() < 1 {
+                tokio::task::yield_now().await;
+            }
+            first
+        }
+
         /// Waits until `n` posts wait in `channel`'s queue.
         async fn queued(&self, channel: ChannelId, n: usize) {
             let queue = &self.posts.stripes[stripe_of(channel)];
@@ -217,10 +227,7 @@ mod tests {
     async fn posts_that_wait_are_committed_together_and_published_in_id_order() {
         let fx = fixture().await;
         // The first post commits alone and is held at its publish...
-        let first = fx.post(fx.channel, 0);
-        while fx.posts.groups_committed() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let first = fx.first_post_held().await;
         // ...so the fifty behind it queue, and the next group takes them all.
         let rest: Vec<_> = (1..=50).map(|n| fx.post(fx.channel, n)).collect();
         fx.queued(fx.channel, 50).await;
@@ -251,10 +258,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_that_fails_to_commit_stores_none_of_its_posts_and_acknowledges_none() {
         let fx = fixture().await;
-        let first = fx.post(fx.channel, 0);
-        while fx.posts.groups_committed() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let first = fx.first_post_held().await;
         // A good post and one to a channel that does not exist (sharing its stripe) wait
         // for the same group, whose transaction the foreign key then fails.
         let good = fx.post(fx.channel, 1);

@@ -189,14 +189,14 @@ pub(crate) fn format_value(mode: Mode, value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn medians_of_odd_and_even_counts() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(Vec::new()), None);
     }
-
-    use super::*;
 
     fn with_interval(change: f64, lower: f64, upper: f64) -> Measurement {
         Measurement {
