@@ -283,12 +283,43 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
         "2",
         "--threshold",
         "50",
+        // A small fan-out beside it, and a two-step capacity search: the runs, their
+        // accounting and the search end to end; the figures are for real runs to give.
+        "--fanout",
+        "20",
+        "--fanout-subscribers",
+        "20",
+        "--capacity",
+        "500",
+        "--capacity-steps",
+        "2",
         "--json",
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let report = json_of(&output);
     assert_eq!(report["kind"], "e2e");
+    let fanout = &report["report"]["fanout"];
+    let sides = fanout["sides"].as_array().expect("fan-out sides");
+    assert_eq!(sides.len(), 2, "{fanout}");
+    for side in sides {
+        let rounds = side["rounds"].as_array().expect("fan-out rounds");
+        assert_eq!(rounds.len(), 3, "{side}");
+        for run in rounds {
+            // 20 posts/s for 2 s to 20 subscribers: a light load every delivery survives.
+            assert_eq!(run["offered_rate"], 20.0, "{run}");
+            assert_eq!(run["posts_accepted"], 40, "{run}");
+            assert_eq!(run["deliveries"], 800, "{run}");
+            assert_eq!(run["deliveries_expected"], 800, "{run}");
+            assert!(run["delivery_ms"]["p99"].as_f64() > Some(0.0), "{run}");
+        }
+        assert_eq!(side["violations"], 0, "{side}");
+        // 20 then 40 posts/s, both far within a 500 ms p99.
+        let steps = side["capacity"]["steps"].as_array().expect("capacity steps");
+        let rates: Vec<f64> = steps.iter().filter_map(|s| s["rate"].as_f64()).collect();
+        assert_eq!(rates, [20.0, 40.0], "{side}");
+        assert_eq!(side["capacity"]["highest_kept_up"], 40.0, "{side}");
+    }
     let servers = report["report"]["servers"].as_array().expect("servers");
     let names: Vec<&str> = servers.iter().filter_map(|s| s["name"].as_str()).collect();
     assert_eq!(
@@ -338,7 +369,9 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
     assert!(
         stderr.contains("delivery p99")
             && stderr.contains("emulated against native")
-            && stderr.contains("peak RSS, working tree against baseline"),
+            && stderr.contains("peak RSS, working tree against baseline")
+            && stderr.contains("fan-out delivery p99, working tree against baseline")
+            && stderr.contains("capacity, working tree against baseline: ×"),
         "{stderr}"
     );
     assert_eq!(

@@ -3,10 +3,13 @@
 //! ```text
 //! cargo run --release -p plexichat-load -- post --url http://127.0.0.1:8000 --workers 32 --seconds 10 --subscribers 4
 //! cargo run --release -p plexichat-load -- idle-ws --url http://127.0.0.1:8000 --count 1000 --server-pid PID
+//! cargo run --release -p plexichat-load -- fanout --url http://127.0.0.1:8000 --subscribers 1000 --rate 200 --seconds 10
 //! ```
 //! `post` reports messages/s and latency percentiles, and with `--subscribers` the
 //! WebSocket delivery latency (post sent → message received); `idle-ws` opens subscribed,
-//! idle WebSockets and reports the server's resident memory before and after.
+//! idle WebSockets and reports the server's resident memory before and after; `fanout`
+//! posts at a fixed rate to many subscribers and accounts for every delivery (see
+//! [`fanout`]).
 //! Both are bounded in time and count. Point them at a server running the bench
 //! profile: the default rate limits would otherwise be what is measured.
 
@@ -17,6 +20,9 @@ use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+mod fanout;
+mod ledger;
 
 #[derive(Parser)]
 struct Cli {
@@ -38,6 +44,22 @@ enum Mode {
         #[arg(long, default_value_t = 0)]
         subscribers: usize,
     },
+    /// Post at a fixed rate (open loop) to many WebSocket subscribers of one channel and
+    /// account for every delivery: latency p50/p99/max, missing, duplicate, out of order.
+    Fanout {
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Posts per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Keep-alive connections the posts share.
+        #[arg(long, default_value_t = 32)]
+        post_connections: usize,
+    },
     /// Hold idle, subscribed WebSocket connections.
     IdleWs {
         #[arg(long, default_value = "http://127.0.0.1:8000")]
@@ -55,13 +77,35 @@ enum Mode {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    match Cli::parse().mode {
+    let mode = Cli::parse().mode;
+    // A socket each subscriber and poster, beyond the usual 1,024 descriptors.
+    raise_open_file_limit()?;
+    match mode {
         Mode::Post {
             url,
             workers,
             seconds,
             subscribers,
         } => post(&url, workers, Duration::from_secs(seconds), subscribers).await,
+        Mode::Fanout {
+            url,
+            subscribers,
+            rate,
+            seconds,
+            post_connections,
+        } => {
+            if !(rate > 0.0 && rate.is_finite()) || post_connections == 0 {
+                bail!("--rate must be above 0 and --post-connections at least 1");
+            }
+            let settings = fanout::Settings {
+                subscribers,
+                rate,
+                duration: Duration::from_secs(seconds),
+                post_connections,
+            };
+            println!("{}", fanout::run(&url, &settings).await?);
+            Ok(())
+        }
         Mode::IdleWs {
             url,
             count,
@@ -307,6 +351,12 @@ async fn idle_ws(url: &str, count: usize, hold: Duration, server_pid: Option<u32
     });
     println!("{report}");
     Ok(())
+}
+
+fn raise_open_file_limit() -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading the open-file limit")?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising the open-file limit")
 }
 
 fn resident_kib(pid: u32) -> Result<u64> {

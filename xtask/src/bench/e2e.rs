@@ -15,12 +15,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use services::process::{self, cmd};
 use services::teardown::TempDir;
 use services::{Durability, Postgres, ServerProcess};
 
 use super::build::{self, Checkout};
+use super::fanout::{CapacitySearch, FanoutLoad, FanoutReport, FanoutRun, FanoutSide, DEFAULT_START_RATE};
 use super::{median, verdict, Measurement, Verdict};
 use crate::cargo::artefact::target_binary;
 use crate::provision::{self, Requirement};
@@ -150,6 +152,9 @@ pub(crate) struct Comparison {
     /// The working tree against the baseline first: the only pair with a verdict.
     comparisons: Vec<ComparisonReport>,
     footprint: Vec<FootprintReport>,
+    /// With `--fanout` or `--capacity`: many subscribers, posts at fixed rates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fanout: Option<FanoutReport>,
 }
 
 impl Comparison {
@@ -189,15 +194,18 @@ impl Comparison {
             servers,
             comparisons,
             footprint,
+            fanout: None,
         }
     }
 
+    /// Whether the working tree regressed, or either side broke a delivery guarantee.
     pub(crate) fn regressed(&self) -> bool {
         self.comparisons
             .iter()
             .filter_map(|comparison| comparison.verdict)
             .chain(self.footprint.iter().map(|figure| figure.verdict))
             .any(|verdict| verdict == Verdict::Regressed)
+            || self.fanout.as_ref().is_some_and(FanoutReport::violated)
     }
 
     pub(crate) fn table(&self) -> Table {
@@ -250,7 +258,8 @@ impl Comparison {
                 f.verdict.label()
             )
         });
-        speed.chain(footprint).collect::<Vec<_>>().join("\n")
+        let fanout = self.fanout.iter().flat_map(FanoutReport::summary);
+        speed.chain(footprint).chain(fanout).collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -312,6 +321,7 @@ pub(crate) struct Sides<'a> {
 pub(crate) fn compare(
     sides: &Sides,
     load: Load,
+    fanout: Option<FanoutLoad>,
     threshold_pct: f64,
     progress: &Progress,
     task: &Task,
@@ -398,7 +408,81 @@ pub(crate) fn compare(
         .zip(results)
         .map(|(scenario, rounds)| summarise(scenario, rounds))
         .collect::<Result<_>>()?;
-    Ok(Comparison::of(load, threshold_pct, reports))
+    let mut comparison = Comparison::of(load, threshold_pct, reports);
+    if let Some(fanout) = fanout {
+        let on_sqlite = [
+            &scenarios[Server::Baseline as usize],
+            &scenarios[Server::Current as usize],
+        ];
+        comparison.fanout = Some(fan_out(&on_sqlite, &generator, load, fanout, task)?);
+    }
+    Ok(comparison)
+}
+
+/// The fan-out runs on the baseline's and the working tree's SQLite servers, taking turns
+/// as the rounds do: first `--rounds` at the fixed rate, then the capacity search, one
+/// step of each side's after the other.
+fn fan_out(
+    sides: &[&Scenario; 2],
+    generator: &Path,
+    load: Load,
+    fanout: FanoutLoad,
+    task: &Task,
+) -> Result<FanoutReport> {
+    let run = |scenario: &Scenario, rate: f64, label: &str| -> Result<FanoutRun> {
+        task.step(format!(
+            "{label}: {} at {rate} posts/s to {} subscribers",
+            scenario.name, fanout.subscribers
+        ));
+        let result = fanout_once(scenario, generator, load.seconds, fanout.subscribers, rate)
+            .with_context(|| format!("{} fan-out at {rate} posts/s ({label})", scenario.name))?;
+        task.detail(format!(
+            "{}: {rate} posts/s, delivery p99 {}, {} broken, {} closed{}",
+            scenario.name,
+            millis(result.delivery_ms.p99),
+            result.violations(),
+            result.sockets_closed,
+            if result.saturated { ", saturated" } else { "" },
+        ));
+        Ok(result)
+    };
+    let mut rounds: [Vec<FanoutRun>; 2] = Default::default();
+    if let Some(rate) = fanout.rate {
+        for round in 1..=load.rounds {
+            for (side, scenario) in sides.iter().enumerate() {
+                rounds[side].push(run(scenario, rate, &format!("fan-out round {round}/{}", load.rounds))?);
+            }
+        }
+    }
+    let mut searches = fanout.capacity_p99_ms.map(|bound| {
+        let start = fanout.rate.unwrap_or(DEFAULT_START_RATE);
+        [0, 1].map(|_| CapacitySearch::new(start, bound, fanout.capacity_steps))
+    });
+    if let Some(searches) = &mut searches {
+        let mut step = 1;
+        while searches.iter().any(|search| search.next_rate().is_some()) {
+            for (search, scenario) in searches.iter_mut().zip(sides) {
+                if let Some(rate) = search.next_rate() {
+                    search.record(&run(scenario, rate, &format!("capacity step {step}"))?);
+                }
+            }
+            step += 1;
+        }
+    }
+    let searched = match searches {
+        Some([baseline, current]) => [Some(baseline), Some(current)],
+        None => [None, None],
+    };
+    let fanned: Vec<FanoutSide> = sides
+        .iter()
+        .zip(rounds)
+        .zip(searched)
+        .map(|((scenario, rounds), search)| FanoutSide::new(scenario.name.clone(), rounds, search))
+        .collect();
+    Ok(FanoutReport {
+        load: fanout,
+        sides: fanned,
+    })
 }
 
 /// The emulated side's target, with what building and emulating it needs (cross linker,
@@ -420,45 +504,57 @@ fn emulated_target(progress: &Progress) -> Result<&'static Target> {
     Ok(target)
 }
 
-/// One server, fresh store, one load run; the server is stopped before this returns.
-fn run_once(scenario: &Scenario, postgres_url: Option<&str>, generator: &Path, load: Load) -> Result<LoadResult> {
-    let dir = TempDir::new("bench-e2e").context("creating the server's directory")?;
-    let database_url = match postgres_url {
-        Some(url) => url.to_string(),
-        None => format!("sqlite://{}", dir.path().join("plexichat.db").display()),
-    };
-    let (program, prefix) = scenario.command.split_last().context("a server command")?;
-    // The server runs until the load run is over: a child of ours, not a command.
-    let mut command = match prefix.first() {
-        Some(emulator) => {
-            let mut command = Command::new(emulator);
-            command.arg(program);
-            command
-        }
-        None => Command::new(program),
-    };
-    command
-        .arg("serve")
-        .arg("--config")
-        .arg(&scenario.profile)
-        .args(["--listen", "127.0.0.1:0", "--database-url", &database_url])
-        .args(["--node-id", "bench-e2e"])
-        .current_dir(dir.path());
-    let server = ServerProcess::start(command, SERVER_START_TIMEOUT)?;
-    let (url, workers, seconds, subscribers) = (
-        server.url(),
-        load.workers.to_string(),
-        load.seconds.to_string(),
-        load.subscribers.to_string(),
-    );
-    let sh = process::shell()?;
-    let output = process::output(cmd!(
-        sh,
-        "{generator} post --url {url} --workers {workers} --seconds {seconds} --subscribers {subscribers}"
-    ))
-    .context("running the load generator")?;
-    let peak_rss_mib = system::status_kib(server.pid(), "VmHWM:").map(|kib| kib / 1024.0);
-    server.terminate(Duration::from_secs(30))?;
+/// A scenario's server on a fresh store, stopped by [`Serving::stop`] (or, on an error,
+/// by its drop).
+struct Serving {
+    server: ServerProcess,
+    /// The SQLite file and the server's working directory.
+    _dir: TempDir,
+}
+
+impl Serving {
+    fn start(scenario: &Scenario, postgres_url: Option<&str>) -> Result<Self> {
+        let dir = TempDir::new("bench-e2e").context("creating the server's directory")?;
+        let database_url = match postgres_url {
+            Some(url) => url.to_string(),
+            None => format!("sqlite://{}", dir.path().join("plexichat.db").display()),
+        };
+        let (program, prefix) = scenario.command.split_last().context("a server command")?;
+        // The server runs until the load run is over: a child of ours, not a command.
+        let mut command = match prefix.first() {
+            Some(emulator) => {
+                let mut command = Command::new(emulator);
+                command.arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&scenario.profile)
+            .args(["--listen", "127.0.0.1:0", "--database-url", &database_url])
+            .args(["--node-id", "bench-e2e"])
+            .current_dir(dir.path());
+        let server = ServerProcess::start(command, SERVER_START_TIMEOUT)?;
+        Ok(Self { server, _dir: dir })
+    }
+
+    fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Stops the server; returns its peak resident memory (MiB), read just before.
+    fn stop(self) -> Result<Option<f64>> {
+        let peak_rss_mib = system::status_kib(self.server.pid(), "VmHWM:").map(|kib| kib / 1024.0);
+        self.server.terminate(Duration::from_secs(30))?;
+        Ok(peak_rss_mib)
+    }
+}
+
+/// Runs the load generator and reads the one JSON document it prints.
+fn generate<T: DeserializeOwned>(command: process::Cmd<'_>) -> Result<T> {
+    let output = process::output(command).context("running the load generator")?;
     if !output.status.success() {
         bail!(
             "the load generator failed ({}):\n{}",
@@ -466,17 +562,53 @@ fn run_once(scenario: &Scenario, postgres_url: Option<&str>, generator: &Path, l
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let mut result: LoadResult = serde_json::from_slice(&output.stdout).with_context(|| {
+    serde_json::from_slice(&output.stdout).with_context(|| {
         format!(
             "reading the load generator's report: {}",
             String::from_utf8_lossy(&output.stdout)
         )
-    })?;
+    })
+}
+
+/// One server, fresh store, one load run; the server is stopped before this returns.
+fn run_once(scenario: &Scenario, postgres_url: Option<&str>, generator: &Path, load: Load) -> Result<LoadResult> {
+    let serving = Serving::start(scenario, postgres_url)?;
+    let (url, workers, seconds, subscribers) = (
+        serving.url(),
+        load.workers.to_string(),
+        load.seconds.to_string(),
+        load.subscribers.to_string(),
+    );
+    let sh = process::shell()?;
+    let generated = generate::<LoadResult>(cmd!(
+        sh,
+        "{generator} post --url {url} --workers {workers} --seconds {seconds} --subscribers {subscribers}"
+    ));
+    let peak_rss_mib = serving.stop()?;
+    let mut result = generated?;
     if result.messages == 0 {
         bail!("not one message was acknowledged in {} s", load.seconds);
     }
     result.peak_rss_mib = peak_rss_mib;
     Ok(result)
+}
+
+/// One server on SQLite, fresh store, one fixed-rate fan-out run.
+fn fanout_once(scenario: &Scenario, generator: &Path, seconds: u32, subscribers: u32, rate: f64) -> Result<FanoutRun> {
+    let serving = Serving::start(scenario, None)?;
+    let (url, seconds, subscribers, rate) = (
+        serving.url(),
+        seconds.to_string(),
+        subscribers.to_string(),
+        rate.to_string(),
+    );
+    let sh = process::shell()?;
+    let generated = generate(cmd!(
+        sh,
+        "{generator} fanout --url {url} --subscribers {subscribers} --rate {rate} --seconds {seconds}"
+    ));
+    serving.stop()?;
+    generated
 }
 
 fn summarise(scenario: &Scenario, rounds: Vec<LoadResult>) -> Result<ScenarioReport> {

@@ -5,6 +5,7 @@
 pub(crate) mod baseline;
 pub(crate) mod build;
 pub(crate) mod e2e;
+pub(crate) mod fanout;
 pub(crate) mod instructions;
 mod paired;
 pub(crate) mod revision;
