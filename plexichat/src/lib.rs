@@ -4,6 +4,7 @@
 // A unit-test build sees the dev-dependencies too; the plain library build is checked.
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod bus;

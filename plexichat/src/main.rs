@@ -126,6 +126,7 @@ fn log_filter() -> Result<EnvFilter, ConfigError> {
 }
 
 fn main() -> ExitCode {
+    plexichat::allocator::return_large_blocks_when_freed();
     // As a VM's /init there are no arguments to parse: the kernel command line configures
     // the server, and the process must power the machine off instead of exiting.
     #[cfg(target_os = "linux")]

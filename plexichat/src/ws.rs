@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::auth::{token_hash, AuthUser};
 use crate::bus::ClusterEvent;
 use crate::error::ApiError;
-use crate::hub::{ConnectionId, SessionWatch, Subscriber};
+use crate::hub::{ConnectionId, QueuedFrame, SessionWatch, Subscriber};
 use crate::metrics::{WS_CONNECTIONS, WS_CONNECTIONS_TOTAL};
 use crate::model::{ChannelId, Timestamp};
 use crate::protocol::{ClientFrame, ServerFrame};
@@ -116,6 +116,9 @@ fn expiry_deadline(expires_at: Timestamp, now: Timestamp) -> Option<Instant> {
     Instant::now().checked_add(Duration::from_millis(left))
 }
 
+type WsSink = futures_util::stream::SplitSink<WebSocket, WsMessage>;
+type WsStream = futures_util::stream::SplitStream<WebSocket>;
+
 struct Connection {
     app: Arc<App>,
     auth: AuthUser,
@@ -159,11 +162,13 @@ impl Connection {
     async fn run(mut self, socket: WebSocket) {
         metrics::counter!(WS_CONNECTIONS_TOTAL).increment(1);
         metrics::gauge!(WS_CONNECTIONS).increment(1.0);
-        let (outbox, mut inbox) = mpsc::channel(self.app.settings.websocket.outbound_queue);
+        let (outbox, mut inbox) = mpsc::channel::<QueuedFrame>(self.app.settings.websocket.outbound_queue);
         let (mut sink, mut stream) = socket.split();
-        let shutdown = self.app.shutdown.clone();
-        let revoked = self.session.revoked().clone();
-        let too_slow = self.too_slow.clone();
+        // The endings are waited for by futures made once: made afresh on every turn of
+        // the loop, each would register with its token and unregister again per frame.
+        let shutdown = self.app.shutdown.clone().cancelled_owned();
+        let revoked = self.session.revoked().clone().cancelled_owned();
+        let too_slow = self.too_slow.clone().cancelled_owned();
         let expires = self.expires;
         let expired = async move {
             match expires {
@@ -171,18 +176,20 @@ impl Connection {
                 None => std::future::pending().await,
             }
         };
-        tokio::pin!(expired);
+        tokio::pin!(shutdown, revoked, too_slow, expired);
         let ending = loop {
             let outgoing = tokio::select! {
                 // Endings first: once one has come, no frame may be sent.
                 biased;
-                _ = shutdown.cancelled() => break Some(Ending::ShuttingDown),
-                _ = revoked.cancelled() => break Some(Ending::Revoked),
+                _ = &mut shutdown => break Some(Ending::ShuttingDown),
+                _ = &mut revoked => break Some(Ending::Revoked),
                 _ = &mut expired => break Some(Ending::Expired),
-                _ = too_slow.cancelled() => break Some(Ending::TooSlow),
-                Some(frame) = inbox.recv() => Some(frame),
+                _ = &mut too_slow => break Some(Ending::TooSlow),
+                Some(frame) = inbox.recv() => Some(Utf8Bytes::clone(&frame)),
                 incoming = stream.next() => match incoming {
-                    Some(Ok(WsMessage::Text(text))) => self.handle(&text, &outbox).await,
+                    // Boxed: the answer's future (a database query among them) is big, and
+                    // held in this task's state it would be paid by every idle connection.
+                    Some(Ok(WsMessage::Text(text))) => Box::pin(self.handle(&text, &outbox)).await,
                     Some(Ok(WsMessage::Binary(_))) => {
                         let err = ApiError::InvalidRequest("binary frames are not supported; send JSON text".into());
                         Some(ServerFrame::error(&err, None))
@@ -208,7 +215,7 @@ impl Connection {
             let mut queued = 1;
             while queued < MAX_FRAMES_PER_FLUSH {
                 let Ok(frame) = inbox.try_recv() else { break };
-                if self.ended().is_some() || sink.feed(WsMessage::Text(frame)).await.is_err() {
+                if self.ended().is_some() || sink.feed(WsMessage::Text(Utf8Bytes::clone(&frame))).await.is_err() {
                     break;
                 }
                 queued += 1;
@@ -221,6 +228,18 @@ impl Connection {
             }
         };
         if let Some(ending) = ending {
+            Box::pin(self.close(ending, sink, stream)).await;
+        }
+        for channel in &self.subscribed {
+            self.app.hub.unsubscribe(*channel, self.id);
+        }
+        metrics::gauge!(WS_CONNECTIONS).decrement(1.0);
+    }
+
+    /// Sends the closing frame of `ending` and waits, bounded, for the client's answer.
+    /// Boxed by its caller, like [`Self::handle`]: only a closing connection pays for it.
+    async fn close(&self, ending: Ending, mut sink: WsSink, mut stream: WsStream) {
+        {
             tracing::debug!(
                 connection = self.id,
                 user_id = self.auth.user.id,
@@ -247,14 +266,10 @@ impl Connection {
             // A client that reads or answers nothing does not hold the connection open.
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
         }
-        for channel in &self.subscribed {
-            self.app.hub.unsubscribe(*channel, self.id);
-        }
-        metrics::gauge!(WS_CONNECTIONS).decrement(1.0);
     }
 
     /// Answers one client frame; `None` when there is nothing to answer.
-    async fn handle(&mut self, text: &str, outbox: &mpsc::Sender<Utf8Bytes>) -> Option<Utf8Bytes> {
+    async fn handle(&mut self, text: &str, outbox: &mpsc::Sender<QueuedFrame>) -> Option<Utf8Bytes> {
         let frame = match serde_json::from_str::<ClientFrame>(text) {
             Ok(frame) => frame,
             Err(err) => {

@@ -182,8 +182,10 @@ impl Default for RateLimitSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketSettings {
-    /// Per-connection read buffer; tungstenite's default of 128 KiB makes idle
-    /// connections expensive.
+    /// Per-connection read buffer, allocated for the connection's life; tungstenite's
+    /// default of 128 KiB makes idle connections expensive. Clients send small frames (a
+    /// subscribe is under 60 bytes); a bigger one is read in several reads, the buffer
+    /// growing to hold it.
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
     pub max_message_bytes: usize,
@@ -194,7 +196,7 @@ pub struct WebSocketSettings {
 impl Default for WebSocketSettings {
     fn default() -> Self {
         Self {
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 4096,
             max_message_bytes: 64 * 1024,
             outbound_queue: 256,

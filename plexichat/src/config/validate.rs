@@ -126,7 +126,7 @@ impl Settings {
             return fail(
                 &["websocket"],
                 "read_buffer_bytes and outbound_queue must be at least 1".into(),
-                "use e.g. read_buffer_bytes: 4096, outbound_queue: 256",
+                "use e.g. read_buffer_bytes: 512, outbound_queue: 256",
             );
         }
         let l = &self.limits;

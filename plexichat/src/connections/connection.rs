@@ -8,6 +8,7 @@
 //! head has `header_read_timeout` to arrive.
 
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +22,6 @@ use axum::Router;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
@@ -60,11 +60,11 @@ pub(super) enum Expired {
 }
 
 /// A connection's phase, moved on by its IO (bytes read, written, flushed), by its service
-/// (request in, response out) and read by its driver (timers, shutdown).
+/// (request in, response out) and read by its driver (timers, shutdown). Every one of
+/// those runs inside the driver's poll of the connection, so the driver reads the phase
+/// after each poll and needs no wake-up to follow it.
 pub(super) struct Activity {
     phase: Mutex<Phase>,
-    /// Woken when the phase changes, so the driver's timer follows it.
-    changed: Notify,
 }
 
 impl Activity {
@@ -74,7 +74,6 @@ impl Activity {
                 since: Instant::now(),
                 fresh: true,
             }),
-            changed: Notify::new(),
         })
     }
 
@@ -82,16 +81,11 @@ impl Activity {
         *self.phase.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies `next` to the phase; wakes the driver when the phase changed.
+    /// Applies `next` to the phase.
     fn advance(&self, next: impl FnOnce(Phase) -> Option<Phase>) {
         let mut phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(next) = next(*phase) {
-            let changed = next != *phase;
             *phase = next;
-            drop(phase);
-            if changed {
-                self.changed.notify_one();
-            }
         }
     }
 
@@ -105,7 +99,7 @@ impl Activity {
     pub(super) fn bytes_written(&self) {
         let mut phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
         if let Phase::Sending { since } = &mut *phase {
-            // Only pushes the deadline later, so the driver need not be woken.
+            // Only pushes the deadline later: the driver's timer need not move.
             *since = Instant::now();
         }
     }
@@ -162,26 +156,49 @@ pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, router: Router,
         hyper::service::service_fn(move |request| handle(router.clone(), activity.clone(), remote, request))
     };
     let mut connection = pin!(shared.http.serve_connection(io, service).with_upgrades());
+    let mut abort = pin!(shared.abort.clone().cancelled_owned());
+    let mut graceful = pin!(shared.graceful.clone().cancelled_owned());
+    // Armed no later than the phase's deadline, and moved only when a phase brings its
+    // deadline earlier; a deadline that moved later is found when the timer fires. Each
+    // request moves the phase four times: re-arming (or waking) on each would cost more
+    // than a cheap route itself.
+    let mut armed = activity.deadline(&shared.timeouts).map(|(at, _)| at);
+    let mut timer = pin!(tokio::time::sleep_until(armed.unwrap_or_else(far_future)));
     let mut draining = false;
     loop {
-        let changed = activity.changed.notified();
-        let deadline = activity.deadline(&shared.timeouts);
-        let expiry = async {
-            match deadline {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Event::Ended(result));
             }
-        };
-        tokio::select! {
-            result = connection.as_mut() => {
+            if abort.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Aborted);
+            }
+            if !draining && graceful.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Draining);
+            }
+            // The poll above is what moves the phase: follow it.
+            if let Some((at, _)) = activity.deadline(&shared.timeouts) {
+                if armed.is_none_or(|armed| at < armed) {
+                    timer.as_mut().reset(at);
+                    armed = Some(at);
+                }
+            }
+            if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::TimerFired);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Ended(result) => {
                 if let Err(err) = result {
                     tracing::debug!(%remote, error = %err, "connection ended with an error");
                 }
                 return;
             }
             // Counted and logged by the drain that cancelled it.
-            _ = shared.abort.cancelled() => return,
-            _ = shared.graceful.cancelled(), if !draining => {
+            Event::Aborted => return,
+            Event::Draining => {
                 draining = true;
                 // Nothing of a request has arrived: nothing is lost by closing now.
                 if matches!(activity.phase(), Phase::Waiting { .. }) {
@@ -190,18 +207,32 @@ pub(super) async fn serve(stream: TcpStream, remote: SocketAddr, router: Router,
                 // hyper finishes the request in progress, then closes.
                 connection.as_mut().graceful_shutdown();
             }
-            _ = changed => {}
-            _ = expiry => {
-                // The phase may have moved on since the deadline was taken.
+            Event::TimerFired => {
+                // The phase may have moved on since the timer was armed.
                 if let Some((at, why)) = activity.deadline(&shared.timeouts) {
                     if at <= Instant::now() {
                         shared.expired(why, remote);
                         return;
                     }
                 }
+                // Later, or none while a request is handled: the next poll arms it again.
+                armed = None;
             }
         }
     }
+}
+
+/// What woke a connection's driver.
+enum Event {
+    Ended(Result<(), hyper::Error>),
+    Aborted,
+    Draining,
+    TimerFired,
+}
+
+/// A deadline that never comes in practice, for a timer not yet armed.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// The router, with the client's address for the rate limiter and the phase kept.

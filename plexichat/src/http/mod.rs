@@ -6,12 +6,12 @@ mod channels;
 mod cluster;
 mod extract;
 mod messages;
+mod request_metrics;
 mod system;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +31,6 @@ use utoipa_axum::routes;
 use crate::app::App;
 use crate::config::Limits;
 use crate::error::{error_response, ApiError};
-use crate::metrics::{HTTP_REQUESTS_TOTAL, HTTP_REQUEST_SECONDS};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -104,7 +103,10 @@ pub fn router(app: Arc<App>) -> Router {
         ))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(settings.http.max_uri_bytes, limit_uri))
-        .layer(middleware::from_fn(track_metrics));
+        .layer(middleware::from_fn_with_state(
+            Arc::new(request_metrics::RequestMetrics::default()),
+            request_metrics::track,
+        ));
     let router = if settings.compression.enabled {
         router.layer(compression)
     } else {
@@ -174,24 +176,6 @@ fn trimmed_length_pattern(max: usize) -> String {
         0 | 1 => format!("^{space}*{solid}{space}*$"),
         _ => format!("^{space}*{solid}(?:[\\s\\S]{{0,{}}}{solid})?{space}*$", max - 2),
     }
-}
-
-/// Counts and times each request by its route template (not its path, which would
-/// make one time series per channel id).
-async fn track_metrics(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(HTTP_REQUESTS_TOTAL, "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
 }
 
 /// Refuses request targets over the configured length with 414. hyper's own limit is
