@@ -10,9 +10,10 @@ mod request_metrics;
 mod system;
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
@@ -101,11 +102,12 @@ pub fn router(app: Arc<App>) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             settings.http.request_timeout,
         ))
-        .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn_with_state(settings.http.max_uri_bytes, limit_uri))
         .layer(middleware::from_fn_with_state(
-            Arc::new(request_metrics::RequestMetrics::default()),
-            request_metrics::track,
+            Arc::new(Edges {
+                metrics: request_metrics::RequestMetrics::default(),
+                max_uri_bytes: settings.http.max_uri_bytes,
+            }),
+            edges,
         ));
     let router = if settings.compression.enabled {
         router.layer(compression)
@@ -178,27 +180,47 @@ fn trimmed_length_pattern(max: usize) -> String {
     }
 }
 
+/// What every request passes on its way in and out, in one middleware (each `from_fn`
+/// layer boxes the rest of the stack again on every request): counted and timed, its
+/// target's length checked, and an error made by the framework or a layer given the JSON
+/// body of API.md.
+struct Edges {
+    metrics: request_metrics::RequestMetrics,
+    max_uri_bytes: usize,
+}
+
+async fn edges(State(edges): State<Arc<Edges>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = match uri_too_long(request.uri(), edges.max_uri_bytes) {
+        Some(refused) => refused,
+        None => with_json_error_body(next.run(request).await),
+    };
+    edges
+        .metrics
+        .record(&method, route.as_ref(), response.status(), started);
+    response
+}
+
 /// Refuses request targets over the configured length with 414. hyper's own limit is
 /// 64 KiB and sits behind its head-size limit, so without this a long URI would be told
 /// its headers are too large.
-async fn limit_uri(State(max_bytes): State<usize>, request: Request, next: Next) -> Response {
-    let uri = request.uri();
+fn uri_too_long(uri: &Uri, max_bytes: usize) -> Option<Response> {
     let length = uri.scheme_str().map_or(0, |scheme| scheme.len() + "://".len())
         + uri.authority().map_or(0, |authority| authority.as_str().len())
         + uri.path_and_query().map_or(0, |target| target.as_str().len());
-    if length > max_bytes {
-        return error_response(
+    (length > max_bytes).then(|| {
+        error_response(
             StatusCode::URI_TOO_LONG,
             format!("request target is {length} bytes long; the limit is {max_bytes}"),
-        );
-    }
-    next.run(request).await
+        )
+    })
 }
 
 /// Gives errors made by the framework and its layers (405, 413, timeouts, bad upgrades)
 /// the same JSON body as ours.
-async fn json_errors(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+fn with_json_error_body(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()

@@ -4,13 +4,11 @@
 //! itself.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::MatchedPath;
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
 use metrics::{Counter, Histogram};
 
 use crate::metrics::{HTTP_REQUESTS_TOTAL, HTTP_REQUEST_SECONDS};
@@ -35,6 +33,15 @@ pub(super) struct RequestMetrics {
 }
 
 impl RequestMetrics {
+    /// Counts and times a request by its route template (not its path, which would make
+    /// one time series per channel id).
+    pub(super) fn record(&self, method: &Method, route: Option<&MatchedPath>, status: StatusCode, started: Instant) {
+        let route = route.map_or(UNMATCHED, MatchedPath::as_str);
+        let series = self.series(method, route, status);
+        series.requests.increment(1);
+        series.seconds.record(started.elapsed().as_secs_f64());
+    }
+
     fn series(&self, method: &Method, route: &str, status: StatusCode) -> Series {
         let find = |routes: &HashMap<Box<str>, Vec<Series>>| {
             routes
@@ -63,20 +70,6 @@ impl RequestMetrics {
         routes.entry(route.into()).or_default().push(series.clone());
         series
     }
-}
-
-/// Counts and times each request by its route template (not its path, which would
-/// make one time series per channel id).
-pub(super) async fn track(State(metrics): State<Arc<RequestMetrics>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-    let series = metrics.series(&method, route, response.status());
-    series.requests.increment(1);
-    series.seconds.record(started.elapsed().as_secs_f64());
-    response
 }
 
 #[cfg(test)]
