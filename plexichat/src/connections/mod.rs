@@ -141,6 +141,13 @@ impl Connections {
             // The peer may already be gone; serving will find out.
             tracing::debug!(%remote, error = %err, "cannot enable TCP keepalive");
         }
+        // Each response and each flush of WebSocket frames is one write of a whole message:
+        // Nagle's algorithm would hold it back until the peer acknowledged the previous one,
+        // which a peer delaying its ACKs does up to 40 ms later (seen as 40-50 ms delivery
+        // tails at 2 posts a second).
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%remote, error = %err, "cannot disable Nagle's algorithm");
+        }
         let router = self.router.clone();
         let shared = self.shared.clone();
         self.tasks.spawn(connection::serve(stream, remote, router, shared));
