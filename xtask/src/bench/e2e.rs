@@ -676,7 +676,10 @@ fn pair(
         throughput_ratio: of.messages_per_second / against.messages_per_second,
         change_pct: change * 100.0,
         interval_pct: [lowest * 100.0, highest * 100.0],
-        verdict: threshold_pct.map(|threshold| verdict(&measurement, threshold)),
+        // One round's change is a point, not an interval: a verdict needs the rounds to agree.
+        verdict: threshold_pct
+            .filter(|_| per_round.len() >= 2)
+            .map(|threshold| verdict(&measurement, threshold)),
     }
 }
 
@@ -745,6 +748,15 @@ mod tests {
         let comparison = pair("t", &slower, &baseline, Some(10.0));
         assert_eq!(comparison.verdict, Some(Verdict::Regressed));
         assert!(comparison.change_pct > 20.0 && comparison.throughput_ratio < 0.85);
+    }
+
+    #[test]
+    fn a_single_round_gives_no_verdict_however_far_apart() {
+        let baseline = scenario(&[1000.0]);
+        let slower = scenario(&[700.0]);
+        let comparison = pair("t", &slower, &baseline, Some(10.0));
+        assert_eq!(comparison.verdict, None);
+        assert!(comparison.change_pct > 40.0);
     }
 
     #[test]
