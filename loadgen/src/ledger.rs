@@ -47,8 +47,7 @@ impl Ledger {
             self.out_of_order += 1;
         }
         self.last_id = Some(self.last_id.map_or(id, |last| last.max(id)));
-        self.latencies_us
-            .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        self.latencies_us.push(micros(latency));
     }
 
     pub(crate) fn deliveries(&self) -> usize {
@@ -96,6 +95,11 @@ impl Tally {
     pub(crate) fn is_clean(&self) -> bool {
         self.missing == 0 && self.duplicates == 0 && self.out_of_order == 0 && self.strangers == 0
     }
+}
+
+/// A latency in whole microseconds, as the ledgers keep them (over an hour saturates).
+pub(crate) fn micros(latency: Duration) -> u32 {
+    u32::try_from(latency.as_micros()).unwrap_or(u32::MAX)
 }
 
 /// Every delivery's latency in microseconds, from every socket, sorted.

@@ -263,10 +263,10 @@ async fn post(url: &str, workers: usize, duration: Duration, subscribers: usize)
         "messages": latencies.len(),
         "failures": failures,
         "messages_per_second": latencies.len() as f64 / elapsed,
-        "latency_ms": percentiles_ms(&mut latencies),
+        "latency_ms": percentiles_ms(&latencies),
         "deliveries": deliveries.len(),
         "deliveries_expected": expected,
-        "delivery_ms": percentiles_ms(&mut deliveries),
+        "delivery_ms": percentiles_ms(&deliveries),
     });
     println!("{report}");
     Ok(())
@@ -282,13 +282,10 @@ fn sent_at(frame: &str) -> Option<Duration> {
     Some(Duration::from_micros(micros))
 }
 
-fn percentiles_ms(samples: &mut [Duration]) -> Value {
-    samples.sort();
-    let percentile = |p: f64| {
-        let index = ((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1));
-        samples.get(index).map(|d| d.as_secs_f64() * 1000.0)
-    };
-    json!({"p50": percentile(0.50), "p99": percentile(0.99)})
+fn percentiles_ms(samples: &[Duration]) -> Value {
+    let mut micros: Vec<u32> = samples.iter().copied().map(ledger::micros).collect();
+    micros.sort_unstable();
+    json!({"p50": ledger::quantile_ms(&micros, 0.50), "p99": ledger::quantile_ms(&micros, 0.99)})
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
