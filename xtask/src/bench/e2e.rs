@@ -23,7 +23,7 @@ use services::{Durability, Postgres, ServerProcess};
 
 use super::build::{self, Checkout};
 use super::fanout::{CapacitySearch, FanoutLoad, FanoutReport, FanoutRun, FanoutSide, DEFAULT_START_RATE};
-use super::{median, verdict, Measurement, Verdict};
+use super::{median, verdict, Measurement, Percentiles, Verdict};
 use crate::cargo::artefact::target_binary;
 use crate::provision::{self, Requirement};
 use crate::report::error::UsageError;
@@ -89,12 +89,6 @@ pub(crate) struct LoadResult {
     /// generator); under qemu-user, the emulator's with the guest program in it.
     #[serde(default)]
     pub peak_rss_mib: Option<f64>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
-pub(crate) struct Percentiles {
-    pub p50: Option<f64>,
-    pub p99: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -625,10 +619,12 @@ fn summarise(scenario: &Scenario, rounds: Vec<LoadResult>) -> Result<ScenarioRep
         latency_ms: Percentiles {
             p50: median_of(&|r| r.latency_ms.p50),
             p99: median_of(&|r| r.latency_ms.p99),
+            max: None,
         },
         delivery_ms: Percentiles {
             p50: median_of(&|r| r.delivery_ms.p50),
             p99: median_of(&|r| r.delivery_ms.p99),
+            max: None,
         },
         deliveries: rounds.iter().map(|r| r.deliveries).sum(),
         deliveries_expected: rounds.iter().map(|r| r.deliveries_expected).sum(),

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::median;
+use super::{median, Percentiles};
 
 /// What the fan-out runs ask for.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -42,20 +42,13 @@ pub(crate) struct FanoutRun {
     pub saturated: bool,
     pub deliveries: u64,
     pub deliveries_expected: u64,
-    pub delivery_ms: DeliveryLatency,
+    pub delivery_ms: Percentiles,
     pub missing: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
     pub unexpected_frames: u64,
     /// Subscribers the server closed, e.g. with 1013 for falling behind.
     pub sockets_closed: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
-pub(crate) struct DeliveryLatency {
-    pub p50: Option<f64>,
-    pub p99: Option<f64>,
-    pub max: Option<f64>,
 }
 
 impl FanoutRun {
@@ -157,7 +150,7 @@ impl CapacitySearch {
 pub(crate) struct FanoutSide {
     pub name: String,
     /// Medians over the fixed-rate rounds.
-    pub delivery_ms: DeliveryLatency,
+    pub delivery_ms: Percentiles,
     pub rounds: Vec<FanoutRun>,
     /// Broken guarantees, summed over every run of this side, the search's included.
     pub violations: u64,
@@ -169,7 +162,7 @@ impl FanoutSide {
         let median_of = |value: fn(&FanoutRun) -> Option<f64>| median(rounds.iter().filter_map(value).collect());
         let searched = search.iter().flat_map(|s| &s.steps).map(|step| step.violations);
         Self {
-            delivery_ms: DeliveryLatency {
+            delivery_ms: Percentiles {
                 p50: median_of(|r| r.delivery_ms.p50),
                 p99: median_of(|r| r.delivery_ms.p99),
                 max: median_of(|r| r.delivery_ms.max),
@@ -266,7 +259,7 @@ pub(crate) fn run_at(rate: f64, p99: f64) -> FanoutRun {
         saturated: false,
         deliveries: 10,
         deliveries_expected: 10,
-        delivery_ms: DeliveryLatency {
+        delivery_ms: Percentiles {
             p50: Some(p99 / 2.0),
             p99: Some(p99),
             max: Some(p99 * 1.5),

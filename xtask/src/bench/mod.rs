@@ -87,6 +87,16 @@ pub(crate) fn verdict(measurement: &Measurement, threshold_pct: f64) -> Verdict 
 }
 
 /// The middle value, or the mean of the middle two; `None` of nothing.
+/// Latency percentiles in milliseconds, as the load generator reports them (`max` only in
+/// its fan-out mode).
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, Serialize)]
+pub(crate) struct Percentiles {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
 pub(crate) fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
