@@ -17,7 +17,6 @@ use crate::metrics::{HTTP_REQUESTS_TOTAL, HTTP_REQUEST_SECONDS};
 const UNMATCHED: &str = "unmatched";
 
 /// One series pair: requests counted by status, durations by method and route.
-#[derive(Clone)]
 struct Series {
     method: Method,
     status: StatusCode,
@@ -37,38 +36,45 @@ impl RequestMetrics {
     /// one time series per channel id).
     pub(super) fn record(&self, method: &Method, route: Option<&MatchedPath>, status: StatusCode, started: Instant) {
         let route = route.map_or(UNMATCHED, MatchedPath::as_str);
-        let series = self.series(method, route, status);
-        series.requests.increment(1);
-        series.seconds.record(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        self.with_series(method, route, status, |series| {
+            series.requests.increment(1);
+            series.seconds.record(seconds);
+        });
     }
 
-    fn series(&self, method: &Method, route: &str, status: StatusCode) -> Series {
-        let find = |routes: &HashMap<Box<str>, Vec<Series>>| {
+    /// Runs `use_it` on the request's series, under the read lock once it exists: a
+    /// request clones no handle.
+    fn with_series(&self, method: &Method, route: &str, status: StatusCode, use_it: impl FnOnce(&Series)) {
+        let find = |routes: &HashMap<Box<str>, Vec<Series>>| -> Option<usize> {
             routes
                 .get(route)?
                 .iter()
-                .find(|series| series.status == status && series.method == method)
-                .cloned()
+                .position(|series| series.status == status && series.method == method)
         };
         // A panic cannot leave the map half-updated (each update is one insert or push),
         // so a poisoned lock is still usable.
-        if let Some(series) = find(&self.by_route.read().unwrap_or_else(|poisoned| poisoned.into_inner())) {
-            return series;
+        {
+            let routes = self.by_route.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(index) = find(&routes) {
+                return use_it(&routes[route][index]);
+            }
         }
         let mut routes = self.by_route.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(series) = find(&routes) {
-            return series;
-        }
-        let (method_label, route_label) = (method.to_string(), route.to_string());
-        let series = Series {
-            method: method.clone(),
-            status,
-            requests: metrics::counter!(HTTP_REQUESTS_TOTAL,
-                "method" => method_label.clone(), "route" => route_label.clone(), "status" => status.as_u16().to_string()),
-            seconds: metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method_label, "route" => route_label),
-        };
-        routes.entry(route.into()).or_default().push(series.clone());
-        series
+        let index = find(&routes).unwrap_or_else(|| {
+            let (method_label, route_label) = (method.to_string(), route.to_string());
+            let series = Series {
+                method: method.clone(),
+                status,
+                requests: metrics::counter!(HTTP_REQUESTS_TOTAL,
+                    "method" => method_label.clone(), "route" => route_label.clone(), "status" => status.as_u16().to_string()),
+                seconds: metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method_label, "route" => route_label),
+            };
+            let list = routes.entry(route.into()).or_default();
+            list.push(series);
+            list.len() - 1
+        });
+        use_it(&routes[route][index]);
     }
 }
 
@@ -79,14 +85,18 @@ mod tests {
     #[test]
     fn each_method_route_and_status_gets_its_own_series_once() {
         let metrics = RequestMetrics::default();
-        let ok = metrics.series(&Method::GET, "/health", StatusCode::OK);
-        metrics.series(&Method::GET, "/health", StatusCode::OK);
-        metrics.series(&Method::GET, "/health", StatusCode::SERVICE_UNAVAILABLE);
-        metrics.series(&Method::POST, "/health", StatusCode::OK);
-        metrics.series(&Method::GET, UNMATCHED, StatusCode::NOT_FOUND);
+        let mut ok = None;
+        metrics.with_series(&Method::GET, "/health", StatusCode::OK, |series| {
+            ok = Some((series.method.clone(), series.status));
+        });
+        let touch = |method: &Method, route, status| metrics.with_series(method, route, status, |_| {});
+        touch(&Method::GET, "/health", StatusCode::OK);
+        touch(&Method::GET, "/health", StatusCode::SERVICE_UNAVAILABLE);
+        touch(&Method::POST, "/health", StatusCode::OK);
+        touch(&Method::GET, UNMATCHED, StatusCode::NOT_FOUND);
         let routes = metrics.by_route.read().unwrap();
         assert_eq!(routes["/health"].len(), 3);
         assert_eq!(routes[UNMATCHED].len(), 1);
-        assert_eq!((ok.method, ok.status), (Method::GET, StatusCode::OK));
+        assert_eq!(ok, Some((Method::GET, StatusCode::OK)));
     }
 }
