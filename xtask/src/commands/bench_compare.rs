@@ -56,22 +56,22 @@ pub struct Args {
     /// --e2e: also post at this fixed rate (posts/s, open loop) to --fanout-subscribers
     /// WebSockets on the baseline's and the working tree's SQLite servers, each round:
     /// delivery p50/p99/max, and any post missing, doubled or out of order (exit 1).
-    #[arg(long, value_name = "RATE", requires = "e2e", value_parser = positive_rate)]
+    #[arg(long, value_name = "RATE", requires = "e2e", value_parser = positive_number)]
     fanout: Option<f64>,
     /// --e2e: subscribers of the fan-out runs and the capacity search.
     #[arg(long, default_value_t = 1000, requires = "e2e", value_parser = clap::value_parser!(u32).range(1..))]
     fanout_subscribers: u32,
     /// --e2e: find each side's highest post rate whose delivery p99 stays within this many
     /// milliseconds (doubling from --fanout, or 100 posts/s, then bisecting to 10 %).
-    #[arg(long, value_name = "P99_MS", requires = "e2e", value_parser = positive_rate)]
+    #[arg(long, value_name = "P99_MS", requires = "e2e", value_parser = positive_number)]
     capacity: Option<f64>,
     /// --e2e: the most runs the capacity search makes per side.
     #[arg(long, default_value_t = 8, requires = "capacity", value_parser = clap::value_parser!(u32).range(1..))]
     capacity_steps: u32,
 }
 
-/// A rate or a bound: a finite number above 0.
-fn positive_rate(text: &str) -> Result<f64, String> {
+/// A rate or a latency bound: a finite number above 0.
+fn positive_number(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
         _ => Err(format!("{text:?} is not a number above 0, e.g. 200")),
