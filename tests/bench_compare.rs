@@ -51,6 +51,7 @@ criterion_main!(benches);
 fn lib(work: u64) -> String {
     format!(
         "pub const WORK: u64 = {work};\n\n\
+         #[inline(never)]\n\
          pub fn spin(n: u64) -> u64 {{\n    \
              let mut x = 0u64;\n    \
              for i in 0..n {{\n        \
@@ -151,8 +152,9 @@ fn verdict_of(report: &Value, id: &str) -> String {
         .to_string()
 }
 
-/// Compares HEAD with HEAD~1 and asserts it regressed by more than `least` percent.
-fn assert_regressed(fixture: &Fixture, mode: &str, least: f64) {
+/// Compares HEAD with HEAD~1, asserts it regressed by more than `least` percent, and
+/// returns the report.
+fn assert_regressed(fixture: &Fixture, mode: &str, least: f64) -> Value {
     let output = fixture.compare(&["--baseline", "HEAD~1", "--mode", mode]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -162,12 +164,35 @@ fn assert_regressed(fixture: &Fixture, mode: &str, least: f64) {
     let change = report["benches"][0]["change_pct"].as_f64().expect("a change");
     assert!(change > least, "{change:+.1}%: {report}");
     assert!(stderr.contains("spin/work") && stderr.contains("REGRESSED"), "{stderr}");
+    report
 }
 
 #[test]
-fn a_slower_commit_is_regressed_in_instructions_mode() {
+fn a_slower_commit_is_regressed_in_instructions_mode_with_a_flame_graph_of_why() {
     // A count doubles with the work.
-    assert_regressed(&Fixture::new(), "instructions", 90.0);
+    let report = assert_regressed(&Fixture::new(), "instructions", 90.0);
+    let path = report["benches"][0]["flamegraph"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a regressed count names its flame graph: {report}"));
+    let svg = std::fs::read_to_string(path).expect("the flame graph is written");
+    // The frame of the function that does twice the work is there, and red: more
+    // instructions in the working tree than in the baseline.
+    let frame = svg
+        .split("<title>")
+        .find(|frame| frame.starts_with("spin::spin ("))
+        .unwrap_or_else(|| panic!("no frame of spin::spin in {path}"));
+    let rgb = frame.split_once("fill=\"rgb(").expect("a filled frame").1;
+    let channels: Vec<u32> = rgb
+        .split(')')
+        .next()
+        .unwrap()
+        .split(',')
+        .map(|c| c.parse().unwrap())
+        .collect();
+    assert!(
+        channels[0] > channels[1] && channels[0] > channels[2],
+        "spin::spin is not red: {frame}"
+    );
 }
 
 /// Both cores kept busy while it lives: what a build beside a benchmark run does to it.
@@ -240,6 +265,10 @@ fn a_revision_compared_with_itself_has_no_regression() {
     let report = json_of(&output);
     assert_eq!(verdict_of(&report, "spin/work"), "no_change", "{report}");
     assert_eq!(report["regressed"], 0);
+    assert!(
+        report["benches"][0].get("flamegraph").is_none(),
+        "no regression, no picture: {report}"
+    );
 }
 
 #[test]

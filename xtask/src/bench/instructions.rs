@@ -7,12 +7,13 @@
 //! interleaving, so each side runs a few times and the verdict uses the spread.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use services::process::{self, cmd};
 
 use super::build::Side;
+use super::flamegraph::{self, Folded};
 use super::Measurement;
 use crate::report::error::UsageError;
 use crate::report::progress::Task;
@@ -54,22 +55,28 @@ pub(crate) fn measure(
         ));
         let (mut base, mut new) = (Vec::new(), Vec::new());
         for run in 0..RUNS {
-            // Both sides at once: a count does not depend on what else the machine does.
-            let (b, n) = std::thread::scope(|scope| {
-                let b = scope.spawn(|| count(baseline, id, &out_dir.join(format!("baseline-{index}-{run}"))));
-                let n = count(current, id, &out_dir.join(format!("current-{index}-{run}")));
-                (
-                    b.join()
-                        .unwrap_or_else(|_| bail!("the baseline's callgrind run panicked")),
-                    n,
-                )
-            });
-            base.push(b? as f64);
-            new.push(n? as f64);
+            let (b, n) = on_both_sides(baseline, current, |side| {
+                count(side, id, &out_dir.join(format!("{}-{index}-{run}", side.label)))
+            })?;
+            base.push(b as f64);
+            new.push(n as f64);
         }
         results.insert(id.clone(), compare(&mut base, &mut new));
     }
     Ok(results)
+}
+
+/// `run` on both sides at once: callgrind's counts do not depend on what else the machine
+/// does, so the two runs need not take turns.
+fn on_both_sides<T: Send>(baseline: &Side, current: &Side, run: impl Fn(&Side) -> Result<T> + Sync) -> Result<(T, T)> {
+    std::thread::scope(|scope| {
+        let before = scope.spawn(|| run(baseline));
+        let after = run(current);
+        let before = before
+            .join()
+            .unwrap_or_else(|_| bail!("the baseline's callgrind run panicked"));
+        Ok((before?, after?))
+    })
 }
 
 /// The change of the medians, and the widest change the runs allow as its interval.
@@ -89,6 +96,73 @@ fn compare(base: &mut [f64], new: &mut [f64]) -> Measurement {
 
 /// Instructions (all threads) executed by one iteration of benchmark `id` on `side`.
 fn count(side: &Side, id: &str, out_dir: &Path) -> Result<u64> {
+    let window = benchmark_window(side, id, out_dir, &[])?;
+    Ok(window.iter().map(|part| part.instructions).sum())
+}
+
+/// The stacks of one iteration of benchmark `id` on `side` and the instructions run in each.
+fn profile(side: &Side, id: &str, out_dir: &Path) -> Result<Folded> {
+    let contexts = [
+        format!("--separate-callers={}", flamegraph::CALLER_DEPTH),
+        "--compress-strings=no".to_string(),
+    ];
+    let mut stacks = Folded::default();
+    for part in benchmark_window(side, id, out_dir, &contexts)? {
+        stacks.add_dump(&part.text).with_context(|| {
+            format!(
+                "reading callgrind's part {} of {id} on the {} side",
+                part.number, side.label
+            )
+        })?;
+    }
+    Ok(stacks)
+}
+
+/// Draws, for each benchmark in `ids`, the differential flame graph of one profiled run per
+/// side into `svg_dir`, and returns where each went. `versus` names the two sides in titles.
+pub(crate) fn flamegraphs(
+    baseline: &Side,
+    current: &Side,
+    versus: &str,
+    ids: &[&str],
+    out_dir: &Path,
+    svg_dir: &Path,
+    task: &Task,
+) -> Result<BTreeMap<String, PathBuf>> {
+    let mut drawn = BTreeMap::new();
+    for (index, id) in ids.iter().enumerate() {
+        task.step(format!(
+            "[{}/{}] {id}: profiling both sides for a flame graph",
+            index + 1,
+            ids.len()
+        ));
+        let (before, after) = on_both_sides(baseline, current, |side| {
+            profile(side, id, &out_dir.join(format!("{}-{index}", side.label)))
+        })?;
+        let path = svg_dir.join(format!("{}.svg", file_stem(id)));
+        let title = format!("{id}: {versus}");
+        flamegraph::write_differential(&before, &after, &title, &path)?;
+        drawn.insert(id.to_string(), path);
+    }
+    Ok(drawn)
+}
+
+/// A benchmark id (`http/page_20_messages`) as a file name.
+fn file_stem(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Runs benchmark `id` on `side` once under callgrind (with `extra` options) and returns
+/// the dumps of its window: from the first entry into `Bencher::iter*` to `test_pass`.
+fn benchmark_window(side: &Side, id: &str, out_dir: &Path, extra: &[String]) -> Result<Vec<Part>> {
     std::fs::create_dir_all(out_dir)?;
     let executable = &side.benches[id];
     let out_file = out_dir.join("callgrind.out");
@@ -97,7 +171,7 @@ fn count(side: &Side, id: &str, out_dir: &Path) -> Result<u64> {
     let sh = process::shell_in(&side.root)?;
     let valgrind = cmd!(
         sh,
-        "valgrind --tool=callgrind {out_file} {enter} {leave} --dump-instr=no {executable} --bench --test --exact {id}"
+        "valgrind --tool=callgrind {out_file} {enter} {leave} --dump-instr=no {extra...} {executable} --bench --test --exact {id}"
     );
     let output =
         process::output(valgrind.env("CRITERION_HOME", out_dir.join("criterion"))).context("running valgrind")?;
@@ -117,7 +191,7 @@ fn count(side: &Side, id: &str, out_dir: &Path) -> Result<u64> {
             .is_some_and(|name| name.to_string_lossy().starts_with("callgrind.out"))
         {
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            parts.push(Part::parse(&text).with_context(|| format!("reading {}", path.display()))?);
+            parts.push(Part::parse(text).with_context(|| format!("reading {}", path.display()))?);
         }
     }
     let _ = std::fs::remove_dir_all(out_dir);
@@ -135,10 +209,12 @@ struct Part {
     number: u64,
     trigger: String,
     instructions: u64,
+    /// The whole dump, for a profile's stacks.
+    text: String,
 }
 
 impl Part {
-    fn parse(text: &str) -> Option<Self> {
+    fn parse(text: String) -> Option<Self> {
         let field = |prefix: &str| text.lines().find_map(|line| line.strip_prefix(prefix)).map(str::trim);
         Some(Self {
             number: field("part:")?.parse().ok()?,
@@ -149,22 +225,21 @@ impl Part {
                 .next()?
                 .parse()
                 .ok()?,
+            text,
         })
     }
 }
 
-/// The instructions between the first entry into `Bencher::iter*` and `test_pass`.
-fn window(mut parts: Vec<Part>) -> Option<u64> {
+/// The parts after the first entry into `Bencher::iter*`, up to the one `test_pass` ends.
+fn window(mut parts: Vec<Part>) -> Option<Vec<Part>> {
     parts.sort_by_key(|part| part.number);
-    let start = parts.iter().position(|part| part.trigger.contains("Bencher"))?;
-    let mut total = 0;
-    for part in &parts[start + 1..] {
-        total += part.instructions;
-        if part.trigger.contains("test_pass") {
-            return Some(total);
-        }
-    }
-    None
+    let start = parts.iter().position(|part| part.trigger.contains("Bencher"))? + 1;
+    let end = start
+        + parts[start..]
+            .iter()
+            .position(|part| part.trigger.contains("test_pass"))?;
+    parts.truncate(end + 1);
+    Some(parts.split_off(start))
 }
 
 #[cfg(test)]
@@ -176,7 +251,12 @@ mod tests {
             number,
             trigger: trigger.into(),
             instructions,
+            text: String::new(),
         }
+    }
+
+    fn instructions(window: Option<Vec<Part>>) -> Option<u64> {
+        window.map(|parts| parts.iter().map(|part| part.instructions).sum())
     }
 
     #[test]
@@ -192,14 +272,23 @@ mod tests {
             ),
         ];
         // Part 3 (the end of the program) is numbered before 4 only in this made-up list.
-        assert_eq!(window(parts), Some(40 + 900 + 60));
+        assert_eq!(instructions(window(parts)), Some(40 + 900 + 60));
         assert_eq!(window(vec![part(1, "Program termination", 10)]), None);
+        let unfinished = vec![
+            part(1, "--dump-before=criterion::bencher::Bencher<M>::iter", 5),
+            part(2, "Program termination", 10),
+        ];
+        assert_eq!(window(unfinished), None, "no test_pass: the routine never finished");
     }
 
     #[test]
     fn a_dump_is_parsed() {
         let text = "# callgrind format\nversion: 1\npart: 2\n\ndesc: Trigger: --dump-before=x::test_pass\n\nevents: Ir\nsummary: 4509\n\nfn=(1) f\n0 4509\n\ntotals: 4509\n";
-        assert_eq!(Part::parse(text), Some(part(2, "--dump-before=x::test_pass", 4509)));
+        let parsed = Part::parse(text.to_string()).unwrap();
+        assert_eq!(
+            (parsed.number, parsed.trigger.as_str(), parsed.instructions),
+            (2, "--dump-before=x::test_pass", 4509)
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub(crate) mod baseline;
 pub(crate) mod build;
 pub(crate) mod e2e;
 pub(crate) mod fanout;
+mod flamegraph;
 pub(crate) mod instructions;
 mod paired;
 pub(crate) mod revision;
@@ -175,6 +176,12 @@ impl Checkouts {
     /// kept between runs, so that switching revisions does not rebuild the working tree's.
     pub(crate) fn baseline_target_dir(&self) -> PathBuf {
         self.target_dir.join("xtask").join("bench-compare").join("target")
+    }
+
+    /// Where the differential flame graphs of regressed benchmarks go: kept after the run,
+    /// each benchmark's replacing the one its previous regression drew.
+    pub(crate) fn flamegraph_dir(&self) -> PathBuf {
+        self.target_dir.join("xtask").join("bench-compare").join("flamegraphs")
     }
 }
 

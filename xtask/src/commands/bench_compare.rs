@@ -2,6 +2,8 @@
 //! a worktree under target/) against the working tree, with a verdict per benchmark and
 //! exit status 1 when any regressed beyond the threshold.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -10,11 +12,11 @@ use serde::Serialize;
 use crate::bench::build::Checkout;
 use crate::bench::fanout::FanoutLoad;
 use crate::bench::{
-    baseline, build, different_compilers, e2e, format_value, instructions, short, time, verdict, Checkouts, Mode,
-    Verdict, DEFAULT_THRESHOLD_PCT,
+    baseline, build, different_compilers, e2e, format_value, instructions, short, time, verdict, Checkouts,
+    Measurement, Mode, Verdict, DEFAULT_THRESHOLD_PCT,
 };
 use crate::report::error::UsageError;
-use crate::report::progress::Progress;
+use crate::report::progress::{Progress, Task};
 use crate::report::{Outcome, Table};
 
 #[derive(clap::Args)]
@@ -87,6 +89,9 @@ struct BenchReport {
     change_pct: Option<f64>,
     interval_pct: Option<[f64; 2]>,
     verdict: Verdict,
+    /// Instructions mode, regressed: the differential flame graph of the two sides' profiles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flamegraph: Option<PathBuf>,
 }
 
 /// What a comparison found: criterion's benches or, with `--e2e`, whole servers.
@@ -254,6 +259,10 @@ pub fn run(args: Args) -> Result<BenchOutcome> {
             instructions::measure(&base_side, &current_side, &shared, &run_dir.join("callgrind"), &task)?
         }
     };
+    let flamegraphs = match mode {
+        Mode::Instructions => draw_flamegraphs(&checkouts, &base_side, &current_side, &measured, threshold, &task),
+        Mode::Time => BTreeMap::new(),
+    };
     drop(worktree);
 
     let mut ids: Vec<&String> = current_side.benches.keys().chain(base_side.benches.keys()).collect();
@@ -278,6 +287,7 @@ pub fn run(args: Args) -> Result<BenchOutcome> {
                     .and_then(|m| m.interval)
                     .map(|(l, u)| [l * 100.0, u * 100.0]),
                 verdict,
+                flamegraph: flamegraphs.get(id).cloned(),
             }
         })
         .collect();
@@ -298,6 +308,40 @@ pub fn run(args: Args) -> Result<BenchOutcome> {
         improved,
         seconds: started.elapsed().as_secs_f64(),
     }))
+}
+
+/// The differential flame graphs of the benchmarks whose counts regressed. A graph that
+/// cannot be drawn is reported and left out: the verdict stands without its picture.
+fn draw_flamegraphs(
+    checkouts: &Checkouts,
+    baseline: &build::Side,
+    current: &build::Side,
+    measured: &BTreeMap<String, Measurement>,
+    threshold: f64,
+    task: &Task,
+) -> BTreeMap<String, PathBuf> {
+    let regressed: Vec<&str> = measured
+        .iter()
+        .filter(|(_, m)| verdict(m, threshold) == Verdict::Regressed)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if regressed.is_empty() {
+        return BTreeMap::new();
+    }
+    let versus = format!("{} ({}) → working tree", checkouts.reference, short(&checkouts.commit));
+    instructions::flamegraphs(
+        baseline,
+        current,
+        &versus,
+        &regressed,
+        &checkouts.run_dir.join("profiles"),
+        &checkouts.flamegraph_dir(),
+        task,
+    )
+    .unwrap_or_else(|error| {
+        eprintln!("warning: no flame graph of the regressed benchmarks: {error:#}");
+        BTreeMap::new()
+    })
 }
 
 impl Outcome for BenchOutcome {
@@ -361,7 +405,7 @@ impl Outcome for CompareReport {
     }
 
     fn summary(&self) -> Option<String> {
-        Some(format!(
+        let mut summary = format!(
             "{} mode, threshold {}%: {} regressed, {} improved, against {} ({}) in {:.0}s",
             match self.mode {
                 Mode::Time => "time",
@@ -373,7 +417,17 @@ impl Outcome for CompareReport {
             self.baseline.reference,
             short(&self.baseline.commit),
             self.seconds,
-        ))
+        );
+        for bench in &self.benches {
+            if let Some(path) = &bench.flamegraph {
+                summary.push_str(&format!(
+                    "\nwhy {} is slower, as a flame graph: {}",
+                    bench.id,
+                    path.display()
+                ));
+            }
+        }
+        Some(summary)
     }
 }
 
