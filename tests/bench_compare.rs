@@ -296,7 +296,7 @@ fn instructions_mode_without_valgrind_exits_2_with_the_fix() {
 }
 
 #[test]
-fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load() {
+fn e2e_puts_both_builds_both_stores_an_emulated_server_and_two_vms_under_the_same_load() {
     // The checkout against its own commit (in CI a clean clone: one build serves both
     // sides): the same binary on both sides, so any verdict but "no change" is noise. Each
     // post waits for its fsync (synchronous=FULL), which a shared disk makes noisy: three
@@ -322,6 +322,8 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
         "500",
         "--capacity-steps",
         "2",
+        // The working tree's server in an x86_64 and an aarch64 VM, booted for each round.
+        "--vms",
         "--json",
     ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -359,6 +361,8 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
             "baseline · native · PostgreSQL",
             "current · native · PostgreSQL",
             "current · aarch64 qemu-user · SQLite",
+            "current · x86_64 VM (TCG) · PostgreSQL",
+            "current · aarch64 VM (TCG) · PostgreSQL",
         ]
     );
     for server in servers {
@@ -377,7 +381,12 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
         assert!(0.0 < p50 && p50 <= p99, "{server}");
         // A static server is megabytes on disk and in memory, never nothing.
         assert!(server["binary_bytes"].as_u64() > Some(1 << 20), "{server}");
-        assert!(server["peak_rss_mib"].as_f64() > Some(1.0), "{server}");
+        // A VM's server has no figure of its own: QEMU's memory is the guest's whole RAM.
+        if server["name"].as_str().is_some_and(|name| name.contains(" VM ")) {
+            assert!(server["peak_rss_mib"].is_null(), "{server}");
+        } else {
+            assert!(server["peak_rss_mib"].as_f64() > Some(1.0), "{server}");
+        }
     }
     // One build on both sides: the same size to the byte, and the same memory within reason.
     let footprint = report["report"]["footprint"].as_array().expect("footprint");
@@ -388,7 +397,7 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
     assert_eq!(figures, [("bytes", "no_change"), ("MiB", "no_change")], "{report}");
     assert_eq!(footprint[0]["change_pct"], 0.0, "{report}");
     let comparisons = report["report"]["comparisons"].as_array().expect("comparisons");
-    assert_eq!(comparisons.len(), 4, "{report}");
+    assert_eq!(comparisons.len(), 6, "{report}");
     // Both stores: the same build against itself.
     assert_eq!(comparisons[0]["verdict"], "no_change", "{report}");
     assert_eq!(comparisons[1]["verdict"], "no_change", "{report}");
@@ -398,6 +407,7 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
     assert!(
         stderr.contains("delivery p99")
             && stderr.contains("emulated against native")
+            && stderr.contains("current · aarch64 VM (TCG) · PostgreSQL against native: ×")
             && stderr.contains("peak RSS, working tree against baseline")
             && stderr.contains("fan-out delivery p99, working tree against baseline")
             && stderr.contains("capacity, working tree against baseline: ×"),
@@ -406,6 +416,6 @@ fn e2e_puts_both_builds_both_stores_and_an_emulated_server_under_the_same_load()
     assert_eq!(
         plexichat_e2e::processes_mentioning("bench-e2e"),
         Vec::<String>::new(),
-        "a server outlived the run"
+        "a server or a VM outlived the run"
     );
 }

@@ -69,10 +69,45 @@ enum Server {
 
 struct Scenario {
     name: String,
-    /// The server, with the emulator in front of it when it is a foreign binary.
-    command: Vec<PathBuf>,
+    runs: Runs,
     profile: PathBuf,
     store: Store,
+}
+
+/// Where a scenario's server runs.
+enum Runs {
+    /// A process on the host: the server, with the emulator in front of it when it is a
+    /// foreign binary.
+    Process(Vec<PathBuf>),
+    /// A server booted afresh for each round somewhere else, e.g. a VM (`--vms`).
+    Guest(Box<dyn GuestServer>),
+}
+
+/// A server this comparison cannot start as a process of its own (the PID 1 of a VM):
+/// the command that asks for it supplies how it boots, the comparison when.
+pub(crate) trait GuestServer {
+    /// How the report names it, after `current · ` and before its store.
+    fn name(&self) -> String;
+    /// Its executable: what its size is read from.
+    fn binary(&self) -> &Path;
+    /// Boots it on `database` of `postgres` and waits until it answers.
+    fn start(&self, postgres: &Postgres, database: &str) -> Result<Box<dyn RunningGuest>>;
+}
+
+/// A [`GuestServer`] booted: dropped without [`RunningGuest::stop`], it is killed.
+pub(crate) trait RunningGuest {
+    fn url(&self) -> String;
+    fn stop(self: Box<Self>) -> Result<()>;
+}
+
+impl Scenario {
+    /// The server's executable: what its size is read from.
+    fn binary(&self) -> Result<&Path> {
+        match &self.runs {
+            Runs::Process(command) => command.last().map(PathBuf::as_path).context("a server command"),
+            Runs::Guest(guest) => Ok(guest.binary()),
+        }
+    }
 }
 
 /// What the load generator prints (its `post` mode).
@@ -110,7 +145,7 @@ struct ScenarioReport {
 
 #[derive(Serialize)]
 struct ComparisonReport {
-    name: &'static str,
+    name: String,
     of: String,
     against: String,
     /// Messages per second, `of` over `against` (medians).
@@ -181,6 +216,13 @@ impl Comparison {
                 None,
             ),
         ];
+        // Any server after the emulated one is a VM (`--vms`), each against the native
+        // server on the same store.
+        let guests = servers[Server::Emulated as usize + 1..].iter().map(|guest| {
+            let name = format!("{} against native", guest.name);
+            pair(&name, guest, server(Server::CurrentPostgres), None)
+        });
+        let comparisons = comparisons.into_iter().chain(guests).collect();
         let footprint = footprint(server(Server::Current), server(Server::Baseline), threshold_pct);
         Self {
             load,
@@ -316,6 +358,7 @@ pub(crate) fn compare(
     sides: &Sides,
     load: Load,
     fanout: Option<FanoutLoad>,
+    guests: Vec<Box<dyn GuestServer>>,
     threshold_pct: f64,
     progress: &Progress,
     task: &Task,
@@ -341,39 +384,47 @@ pub(crate) fn compare(
     let generator = build::load_generator(&sides.current, task)?;
     let foreign = target_binary(&workspace, &profile.build, emulated, task)?;
     let profile_of = |root: &Path| root.join("profiles").join("bench.yaml");
-    // In `Server`'s order.
-    let scenarios = [
+    // In `Server`'s order, then the VMs.
+    let mut scenarios = vec![
         Scenario {
             name: "baseline · native · SQLite".into(),
-            command: vec![baseline.clone()],
+            runs: Runs::Process(vec![baseline.clone()]),
             profile: profile_of(sides.baseline.root),
             store: Store::Sqlite,
         },
         Scenario {
             name: "current · native · SQLite".into(),
-            command: vec![current.clone()],
+            runs: Runs::Process(vec![current.clone()]),
             profile: profile_of(sides.current.root),
             store: Store::Sqlite,
         },
         Scenario {
             name: "baseline · native · PostgreSQL".into(),
-            command: vec![baseline.clone()],
+            runs: Runs::Process(vec![baseline.clone()]),
             profile: profile_of(sides.baseline.root),
             store: Store::Postgres,
         },
         Scenario {
             name: "current · native · PostgreSQL".into(),
-            command: vec![current.clone()],
+            runs: Runs::Process(vec![current.clone()]),
             profile: profile_of(sides.current.root),
             store: Store::Postgres,
         },
         Scenario {
             name: format!("current · {} qemu-user · SQLite", emulated.arch),
-            command: vec![PathBuf::from(emulated.qemu_user()), foreign],
+            runs: Runs::Process(vec![PathBuf::from(emulated.qemu_user()), foreign]),
             profile: profile_of(sides.current.root),
             store: Store::Sqlite,
         },
     ];
+    for guest in guests {
+        scenarios.push(Scenario {
+            name: format!("current · {} · PostgreSQL", guest.name()),
+            runs: Runs::Guest(guest),
+            profile: profile_of(sides.current.root),
+            store: Store::Postgres,
+        });
+    }
 
     task.step("starting PostgreSQL");
     let postgres = Postgres::start(&sides.current.target_dir.join("xtask/cache"), Durability::Durable)?;
@@ -383,10 +434,19 @@ pub(crate) fn compare(
             task.step(format!("round {round}/{}: {}", load.rounds, scenario.name));
             let database = match scenario.store {
                 Store::Sqlite => None,
-                Store::Postgres => Some(postgres.create_database(&format!("e2e_{round}_{index}"))?),
+                Store::Postgres => {
+                    let name = format!("e2e_{round}_{index}");
+                    postgres.create_database(&name)?;
+                    Some(name)
+                }
             };
-            let result = run_once(scenario, database.as_deref(), &generator, load)
-                .with_context(|| format!("{} (round {round})", scenario.name))?;
+            let result = run_once(
+                scenario,
+                database.as_deref().map(|name| (&postgres, name)),
+                &generator,
+                load,
+            )
+            .with_context(|| format!("{} (round {round})", scenario.name))?;
             task.detail(format!(
                 "{}: {:.0} messages/s, delivery p99 {}",
                 scenario.name,
@@ -500,20 +560,31 @@ fn emulated_target(progress: &Progress) -> Result<&'static Target> {
 
 /// A scenario's server on a fresh store, stopped by [`Serving::stop`] (or, on an error,
 /// by its drop).
-struct Serving {
-    server: ServerProcess,
-    /// The SQLite file and the server's working directory.
-    _dir: TempDir,
+enum Serving {
+    Process {
+        server: ServerProcess,
+        /// The SQLite file and the server's working directory.
+        _dir: TempDir,
+    },
+    Guest(Box<dyn RunningGuest>),
 }
 
 impl Serving {
-    fn start(scenario: &Scenario, postgres_url: Option<&str>) -> Result<Self> {
+    /// Starts `scenario`'s server on SQLite, or on a database of a PostgreSQL server.
+    fn start(scenario: &Scenario, database: Option<(&Postgres, &str)>) -> Result<Self> {
+        let command = match &scenario.runs {
+            Runs::Process(command) => command,
+            Runs::Guest(guest) => {
+                let (postgres, name) = database.context("a VM's server runs on PostgreSQL")?;
+                return Ok(Self::Guest(guest.start(postgres, name)?));
+            }
+        };
         let dir = TempDir::new("bench-e2e").context("creating the server's directory")?;
-        let database_url = match postgres_url {
-            Some(url) => url.to_string(),
+        let database_url = match database {
+            Some((postgres, name)) => postgres.url(name),
             None => format!("sqlite://{}", dir.path().join("plexichat.db").display()),
         };
-        let (program, prefix) = scenario.command.split_last().context("a server command")?;
+        let (program, prefix) = command.split_last().context("a server command")?;
         // The server runs until the load run is over: a child of ours, not a command.
         let mut command = match prefix.first() {
             Some(emulator) => {
@@ -531,18 +602,30 @@ impl Serving {
             .args(["--node-id", "bench-e2e"])
             .current_dir(dir.path());
         let server = ServerProcess::start(command, SERVER_START_TIMEOUT)?;
-        Ok(Self { server, _dir: dir })
+        Ok(Self::Process { server, _dir: dir })
     }
 
     fn url(&self) -> String {
-        self.server.url()
+        match self {
+            Self::Process { server, .. } => server.url(),
+            Self::Guest(guest) => guest.url(),
+        }
     }
 
-    /// Stops the server; returns its peak resident memory (MiB), read just before.
+    /// Stops the server; returns its peak resident memory (MiB), read just before. A VM's
+    /// has none: QEMU's own memory holds the guest's whole RAM, not the server's.
     fn stop(self) -> Result<Option<f64>> {
-        let peak_rss_mib = system::status_kib(self.server.pid(), "VmHWM:").map(|kib| kib / 1024.0);
-        self.server.terminate(Duration::from_secs(30))?;
-        Ok(peak_rss_mib)
+        match self {
+            Self::Process { server, _dir } => {
+                let peak_rss_mib = system::status_kib(server.pid(), "VmHWM:").map(|kib| kib / 1024.0);
+                server.terminate(Duration::from_secs(30))?;
+                Ok(peak_rss_mib)
+            }
+            Self::Guest(guest) => {
+                guest.stop()?;
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -564,9 +647,15 @@ fn generate<T: DeserializeOwned>(command: process::Cmd<'_>) -> Result<T> {
     })
 }
 
-/// One server, fresh store, one load run; the server is stopped before this returns.
-fn run_once(scenario: &Scenario, postgres_url: Option<&str>, generator: &Path, load: Load) -> Result<LoadResult> {
-    let serving = Serving::start(scenario, postgres_url)?;
+/// One server, fresh store (SQLite, or a new PostgreSQL database), one load run; the
+/// server is stopped before this returns.
+fn run_once(
+    scenario: &Scenario,
+    database: Option<(&Postgres, &str)>,
+    generator: &Path,
+    load: Load,
+) -> Result<LoadResult> {
+    let serving = Serving::start(scenario, database)?;
     let (url, workers, seconds, subscribers) = (
         serving.url(),
         load.workers.to_string(),
@@ -607,7 +696,7 @@ fn fanout_once(scenario: &Scenario, generator: &Path, seconds: u32, subscribers:
 
 fn summarise(scenario: &Scenario, rounds: Vec<LoadResult>) -> Result<ScenarioReport> {
     let median_of = |value: &dyn Fn(&LoadResult) -> Option<f64>| median(rounds.iter().filter_map(value).collect());
-    let binary = scenario.command.last().context("a server command")?;
+    let binary = scenario.binary()?;
     Ok(ScenarioReport {
         name: scenario.name.clone(),
         store: scenario.store,
@@ -645,12 +734,7 @@ fn span(changes: &[f64]) -> (f64, f64) {
 /// `of` against `against` in time per message (the inverse of throughput, so a positive
 /// change is a slowdown, as in the criterion comparison); the interval spans the rounds,
 /// each round's pair having run back to back.
-fn pair(
-    name: &'static str,
-    of: &ScenarioReport,
-    against: &ScenarioReport,
-    threshold_pct: Option<f64>,
-) -> ComparisonReport {
+fn pair(name: &str, of: &ScenarioReport, against: &ScenarioReport, threshold_pct: Option<f64>) -> ComparisonReport {
     let per_round: Vec<f64> = of
         .rounds
         .iter()
@@ -666,7 +750,7 @@ fn pair(
         interval: Some((lowest, highest)),
     };
     ComparisonReport {
-        name,
+        name: name.to_string(),
         of: of.name.clone(),
         against: against.name.clone(),
         throughput_ratio: of.messages_per_second / against.messages_per_second,

@@ -15,9 +15,12 @@ use crate::bench::{
     baseline, build, different_compilers, e2e, format_value, instructions, short, time, verdict, Checkouts,
     Measurement, Mode, Verdict, DEFAULT_THRESHOLD_PCT,
 };
+use crate::qemu;
 use crate::report::error::UsageError;
 use crate::report::progress::{Progress, Task};
 use crate::report::{Outcome, Table};
+use crate::workspace::profile::Profile;
+use crate::workspace::Workspace;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -67,6 +70,11 @@ pub struct Args {
     /// milliseconds (doubling from --fanout, or 100 posts/s, then bisecting to 10 %).
     #[arg(long, value_name = "P99_MS", requires = "e2e", value_parser = positive_number)]
     capacity: Option<f64>,
+    /// --e2e: also run the working tree's server in an x86_64 VM and an aarch64 VM (as
+    /// qemu-cluster boots them: TCG here), on the host's PostgreSQL, under the same load
+    /// each round, reported as ratios to the native server on PostgreSQL.
+    #[arg(long, requires = "e2e")]
+    vms: bool,
     /// --e2e: the most runs the capacity search makes per side.
     #[arg(long, default_value_t = 8, requires = "capacity", value_parser = clap::value_parser!(u32).range(1..))]
     capacity_steps: u32,
@@ -209,7 +217,14 @@ pub fn run(args: Args) -> Result<BenchOutcome> {
             capacity_p99_ms: args.capacity,
             capacity_steps: args.capacity_steps,
         });
-        let comparison = e2e::compare(&sides, load, fanout, threshold, &progress, &task)?;
+        let guests = if args.vms {
+            let workspace = Workspace::discover()?;
+            let profile = Profile::load(&workspace.profiles_dir(), "bench")?;
+            qemu::guests::prepare(&workspace, &profile, &progress, &task)?
+        } else {
+            Vec::new()
+        };
+        let comparison = e2e::compare(&sides, load, fanout, guests, threshold, &progress, &task)?;
         drop(worktree);
         task.finish(format!("{} rounds of {} s per server", load.rounds, load.seconds));
         let [baseline, current] = sides_report;

@@ -5,7 +5,6 @@
 //! `--scenario`, a fault scenario runs on the VMs instead (on an earlier revision's build
 //! with `--from`, as a canary with a way back with `--canary`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -21,13 +20,12 @@ use crate::cluster::engine;
 use crate::cluster::outcome::{ClusterOutcome, ScenarioArgs};
 use crate::cluster::scenario_report::ScenarioReport;
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
-use crate::guest::cpio::CpioWriter;
 use crate::guest::image;
 use crate::guest::{self as guest_images, ImageDefinition};
 use crate::qemu::disk::DataDisk;
 use crate::qemu::nodes::{Boot, Machine, Places, VmCluster};
-use crate::qemu::vm::{Launch, Vm, BOOT_TIMEOUT, GUEST_PROFILE, HOST_FROM_GUEST};
-use crate::qemu::{checks, plan, qmp, vm};
+use crate::qemu::vm::{Launch, Vm, BOOT_TIMEOUT, HOST_FROM_GUEST};
+use crate::qemu::{self, checks, plan, qmp, vm};
 use crate::report::progress::{Progress, Task};
 use crate::report::{Outcome, Report, Table};
 use crate::scenario::{Scenario, Store};
@@ -419,7 +417,7 @@ impl Images<'_> {
     fn boot(&self, binary: PathBuf, variant: Option<&str>, profile: &Path) -> Result<Boot> {
         let image = image::ensure(self.workspace, self.definition, binary, variant, self.task)?;
         Ok(Boot {
-            initrd: with_profile(&image.initramfs, profile, self.run_dir)?,
+            initrd: qemu::with_profile(&image.initramfs, profile, self.run_dir)?,
             kernel: image.kernel,
         })
     }
@@ -430,27 +428,6 @@ impl Images<'_> {
         let profile = revision.same_file(&self.workspace.root, profile);
         self.boot(binary, Some(variant), &profile)
     }
-}
-
-/// The image's initramfs with the profile appended as a second archive, which the
-/// kernel unpacks over the first: one image serves every profile.
-fn with_profile(initramfs: &Path, profile: &Path, run_dir: &Path) -> Result<PathBuf> {
-    let mut bytes = std::fs::read(initramfs).with_context(|| format!("reading {}", initramfs.display()))?;
-    let yaml = std::fs::read(profile).with_context(|| format!("reading {}", profile.display()))?;
-    let mut overlay = CpioWriter::new(Vec::new());
-    overlay.file(GUEST_PROFILE, 0o644, &yaml)?;
-    let overlay = overlay.finish()?;
-    // Each archive in the initramfs starts on a 4-byte boundary.
-    bytes.resize(bytes.len().next_multiple_of(4), 0);
-    bytes.write_all(&overlay)?;
-    let stem = initramfs
-        .parent()
-        .and_then(Path::file_name)
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let path = run_dir.join(format!("{stem}.initrd"));
-    std::fs::write(&path, bytes)?;
-    Ok(path)
 }
 
 impl Outcome for ClusterReport {

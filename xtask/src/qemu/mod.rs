@@ -3,14 +3,19 @@
 
 pub mod checks;
 pub mod disk;
+pub mod guests;
 pub mod nodes;
 pub mod plan;
 pub mod qmp;
 pub mod vm;
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
+
+use crate::guest::cpio::CpioWriter;
 use crate::guest::image::BuiltImage;
 use crate::guest::{Accelerator, ImageDefinition};
 
@@ -63,4 +68,25 @@ pub fn boot_command(definition: &ImageDefinition, image: &BuiltImage, accelerato
     command.extend(machine.iter().map(|arg| arg.to_string_lossy().into_owned()));
     command.extend(["-serial", "stdio", "-no-reboot"].map(String::from));
     command
+}
+
+/// The image's initramfs with the profile appended as a second archive, which the
+/// kernel unpacks over the first: one image serves every profile.
+pub fn with_profile(initramfs: &Path, profile: &Path, run_dir: &Path) -> Result<PathBuf> {
+    let mut bytes = std::fs::read(initramfs).with_context(|| format!("reading {}", initramfs.display()))?;
+    let yaml = std::fs::read(profile).with_context(|| format!("reading {}", profile.display()))?;
+    let mut overlay = CpioWriter::new(Vec::new());
+    overlay.file(vm::GUEST_PROFILE, 0o644, &yaml)?;
+    let overlay = overlay.finish()?;
+    // Each archive in the initramfs starts on a 4-byte boundary.
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    bytes.write_all(&overlay)?;
+    let stem = initramfs
+        .parent()
+        .and_then(Path::file_name)
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = run_dir.join(format!("{stem}.initrd"));
+    std::fs::write(&path, bytes)?;
+    Ok(path)
 }
