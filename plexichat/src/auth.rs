@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::password_hash::{
+    Output, ParamsString, PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -35,10 +37,9 @@ impl Passwords {
             None,
         )
         .map_err(|err| anyhow::anyhow!("argon2 parameters: {err}"))?;
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let decoy_hash = hash_with(&argon2, "decoy password never matches")?;
+        let decoy_hash = decoy_hash(&params)?;
         Ok(Self {
-            argon2,
+            argon2: Argon2::new(ALGORITHM, VERSION, params),
             decoy_hash: decoy_hash.into(),
         })
     }
@@ -66,6 +67,27 @@ impl Passwords {
         .map_err(|err| ApiError::Internal(err.into()))?;
         Ok(real && matches)
     }
+}
+
+const ALGORITHM: Algorithm = Algorithm::Argon2id;
+const VERSION: Version = Version::V0x13;
+
+/// A hash in the stored format, with `params`' cost and a random salt, whose output is
+/// random bytes rather than any password's: verifying against it costs what verifying a
+/// real hash costs, and nothing matches it. Made rather than computed, so that starting a
+/// node does not pay for an argon2 hash (a second of a VM's boot under emulation).
+fn decoy_hash(params: &Params) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    let mut output = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+    OsRng.fill_bytes(&mut output);
+    let decoy = PasswordHash {
+        algorithm: ALGORITHM.ident(),
+        version: Some(VERSION.into()),
+        params: ParamsString::try_from(params).map_err(|err| anyhow::anyhow!("argon2 parameters: {err}"))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&output).map_err(|err| anyhow::anyhow!("a decoy hash: {err}"))?),
+    };
+    Ok(decoy.to_string())
 }
 
 fn hash_with(argon2: &Argon2<'_>, password: &str) -> anyhow::Result<String> {
@@ -166,6 +188,27 @@ mod tests {
             .verify("decoy password never matches".into(), None)
             .await
             .unwrap());
+    }
+
+    /// An unknown name costs what a wrong password costs: verifying either hashes the
+    /// attempt with the same algorithm, cost and output length.
+    #[tokio::test]
+    async fn the_decoy_costs_what_a_real_hash_costs() {
+        let passwords = Passwords::new(&cheap()).unwrap();
+        let real = passwords.hash("correct horse".into()).await.unwrap();
+        let (real, decoy) = (
+            PasswordHash::new(&real).unwrap(),
+            PasswordHash::new(&passwords.decoy_hash).unwrap(),
+        );
+        assert_eq!(decoy.algorithm, real.algorithm);
+        assert_eq!(decoy.version, real.version);
+        assert_eq!(decoy.params, real.params, "m, t and p");
+        assert_eq!(decoy.salt.map(|s| s.len()), real.salt.map(|s| s.len()));
+        assert_eq!(decoy.hash.map(|h| h.len()), real.hash.map(|h| h.len()));
+        // And it really is verified, not refused for being malformed: Argon2 reads it.
+        assert!(Argon2::default()
+            .verify_password(b"anything", &decoy)
+            .is_err_and(|err| err == argon2::password_hash::Error::Password));
     }
 
     #[test]
