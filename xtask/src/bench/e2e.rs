@@ -3,7 +3,9 @@
 //! Five servers take turns under the same load generator (plexichat's `load` example, a
 //! second process on loopback): the baseline's release build and the working tree's, each
 //! on SQLite and on PostgreSQL, and the working tree's static aarch64 build under
-//! qemu-user. Each round runs every server once, in that order, so the machine's drift
+//! qemu-user; with `--vms`, also the working tree's server in a VM per guest architecture
+//! (booted by the caller's [`GuestServer`]s). Each round runs every server once, in that
+//! order, so the machine's drift
 //! reaches every side alike; medians over the rounds are what is reported. Only the
 //! baseline against the working tree gets a verdict, on each store for speed and on SQLite
 //! for footprint (the binary's size, the server's peak memory): the other pairs are meant
@@ -828,6 +830,24 @@ mod tests {
         let comparison = pair("t", &slower, &baseline, Some(10.0));
         assert_eq!(comparison.verdict, Some(Verdict::Regressed));
         assert!(comparison.change_pct > 20.0 && comparison.throughput_ratio < 0.85);
+    }
+
+    #[test]
+    fn each_vm_is_compared_with_the_native_server_on_postgresql_without_a_verdict() {
+        let load = regressed_comparison().load;
+        let mut servers: Vec<ScenarioReport> = [1000.0, 1000.0, 700.0, 700.0, 100.0, 70.0, 35.0]
+            .iter()
+            .map(|&rate| scenario(&[rate, rate, rate]))
+            .collect();
+        servers[5].name = "current · x86_64 VM (TCG) · PostgreSQL".into();
+        servers[6].name = "current · aarch64 VM (TCG) · PostgreSQL".into();
+        let comparison = Comparison::of(load, 10.0, servers);
+        let vms = &comparison.comparisons[4..];
+        assert_eq!(vms.len(), 2);
+        assert_eq!(vms[0].name, "current · x86_64 VM (TCG) · PostgreSQL against native");
+        assert!((vms[0].throughput_ratio - 0.1).abs() < 1e-9 && (vms[1].throughput_ratio - 0.05).abs() < 1e-9);
+        assert!(vms.iter().all(|vm| vm.verdict.is_none()), "a VM is meant to be slower");
+        assert!(!comparison.regressed());
     }
 
     #[test]
