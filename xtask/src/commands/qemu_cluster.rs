@@ -20,12 +20,11 @@ use crate::cluster::engine;
 use crate::cluster::outcome::{ClusterOutcome, ScenarioArgs};
 use crate::cluster::scenario_report::ScenarioReport;
 use crate::cluster::{self, skipped, timed, CheckResult, Description, Member, NodeDescription, Percentiles, Verifier};
-use crate::guest::image;
 use crate::guest::{self as guest_images, ImageDefinition};
 use crate::qemu::disk::DataDisk;
 use crate::qemu::nodes::{Boot, Machine, Places, VmCluster};
 use crate::qemu::vm::{Launch, Vm, BOOT_TIMEOUT, HOST_FROM_GUEST};
-use crate::qemu::{self, checks, plan, qmp, vm};
+use crate::qemu::{checks, plan, qmp, vm};
 use crate::report::progress::{Progress, Task};
 use crate::report::{Outcome, Report, Table};
 use crate::scenario::{Scenario, Store};
@@ -415,11 +414,15 @@ impl Images<'_> {
     /// The image with `binary` as /init (a `variant` for another revision's) and the
     /// profile at `profile` in it, ready to boot.
     fn boot(&self, binary: PathBuf, variant: Option<&str>, profile: &Path) -> Result<Boot> {
-        let image = image::ensure(self.workspace, self.definition, binary, variant, self.task)?;
-        Ok(Boot {
-            initrd: qemu::with_profile(&image.initramfs, profile, self.run_dir)?,
-            kernel: image.kernel,
-        })
+        Boot::make(
+            self.workspace,
+            self.definition,
+            binary,
+            variant,
+            profile,
+            self.run_dir,
+            self.task,
+        )
     }
 
     /// `revision`'s image, with that revision's own version of the profile.

@@ -13,11 +13,12 @@ use anyhow::{Context, Result};
 use services::Postgres;
 use tokio::runtime::Runtime;
 
+use super::nodes::Boot;
 use super::vm::{self, Launch, Vm, BOOT_TIMEOUT, HOST_FROM_GUEST};
 use super::{plan, qmp};
 use crate::bench::e2e::{GuestServer, RunningGuest};
 use crate::cargo::artefact::target_binary;
-use crate::guest::{self, image, Accelerator, ImageDefinition};
+use crate::guest::{self, Accelerator, ImageDefinition};
 use crate::report::progress::{Progress, Task};
 use crate::workspace::profile::Profile;
 use crate::workspace::Workspace;
@@ -29,8 +30,7 @@ const ARCHES: [&str; 2] = ["x86_64", "aarch64"];
 pub(crate) struct Guest {
     definition: ImageDefinition,
     accelerator: Accelerator,
-    kernel: PathBuf,
-    initrd: PathBuf,
+    image: Boot,
     /// The static server in the image.
     binary: PathBuf,
     places: Arc<Places>,
@@ -65,8 +65,8 @@ impl GuestServer for Guest {
             node_id,
             definition: &self.definition,
             accelerator: self.accelerator,
-            kernel: &self.kernel,
-            initrd: &self.initrd,
+            kernel: &self.image.kernel,
+            initrd: &self.image.initrd,
             http_port: services::free_port()?,
             // Every row is in PostgreSQL: /data stays a tmpfs.
             data_disk: None,
@@ -119,13 +119,19 @@ pub(crate) fn prepare(
         task.step(format!("the {} guest's server and image", definition.arch));
         let binary = target_binary(workspace, &profile.build, definition.target(), task)?;
         // An image of its own: the bench profile's build need not be qemu-cluster's.
-        let built = image::ensure(workspace, &definition, binary.clone(), Some("bench"), task)?;
-        let initrd = super::with_profile(&built.initramfs, &profile.path, places.run_dir.path())?;
+        let image = Boot::make(
+            workspace,
+            &definition,
+            binary.clone(),
+            Some("bench"),
+            &profile.path,
+            places.run_dir.path(),
+            task,
+        )?;
         guests.push(Box::new(Guest {
             definition,
             accelerator,
-            kernel: built.kernel,
-            initrd,
+            image,
             binary,
             places: places.clone(),
         }) as Box<dyn GuestServer>);

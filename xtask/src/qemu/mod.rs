@@ -72,7 +72,7 @@ pub fn boot_command(definition: &ImageDefinition, image: &BuiltImage, accelerato
 
 /// The image's initramfs with the profile appended as a second archive, which the
 /// kernel unpacks over the first: one image serves every profile.
-pub fn with_profile(initramfs: &Path, profile: &Path, run_dir: &Path) -> Result<PathBuf> {
+fn with_profile(initramfs: &Path, profile: &Path, run_dir: &Path) -> Result<PathBuf> {
     let mut bytes = std::fs::read(initramfs).with_context(|| format!("reading {}", initramfs.display()))?;
     let yaml = std::fs::read(profile).with_context(|| format!("reading {}", profile.display()))?;
     let mut overlay = CpioWriter::new(Vec::new());

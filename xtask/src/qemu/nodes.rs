@@ -8,7 +8,7 @@
 //! database the nodes share): for canaries and for scenario steps.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +22,10 @@ use crate::cluster::dependencies::{DependencyRelays, ServiceAction, SharedServic
 use crate::cluster::engine::{on_each, Backend};
 use crate::cluster::scenario_report::VmUsage;
 use crate::cluster::{Member, NodeDescription};
-use crate::guest::{Accelerator, ImageDefinition};
+use crate::guest::{image, Accelerator, ImageDefinition};
 use crate::report::progress::Task;
 use crate::scenario::{Capabilities, FaultKind, Planned, Store};
+use crate::workspace::Workspace;
 
 /// Each VM's data disk: room for a scenario's posts, small enough to fill quickly.
 const DISK_MIB: u32 = 64;
@@ -47,6 +48,27 @@ pub(crate) struct Machine {
 pub(crate) struct Boot {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+}
+
+impl Boot {
+    /// The image of `definition` with `binary` as /init (a `variant` for another build's,
+    /// see [`image::ensure`]) and the profile at `profile` in it, its initrd written into
+    /// `run_dir`.
+    pub(crate) fn make(
+        workspace: &Workspace,
+        definition: &ImageDefinition,
+        binary: PathBuf,
+        variant: Option<&str>,
+        profile: &Path,
+        run_dir: &Path,
+        task: &Task,
+    ) -> Result<Self> {
+        let image = image::ensure(workspace, definition, binary, variant, task)?;
+        Ok(Self {
+            initrd: super::with_profile(&image.initramfs, profile, run_dir)?,
+            kernel: image.kernel,
+        })
+    }
 }
 
 /// Where a cluster's VMs keep their sockets and disks, and their logs.
