@@ -8,7 +8,7 @@ use argon2::password_hash::{
     Output, ParamsString, PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString,
 };
 use argon2::{Algorithm, Argon2, Params, Version};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -138,10 +138,15 @@ impl AuthUser {
     }
 }
 
-impl FromRequestParts<Arc<App>> for AuthUser {
+impl<S> FromRequestParts<S> for AuthUser
+where
+    Arc<App>: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let app = Arc::<App>::from_ref(state);
         let header = parts
             .headers
             .get(AUTHORIZATION)
@@ -153,7 +158,7 @@ impl FromRequestParts<Arc<App>> for AuthUser {
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or(ApiError::Unauthorized("expected Authorization: Bearer <token>"))?;
-        Self::from_token(app, token).await
+        Self::from_token(&app, token).await
     }
 }
 

@@ -3,10 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -17,14 +15,15 @@ pub(super) struct ApiJson<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::InvalidRequest(rejection.body_text())
-            }
-        })?;
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        // The edges (edges.rs) hold the body to the profile's limit: read it without
+        // axum's own default limit, which would be a second one.
+        let bytes = axum::body::to_bytes(request.into_body(), usize::MAX)
+            .await
+            .map_err(|err| match over_the_limit(&err) {
+                true => ApiError::PayloadTooLarge,
+                false => ApiError::InvalidRequest(format!("cannot read the request body: {err}")),
+            })?;
         let json: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|err| ApiError::InvalidRequest(format!("body is not valid JSON: {err}")))?;
         // serde would read a struct from an array too; every body here is an object.
@@ -35,6 +34,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             .map(Self)
             .map_err(|err| ApiError::InvalidRequest(format!("invalid field `{}`: {}", err.path(), err.inner())))
     }
+}
+
+/// Whether reading a body failed because it passed the edges' limit.
+fn over_the_limit(err: &axum::Error) -> bool {
+    std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |err| err.source())
+        .any(|err| err.is::<http_body_util::LengthLimitError>())
 }
 
 /// Path parameters, e.g. a channel id that must be a number.

@@ -4,24 +4,20 @@
 mod auth;
 mod channels;
 mod cluster;
+mod edges;
 mod extract;
 mod messages;
 mod request_metrics;
 mod system;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode, Uri};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Router};
+use axum::extract::FromRef;
+use axum::http::{Extensions, HeaderMap, StatusCode, Version};
+use axum::Router;
+use tower::ServiceBuilder;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
-use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use utoipa::openapi::schema::{Object, Schema};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Components, RefOr};
@@ -29,9 +25,10 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use self::edges::Edges;
 use crate::app::App;
 use crate::config::Limits;
-use crate::error::{error_response, ApiError};
+use crate::error::ApiError;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -50,12 +47,24 @@ impl Modify for BearerToken {
     }
 }
 
-/// The OpenAPI document, served as it was generated from the routes.
+/// What the routes are given: the application, and the answers that stay the same for a
+/// server's life, rendered once. They travel in the state rather than as request
+/// extensions, which would be inserted into every request.
 #[derive(Clone)]
-pub(crate) struct OpenApiJson(Arc<str>);
+pub(crate) struct RouteState {
+    app: Arc<App>,
+    health: system::HealthBody,
+    openapi: system::OpenApiJson,
+}
+
+impl FromRef<RouteState> for Arc<App> {
+    fn from_ref(state: &RouteState) -> Self {
+        state.app.clone()
+    }
+}
 
 /// Every route, documented and wired in one place.
-fn routes() -> OpenApiRouter<Arc<App>> {
+fn routes() -> OpenApiRouter<RouteState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(system::health))
         .routes(routes!(system::ready))
@@ -85,36 +94,30 @@ pub fn router(app: Arc<App>) -> Router {
     let settings = &app.settings;
     let (router, mut openapi) = routes().split_for_parts();
     state_limits(&mut openapi, &settings.limits);
-    let openapi = OpenApiJson(openapi.to_json().unwrap_or_default().into());
+    let state = RouteState {
+        health: system::HealthBody::render(&app),
+        openapi: system::OpenApiJson::render(&openapi),
+        app: app.clone(),
+    };
+    let enabled = settings.compression.enabled;
     let compression = CompressionLayer::new()
         .gzip(true)
         .quality(CompressionLevel::Precise(i32::from(settings.compression.level)))
         .compress_when(
-            SizeAbove::new(settings.compression.min_size_bytes).and(NotForContentType::const_new("text/event-stream")),
+            // Off in the predicate rather than by leaving the layer out, so the stack has
+            // one type either way.
+            (move |_: StatusCode, _: Version, _: &HeaderMap, _: &Extensions| enabled)
+                .and(SizeAbove::new(settings.compression.min_size_bytes))
+                .and(NotForContentType::const_new("text/event-stream")),
         );
-    let router = router
+    // One layer for the whole stack: each layer a router is given wraps every route again.
+    let layers = ServiceBuilder::new()
+        .layer(compression)
+        .layer(Edges::layer(&settings.http));
+    router
         .fallback(|| async { ApiError::NotFound("no such route") })
-        .layer(Extension(openapi))
-        // The body limit below is the one limit; axum's own default would be a second.
-        .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(settings.http.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            settings.http.request_timeout,
-        ))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(Edges {
-                metrics: request_metrics::RequestMetrics::default(),
-                max_uri_bytes: settings.http.max_uri_bytes,
-            }),
-            edges,
-        ));
-    let router = if settings.compression.enabled {
-        router.layer(compression)
-    } else {
-        router
-    };
-    router.layer(TraceLayer::new_for_http()).with_state(app)
+        .layer(layers)
+        .with_state(state)
 }
 
 /// Writes the value limits into the request schemas. They come from the profile, not
@@ -178,67 +181,4 @@ fn trimmed_length_pattern(max: usize) -> String {
         0 | 1 => format!("^{space}*{solid}{space}*$"),
         _ => format!("^{space}*{solid}(?:[\\s\\S]{{0,{}}}{solid})?{space}*$", max - 2),
     }
-}
-
-/// What every request passes on its way in and out, in one middleware (each `from_fn`
-/// layer boxes the rest of the stack again on every request): counted and timed, its
-/// target's length checked, and an error made by the framework or a layer given the JSON
-/// body of API.md.
-struct Edges {
-    metrics: request_metrics::RequestMetrics,
-    max_uri_bytes: usize,
-}
-
-async fn edges(State(edges): State<Arc<Edges>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = match uri_too_long(request.uri(), edges.max_uri_bytes) {
-        Some(refused) => refused,
-        None => with_json_error_body(next.run(request).await),
-    };
-    edges
-        .metrics
-        .record(&method, route.as_ref(), response.status(), started);
-    response
-}
-
-/// Refuses request targets over the configured length with 414. hyper's own limit is
-/// 64 KiB and sits behind its head-size limit, so without this a long URI would be told
-/// its headers are too large.
-fn uri_too_long(uri: &Uri, max_bytes: usize) -> Option<Response> {
-    let length = uri.scheme_str().map_or(0, |scheme| scheme.len() + "://".len())
-        + uri.authority().map_or(0, |authority| authority.as_str().len())
-        + uri.path_and_query().map_or(0, |target| target.as_str().len());
-    (length > max_bytes).then(|| {
-        error_response(
-            StatusCode::URI_TOO_LONG,
-            format!("request target is {length} bytes long; the limit is {max_bytes}"),
-        )
-    })
-}
-
-/// Gives errors made by the framework and its layers (405, 413, timeouts, bad upgrades)
-/// the same JSON body as ours.
-fn with_json_error_body(response: Response) -> Response {
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let message = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "request body is too large".to_string(),
-        StatusCode::SERVICE_UNAVAILABLE => "request timed out".to_string(),
-        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
-    };
-    let mut rebuilt = error_response(status, message);
-    for name in [header::RETRY_AFTER, header::ALLOW] {
-        if let Some(value) = response.headers().get(&name) {
-            rebuilt.headers_mut().insert(name, value.clone());
-        }
-    }
-    rebuilt.into_response()
 }

@@ -4,25 +4,43 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::header;
+use axum::body::Bytes;
+use axum::extract::{FromRef, State};
+use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
-use axum::{Extension, Json};
+use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::OpenApiJson;
+use super::RouteState;
 use crate::app::App;
 use crate::error::ApiError;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// How long /ready waits for the database before calling it unreachable.
 const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Serialize, ToSchema)]
-pub(super) struct Health {
+struct Health<'a> {
     status: &'static str,
-    node_id: String,
+    node_id: &'a str,
     version: &'static str,
+}
+
+/// /health's answer, the same for a server's life: rendered once, not per probe.
+#[derive(Clone)]
+pub(super) struct HealthBody(Bytes);
+
+impl HealthBody {
+    pub(super) fn render(app: &App) -> Self {
+        let health = Health {
+            status: "ok",
+            node_id: &app.node_id,
+            version: crate::version(),
+        };
+        Self(serde_json::to_vec(&health).map_or_else(|_| Bytes::new(), Bytes::from))
+    }
 }
 
 /// Liveness: the process answers.
@@ -30,12 +48,14 @@ pub(super) struct Health {
     (status = 200, body = Health),
     (status = 503, description = "The request timed out", body = crate::error::ErrorBody),
 ))]
-pub(super) async fn health(State(app): State<Arc<App>>) -> Json<Health> {
-    Json(Health {
-        status: "ok",
-        node_id: app.node_id.clone(),
-        version: crate::version(),
-    })
+pub(super) async fn health(State(HealthBody(body)): State<HealthBody>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, JSON)], body)
+}
+
+impl FromRef<RouteState> for HealthBody {
+    fn from_ref(state: &RouteState) -> Self {
+        state.health.clone()
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -79,11 +99,27 @@ pub(super) async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResp
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()))
 }
 
+/// The OpenAPI document, served as it was generated from the routes.
+#[derive(Clone)]
+pub(super) struct OpenApiJson(Bytes);
+
+impl OpenApiJson {
+    pub(super) fn render(document: &utoipa::openapi::OpenApi) -> Self {
+        Self(document.to_json().map_or_else(|_| Bytes::new(), Bytes::from))
+    }
+}
+
+impl FromRef<RouteState> for OpenApiJson {
+    fn from_ref(state: &RouteState) -> Self {
+        state.openapi.clone()
+    }
+}
+
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", responses(
     (status = 200, description = "OpenAPI 3 document of every route", content_type = "application/json"),
     (status = 503, description = "The request timed out", body = crate::error::ErrorBody),
 ))]
-pub(super) async fn openapi(Extension(OpenApiJson(document)): Extension<OpenApiJson>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], document.to_string())
+pub(super) async fn openapi(State(OpenApiJson(document)): State<OpenApiJson>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, JSON)], document)
 }
