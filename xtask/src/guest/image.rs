@@ -19,7 +19,7 @@ use crate::system::hex;
 use crate::workspace::Workspace;
 
 /// Bumped whenever the same inputs would now make a different image.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// A built image, as recorded in its image.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
