@@ -24,7 +24,7 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
-use super::request_metrics::RequestMetrics;
+use super::request_metrics::{RequestMetrics, UNMATCHED};
 use crate::config::HttpSettings;
 use crate::error::error_response;
 
@@ -55,9 +55,10 @@ impl Edges {
     /// Counts the request and logs a failed one, as tower-http's trace layer did: server
     /// errors at error level, everything else at debug.
     fn finished(&self, method: &Method, route: Option<&MatchedPath>, status: StatusCode, started: Instant) {
-        self.metrics.record(method, route, status, started);
-        let route = route.map_or("unmatched", MatchedPath::as_str);
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let took = started.elapsed();
+        let route = route.map_or(UNMATCHED, MatchedPath::as_str);
+        self.metrics.record(method, route, status, took);
+        let latency_ms = took.as_secs_f64() * 1000.0;
         if status.is_server_error() {
             tracing::error!(%method, route, status = status.as_u16(), latency_ms, "request failed");
         } else {

@@ -5,16 +5,15 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::MatchedPath;
 use axum::http::{Method, StatusCode};
 use metrics::{Counter, Histogram};
 
 use crate::metrics::{HTTP_REQUESTS_TOTAL, HTTP_REQUEST_SECONDS};
 
 /// The route label of a request no route matched.
-const UNMATCHED: &str = "unmatched";
+pub(super) const UNMATCHED: &str = "unmatched";
 
 /// One series pair: requests counted by status, durations by method and route.
 struct Series {
@@ -34,9 +33,8 @@ pub(super) struct RequestMetrics {
 impl RequestMetrics {
     /// Counts and times a request by its route template (not its path, which would make
     /// one time series per channel id).
-    pub(super) fn record(&self, method: &Method, route: Option<&MatchedPath>, status: StatusCode, started: Instant) {
-        let route = route.map_or(UNMATCHED, MatchedPath::as_str);
-        let seconds = started.elapsed().as_secs_f64();
+    pub(super) fn record(&self, method: &Method, route: &str, status: StatusCode, took: Duration) {
+        let seconds = took.as_secs_f64();
         self.with_series(method, route, status, |series| {
             series.requests.increment(1);
             series.seconds.record(seconds);
