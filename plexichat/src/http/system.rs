@@ -39,6 +39,7 @@ impl HealthBody {
             node_id: &app.node_id,
             version: crate::version(),
         };
+        // Serialising three strings cannot fail; an empty body would show if it did.
         Self(serde_json::to_vec(&health).map_or_else(|_| Bytes::new(), Bytes::from))
     }
 }
