@@ -10,12 +10,14 @@
 //! - `cluster`: the cluster description, its checks and the verifier;
 //! - `bench`: baselines in worktrees, criterion and callgrind measurements, e2e load;
 //! - `pipeline`: workflows as data and their runner;
+//! - `release`: a release's files (archives, Debian packages, installer, checksums,
+//!   signature, evidence), each the same bytes from the same binaries;
 //! - `scenario`: fault scenarios as data, planned into schedules (seeded when random);
 //! - `history`: what a scenario's clients saw, recorded, and the checker's verdict on it;
 //! - `workspace`: the workspace, its targets and profiles;
-//! - `report`: reports, progress, usage errors;
-//! - `system`: facts about the host (programs, root, locks, KVM, hashes) and a small
-//!   loopback HTTP client.
+//! - `report`: reports, progress, usage errors, verdicts kept for a release's evidence;
+//! - `system`: facts about the host (programs, root, locks, KVM, hashes), reproducible
+//!   tar and gzip, and a small loopback HTTP client.
 //!
 //! Beside them, the services crate (`services`, shared with the server's tests) holds
 //! PostgreSQL, NATS, server processes, the teardown that stops them, and the one process
@@ -33,6 +35,7 @@ pub(crate) mod history;
 pub(crate) mod pipeline;
 pub mod provision;
 pub mod qemu;
+pub(crate) mod release;
 pub mod report;
 pub(crate) mod scenario;
 pub mod system;

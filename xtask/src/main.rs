@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use services::teardown;
-use xtask::commands::{bench_compare, build_native, ci, cluster_local, docker_build, doctor, qemu_cluster, qemu_image};
+use xtask::commands::{
+    bench_compare, build_native, ci, cluster_local, dist, docker_build, doctor, qemu_cluster, qemu_image,
+};
 use xtask::report::error::UsageError;
 use xtask::report::{Outcome, Report};
 
@@ -57,6 +59,10 @@ enum Command {
         after_help = "Example: cargo xtask docker-build --arch all --smoke --export target/plexichat-images.tar"
     )]
     DockerBuild(docker_build::Args),
+    /// A release: per target an archive and a Debian package, install.sh, SHA256SUMS
+    /// (signed with --sign) and evidence.json, from smoke-tested binaries.
+    #[command(after_help = "Example: cargo xtask dist --target x86_64 --target aarch64 --sign release.key")]
+    Dist(dist::Args),
     /// Runs a pipeline from workflows/ (default: ci): steps with their needs, timeouts,
     /// conditions and matrices, in CI log groups; exit 1 if a step failed.
     #[command(after_help = "Example: cargo xtask ci --only fmt --only clippy")]
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
         Command::QemuCluster(args) => finish(qemu_cluster::run(args), json),
         Command::DockerBuild(args) => finish(docker_build::run(args), json),
         Command::Ci(args) => finish(ci::run(args), json),
+        Command::Dist(args) => finish(dist::run(args), json),
     }
 }
 

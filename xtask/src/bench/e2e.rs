@@ -7,8 +7,8 @@
 //! (booted by the caller's [`GuestServer`]s). Each round runs every server once, in that
 //! order, so the machine's drift
 //! reaches every side alike; medians over the rounds are what is reported. Only the
-//! baseline against the working tree gets a verdict, on each store for speed and on SQLite
-//! for footprint (the binary's size, the server's peak memory): the other pairs are meant
+//! baseline against the working tree gets a verdict, on each store for speed and for
+//! footprint (each target's binary size, the SQLite server's peak memory): the other pairs are meant
 //! to differ, and their ratios are what an engineer wants before choosing a store or an
 //! edge box.
 
@@ -32,7 +32,7 @@ use crate::report::error::UsageError;
 use crate::report::progress::{Progress, Task};
 use crate::report::Table;
 use crate::system;
-use crate::workspace::profile::Profile;
+use crate::workspace::profile::{BuildSection, Profile};
 use crate::workspace::targets::{self, Target};
 use crate::workspace::Workspace;
 
@@ -49,6 +49,15 @@ pub(crate) struct Load {
 
 /// The emulated side: the edge boxes PlexiChat ships to most are arm64.
 const EMULATED_ARCH: &str = "aarch64";
+
+/// One target's stripped server executable, on each side: what an edge box downloads
+/// and keeps on its disk.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct BinarySizes {
+    arch: &'static str,
+    baseline: u64,
+    current: u64,
+}
 /// A server under qemu-user starts far slower than a native one.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -163,7 +172,7 @@ struct ComparisonReport {
 /// edge box pays in disk and memory for a change.
 #[derive(Serialize)]
 struct FootprintReport {
-    name: &'static str,
+    name: String,
     unit: &'static str,
     baseline: f64,
     current: f64,
@@ -189,8 +198,9 @@ pub(crate) struct Comparison {
 }
 
 impl Comparison {
-    /// Pairs the servers, given in `compare`'s order (see [`Server`]).
-    fn of(load: Load, threshold_pct: f64, servers: Vec<ScenarioReport>) -> Self {
+    /// Pairs the servers, given in `compare`'s order (see [`Server`]), and each target's
+    /// binaries.
+    fn of(load: Load, threshold_pct: f64, servers: Vec<ScenarioReport>, sizes: &[BinarySizes]) -> Self {
         let server = |which: Server| &servers[which as usize];
         let comparisons = vec![
             pair(
@@ -225,7 +235,7 @@ impl Comparison {
             pair(&name, guest, server(Server::CurrentPostgres), None)
         });
         let comparisons = comparisons.into_iter().chain(guests).collect();
-        let footprint = footprint(server(Server::Current), server(Server::Baseline), threshold_pct);
+        let footprint = footprint(server(Server::Current), server(Server::Baseline), sizes, threshold_pct);
         Self {
             load,
             threshold_pct,
@@ -303,9 +313,14 @@ impl Comparison {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// The working tree's binary size and peak memory against the baseline's, each with the
-/// speed comparison's verdict rule and threshold.
-fn footprint(current: &ScenarioReport, baseline: &ScenarioReport, threshold_pct: f64) -> Vec<FootprintReport> {
+/// The working tree's binary sizes (one per target) and peak memory against the
+/// baseline's, each with the speed comparison's verdict rule and threshold.
+fn footprint(
+    current: &ScenarioReport,
+    baseline: &ScenarioReport,
+    sizes: &[BinarySizes],
+    threshold_pct: f64,
+) -> Vec<FootprintReport> {
     let judged = |name, unit, (b, c): (f64, f64), interval: (f64, f64)| {
         let measurement = Measurement {
             baseline: b,
@@ -323,14 +338,20 @@ fn footprint(current: &ScenarioReport, baseline: &ScenarioReport, threshold_pct:
             verdict: verdict(&measurement, threshold_pct),
         }
     };
-    let (base_bytes, current_bytes) = (baseline.binary_bytes as f64, current.binary_bytes as f64);
-    let size_change = current_bytes / base_bytes - 1.0;
-    let mut figures = vec![judged(
-        "binary size, working tree against baseline",
-        "bytes",
-        (base_bytes, current_bytes),
-        (size_change, size_change),
-    )];
+    let mut figures: Vec<FootprintReport> = sizes
+        .iter()
+        .map(|size| {
+            let (b, c) = (size.baseline as f64, size.current as f64);
+            // A size is exact: its interval is the change itself.
+            let change = c / b - 1.0;
+            judged(
+                format!("binary size ({}), working tree against baseline", size.arch),
+                "bytes",
+                (b, c),
+                (change, change),
+            )
+        })
+        .collect();
     let per_round: Vec<f64> = current
         .rounds
         .iter()
@@ -339,7 +360,7 @@ fn footprint(current: &ScenarioReport, baseline: &ScenarioReport, threshold_pct:
         .collect();
     if let (Some(b), Some(c), false) = (baseline.peak_rss_mib, current.peak_rss_mib, per_round.is_empty()) {
         figures.push(judged(
-            "peak RSS, working tree against baseline",
+            "peak RSS, working tree against baseline".into(),
             "MiB",
             (b, c),
             span(&per_round),
@@ -365,7 +386,7 @@ pub(crate) fn compare(
     progress: &Progress,
     task: &Task,
 ) -> Result<Comparison> {
-    let emulated = emulated_target(progress)?;
+    let emulated = buildable_targets(progress)?;
     let workspace = Workspace::discover()?;
     let profile = Profile::load(&workspace.profiles_dir(), "bench")?;
     // Both sides' servers are built the same way, as build-native builds them.
@@ -385,6 +406,14 @@ pub(crate) fn compare(
     }
     let generator = build::load_generator(&sides.current, task)?;
     let foreign = target_binary(&workspace, &profile.build, emulated, task)?;
+    let sizes = binary_sizes(
+        sides,
+        &workspace,
+        &profile.build,
+        [&current, &baseline, &foreign],
+        emulated,
+        task,
+    )?;
     let profile_of = |root: &Path| root.join("profiles").join("bench.yaml");
     // In `Server`'s order, then the VMs.
     let mut scenarios = vec![
@@ -464,7 +493,7 @@ pub(crate) fn compare(
         .zip(results)
         .map(|(scenario, rounds)| summarise(scenario, rounds))
         .collect::<Result<_>>()?;
-    let mut comparison = Comparison::of(load, threshold_pct, reports);
+    let mut comparison = Comparison::of(load, threshold_pct, reports, &sizes);
     if let Some(fanout) = fanout {
         let on_sqlite = [
             &scenarios[Server::Baseline as usize],
@@ -541,23 +570,61 @@ fn fan_out(
     })
 }
 
-/// The emulated side's target, with what building and emulating it needs (cross linker,
-/// qemu-user) installed as `doctor --fix` would.
-fn emulated_target(progress: &Progress) -> Result<&'static Target> {
-    let target = targets::parse(EMULATED_ARCH)
-        .ok()
-        .and_then(|found| found.first().copied())
-        .context("aarch64 is one of the toolchain's targets")?;
-    if let Some(lacking) = provision::install_per_target(&[target], Requirement::to_build, progress).get(target.triple)
-    {
+/// Installs what building every target and emulating aarch64 needs (cross linkers,
+/// qemu-user) as `doctor --fix` would, and returns the emulated side's target.
+fn buildable_targets(progress: &Progress) -> Result<&'static Target> {
+    let all: Vec<&'static Target> = targets::TARGETS.iter().collect();
+    let lacking = provision::install_per_target(&all, Requirement::to_build, progress);
+    if let Some((triple, lacking)) = lacking.iter().next() {
         return Err(UsageError(format!(
-            "--e2e builds the {} server and runs it under {}, and this host is {lacking}\n  fix: cargo xtask doctor --fix (as root)",
-            target.arch,
-            target.qemu_user(),
+            "--e2e compares the server's size on every target and runs the {EMULATED_ARCH} one under qemu-user, and for {triple} this host is {lacking}\n  fix: cargo xtask doctor --fix (as root)",
         ))
         .into());
     }
-    Ok(target)
+    targets::by_arch(EMULATED_ARCH).context("aarch64 is one of the toolchain's targets")
+}
+
+/// Each target's server on both sides. The host's and the emulated target's current
+/// builds are the ones under load; the others are built here, the working tree's through
+/// build-native's cache as the emulated one is, the baseline's in its checkout.
+fn binary_sizes(
+    sides: &Sides,
+    workspace: &Workspace,
+    build: &BuildSection,
+    [current_host, baseline_host, current_emulated]: [&Path; 3],
+    emulated: &Target,
+    task: &Task,
+) -> Result<Vec<BinarySizes>> {
+    let host = targets::host()?;
+    let length = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|metadata| metadata.len())
+            .with_context(|| format!("reading {}", path.display()))
+    };
+    targets::TARGETS
+        .iter()
+        .map(|target| {
+            let current = if target == host {
+                current_host.to_path_buf()
+            } else if target == emulated {
+                current_emulated.to_path_buf()
+            } else {
+                target_binary(workspace, build, target, task)?
+            };
+            let baseline = if sides.same_sources {
+                current.clone()
+            } else if target == host {
+                baseline_host.to_path_buf()
+            } else {
+                build::server(&sides.baseline, build, target, task)?
+            };
+            Ok(BinarySizes {
+                arch: target.arch,
+                baseline: length(&baseline)?,
+                current: length(&current)?,
+            })
+        })
+        .collect()
 }
 
 /// A scenario's server on a fresh store, stopped by [`Serving::stop`] (or, on an error,
@@ -816,7 +883,12 @@ pub(crate) fn regressed_comparison() -> Comparison {
         scenario(&[690.0, 700.0, 710.0]),
         scenario(&[100.0, 100.0, 100.0]),
     ];
-    Comparison::of(load, 10.0, servers)
+    let sizes = ["x86_64", "aarch64", "riscv64"].map(|arch| BinarySizes {
+        arch,
+        baseline: 8 << 20,
+        current: 8 << 20,
+    });
+    Comparison::of(load, 10.0, servers, &sizes)
 }
 
 #[cfg(test)]
@@ -841,7 +913,7 @@ mod tests {
             .collect();
         servers[5].name = "current · x86_64 VM (TCG) · PostgreSQL".into();
         servers[6].name = "current · aarch64 VM (TCG) · PostgreSQL".into();
-        let comparison = Comparison::of(load, 10.0, servers);
+        let comparison = Comparison::of(load, 10.0, servers, &[]);
         let vms = &comparison.comparisons[4..];
         assert_eq!(vms.len(), 2);
         assert_eq!(vms[0].name, "current · x86_64 VM (TCG) · PostgreSQL against native");
@@ -876,12 +948,13 @@ mod tests {
         assert_eq!(comparison.table().to_string().lines().count(), 2 + 5);
         let summary = comparison.summary();
         let lines: Vec<&str> = summary.lines().collect();
-        // Four pairs of servers, then binary size and peak RSS.
-        assert_eq!(lines.len(), 6, "{summary}");
+        // Four pairs of servers, then a binary size per target and peak RSS.
+        assert_eq!(lines.len(), 8, "{summary}");
         assert!(
             lines[1].starts_with("working tree against baseline on PostgreSQL")
-                && lines[4].starts_with("binary size")
-                && lines[5].starts_with("peak RSS"),
+                && lines[4].starts_with("binary size (x86_64)")
+                && lines[6].starts_with("binary size (riscv64)")
+                && lines[7].starts_with("peak RSS"),
             "{summary}"
         );
         assert!(
@@ -897,17 +970,21 @@ mod tests {
         );
     }
 
-    /// The baseline's report and the working tree's, whose binary and per-round peak memory
-    /// are given.
+    /// The baseline's report and the working tree's, whose riscv64 binary (the baseline's
+    /// is 8 MiB) and per-round peak memory are given.
     fn footprints(binary_bytes: u64, peak_rss_mib: &[f64]) -> Vec<FootprintReport> {
         let baseline = scenario(&[1000.0, 1000.0, 1000.0]);
         let mut current = scenario(&[1000.0, 1000.0, 1000.0]);
-        current.binary_bytes = binary_bytes;
         for (round, mib) in current.rounds.iter_mut().zip(peak_rss_mib) {
             round.peak_rss_mib = Some(*mib);
         }
         current.peak_rss_mib = median(peak_rss_mib.to_vec());
-        footprint(&current, &baseline, 10.0)
+        let sizes = [BinarySizes {
+            arch: "riscv64",
+            baseline: 8 << 20,
+            current: binary_bytes,
+        }];
+        footprint(&current, &baseline, &sizes, 10.0)
     }
 
     fn verdicts(figures: &[FootprintReport]) -> Vec<(&str, Verdict)> {

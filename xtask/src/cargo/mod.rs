@@ -2,6 +2,7 @@
 //! place that runs `cargo build` for it and reads cargo's JSON messages.
 
 pub(crate) mod artefact;
+pub(crate) mod matrix;
 
 pub(crate) mod smoke;
 

@@ -18,8 +18,10 @@ use crate::bench::{
 use crate::qemu;
 use crate::report::error::UsageError;
 use crate::report::progress::{Progress, Task};
+use crate::report::verdicts::{self, Recorded};
 use crate::report::{Outcome, Table};
 use crate::workspace::profile::Profile;
+use crate::workspace::targets;
 use crate::workspace::Workspace;
 
 #[derive(clap::Args)]
@@ -146,6 +148,12 @@ pub struct E2eReport {
 const E2E_THRESHOLD_PCT: f64 = 10.0;
 
 pub fn run(args: Args) -> Result<BenchOutcome> {
+    let outcome = compare(args)?;
+    outcome.record()?;
+    Ok(outcome)
+}
+
+fn compare(args: Args) -> Result<BenchOutcome> {
     let started = Instant::now();
     let mode = args.mode.unwrap_or(if std::env::var_os("CI").is_some() {
         Mode::Instructions
@@ -357,6 +365,35 @@ fn draw_flamegraphs(
         eprintln!("warning: no flame graph of the regressed benchmarks: {error:#}");
         BTreeMap::new()
     })
+}
+
+impl BenchOutcome {
+    /// Keeps the verdict for a release's evidence (`report::verdicts`): the working
+    /// tree's speed on this host, against the baseline named in each line.
+    fn record(&self) -> Result<()> {
+        let (baseline, current, what) = match self {
+            BenchOutcome::Benches(report) => (&report.baseline, &report.current, format!("{:?} mode", report.mode)),
+            BenchOutcome::E2e(report) => (&report.baseline, &report.current, "whole servers (--e2e)".into()),
+        };
+        let mut checks = vec![format!("{what} against {} ({})", baseline.reference, baseline.commit)];
+        checks.extend(
+            self.summary()
+                .iter()
+                .flat_map(|summary| summary.lines().map(str::to_string)),
+        );
+        verdicts::record(
+            &Workspace::discover()?.target_dir,
+            &Recorded {
+                command: "bench-compare".into(),
+                arch: targets::host()?.arch.into(),
+                revision: current.commit.clone(),
+                binary_sha256: None,
+                ok: self.ok(),
+                checks,
+                at: verdicts::now(),
+            },
+        )
+    }
 }
 
 impl Outcome for BenchOutcome {

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::cargo::artefact::{self, Artefact, Manifest};
+use crate::cargo::artefact::{Artefact, Manifest};
+use crate::cargo::matrix::{self, first_line, Built};
 use crate::cargo::smoke::{Policy, Smoke};
-use crate::provision::{self, Requirement};
 use crate::report::progress::Progress;
 use crate::report::{Outcome, Table};
 use crate::workspace::profile::Profile;
@@ -54,72 +54,12 @@ pub fn run(args: Args) -> Result<BuildReport> {
         targets::from_flags(&args.targets)?
     };
     let progress = Progress::new();
-    let mut failures = provision::install_per_target(&targets, Requirement::to_build, &progress);
-    let toolchain = crate::cargo::rustc_version(&workspace.root)?;
-    let revision = workspace.git_revision();
-    let mut manifest = Manifest::load(&workspace);
-    let mut built = Vec::new();
-
-    // Builds run one after another (they share cargo's build lock and two cores); each
-    // smoke run overlaps the next build.
-    let buildable: Vec<&Target> = targets
-        .iter()
-        .copied()
-        .filter(|t| !failures.contains_key(t.triple))
-        .collect();
-    // What each binary must say it is: the revision is compiled in.
-    let build_version = workspace.build_version();
-    std::thread::scope(|scope| {
-        let mut smokes = Vec::new();
-        for target in buildable {
-            let task = progress.task(target.arch);
-            let outcome = artefact::produce(&workspace, &profile, target, &toolchain, &manifest, &task);
-            match outcome {
-                Ok(mut artefact) => {
-                    artefact.git_revision = revision.clone();
-                    let (profile, version, manifest) = (&profile, &build_version, &manifest);
-                    smokes.push(scope.spawn(move || {
-                        artefact.smoke =
-                            artefact::smoke(&artefact, target, profile, version, manifest, args.smoke, &task);
-                        let verdict = if artefact.smoke.ok { "ok" } else { "smoke FAILED" };
-                        task.finish(format!(
-                            "{verdict} ({}{})",
-                            if artefact.cache_hit { "cached" } else { "built" },
-                            if artefact.smoke.cached { ", smoke cached" } else { "" }
-                        ));
-                        artefact
-                    }));
-                }
-                Err(err) => {
-                    task.finish(format!("FAILED: {}", first_line(&format!("{err:#}"))));
-                    failures.insert(target.triple.to_string(), format!("{err:#}"));
-                }
-            }
-        }
-        for smoke in smokes {
-            match smoke.join() {
-                Ok(artefact) => built.push(artefact),
-                Err(_) => {
-                    failures.insert("smoke".into(), "a smoke run panicked".into());
-                }
-            }
-        }
-    });
-
-    for artefact in &built {
-        if artefact.smoke.ok {
-            manifest.upsert(artefact.clone());
-        } else {
-            failures.insert(artefact.target.clone(), smoke_failure(&artefact.smoke));
-        }
-    }
-    manifest.save(&workspace)?;
-
+    let Built { artefacts, failures } = matrix::build(&workspace, &profile, &targets, args.smoke, &progress)?;
     Ok(BuildReport {
         ok: failures.is_empty(),
         profile: profile.name,
         manifest: Manifest::path(&workspace),
-        artefacts: built,
+        artefacts,
         failures,
         targets,
     })
@@ -172,16 +112,6 @@ impl Outcome for BuildReport {
     }
 }
 
-fn smoke_failure(smoke: &Smoke) -> String {
-    smoke
-        .steps
-        .iter()
-        .filter(|step| !step.ok)
-        .map(|step| format!("smoke {}: {}", step.name, step.detail))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// Each step's verdict, after "cached" when the result was reused rather than run.
 fn smoke_column(smoke: &Smoke) -> String {
     let steps = smoke
@@ -195,8 +125,4 @@ fn smoke_column(smoke: &Smoke) -> String {
     } else {
         steps
     }
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().to_string()
 }

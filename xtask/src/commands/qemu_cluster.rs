@@ -26,6 +26,7 @@ use crate::qemu::nodes::{Boot, Machine, Places, VmCluster};
 use crate::qemu::vm::{Launch, Vm, BOOT_TIMEOUT, HOST_FROM_GUEST};
 use crate::qemu::{checks, plan, qmp, vm};
 use crate::report::progress::{Progress, Task};
+use crate::report::verdicts::{self, Recorded};
 use crate::report::{Outcome, Report, Table};
 use crate::scenario::{Scenario, Store};
 use crate::workspace::profile::Profile;
@@ -335,6 +336,9 @@ fn run_checks(
     }
     let ok = !checks.iter().any(CheckResult::failed);
     task.finish(if ok { "every check held" } else { "a check FAILED" });
+    if !args.hold {
+        record_verdicts(workspace, &booted.machines, ok, &checks)?;
+    }
 
     let vm_reports = vms
         .iter()
@@ -467,4 +471,28 @@ impl Outcome for ClusterReport {
             self.launch_to_all_healthy_seconds
         ))
     }
+}
+
+/// Keeps each architecture's verdict for a release's evidence (`report::verdicts`): the
+/// checks of a cluster hold or fail for every architecture in it.
+fn record_verdicts(workspace: &Workspace, machines: &[Machine], ok: bool, checks: &[CheckResult]) -> Result<()> {
+    let lines: Vec<String> = checks
+        .iter()
+        .map(|check| format!("{}: {} ({})", check.name, check.result, check.detail))
+        .collect();
+    for machine in machines {
+        verdicts::record(
+            &workspace.target_dir,
+            &Recorded {
+                command: "qemu-cluster".into(),
+                arch: machine.definition.arch.clone(),
+                revision: workspace.git_revision(),
+                binary_sha256: Some(machine.current.binary_sha256.clone()),
+                ok,
+                checks: lines.clone(),
+                at: verdicts::now(),
+            },
+        )?;
+    }
+    Ok(())
 }

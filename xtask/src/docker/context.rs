@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use super::{BINARY, DATA, LABEL, LABEL_VALUE, PROFILE, USER};
 use crate::report::error::UsageError;
+use crate::system::tarball::{Tarball, ROOT};
 use crate::workspace::profile::Profile;
 use crate::workspace::targets::Target;
 use crate::workspace::Workspace;
@@ -143,78 +144,29 @@ pub(crate) fn build_context(
     binary: &[u8],
     profile: &[u8],
 ) -> Vec<u8> {
-    use tar::EntryType::{Directory, Regular};
-    let root = (0, 0);
+    let rootfs = rootfs(binary, profile);
+    let mut context = Tarball::new(0);
+    context
+        .file("Dockerfile", 0o644, ROOT, dockerfile(server, labels).as_bytes())
+        .file("rootfs.tar", 0o644, ROOT, &rootfs);
+    context.finish()
+}
+
+/// The image's whole file system: the binary, the profile, the data volume's directory
+/// owned by the server's user, and /tmp.
+pub(crate) fn rootfs(binary: &[u8], profile: &[u8]) -> Vec<u8> {
     let user = (65532, 65532);
-    let mut rootfs = tar::Builder::new(Vec::with_capacity(binary.len() + 8192));
+    let mut rootfs = Tarball::new(0);
     for dir in ["usr/", "usr/local/", "usr/local/bin/", "etc/", "etc/plexichat/"] {
-        append(&mut rootfs, dir, Directory, 0o755, root, &[]);
+        rootfs.dir(dir, 0o755, ROOT);
     }
-    append(
-        &mut rootfs,
-        BINARY.trim_start_matches('/'),
-        Regular,
-        0o755,
-        root,
-        binary,
-    );
-    append(
-        &mut rootfs,
-        PROFILE.trim_start_matches('/'),
-        Regular,
-        0o644,
-        root,
-        profile,
-    );
-    append(&mut rootfs, "data/", Directory, 0o755, user, &[]);
-    // SQLite's temporary files; sticky and world-writable, as everywhere.
-    append(&mut rootfs, "tmp/", Directory, 0o1777, root, &[]);
-    let rootfs = finish(rootfs);
-    let mut context = tar::Builder::new(Vec::with_capacity(rootfs.len() + 4096));
-    let dockerfile = dockerfile(server, labels);
-    append(&mut context, "Dockerfile", Regular, 0o644, root, dockerfile.as_bytes());
-    append(&mut context, "rootfs.tar", Regular, 0o644, root, &rootfs);
-    finish(context)
-}
-
-/// The header of every entry. GNU rather than plain ustar: a size past ustar's 11 octal
-/// digits (8 GiB) is then written in base-256 instead of losing its top digits, and
-/// `append_data` puts a GNU long-name entry before a name over 100 bytes instead of
-/// cutting it. Owner, mode and mtime are fixed by us, not taken from any file, so the
-/// same binary and profile make the same context.
-fn header(kind: tar::EntryType, mode: u32, (uid, gid): (u32, u32), size: u64) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_mode(mode);
-    header.set_uid(u64::from(uid));
-    header.set_gid(u64::from(gid));
-    header.set_mtime(0);
-    header.set_size(size);
-    header
-}
-
-/// Appends one entry. The archive is in memory, so writing cannot fail; the tar crate
-/// refuses only an absolute name or one with `..`, and every name here is ours: a
-/// failure is a bug, reported with the name.
-fn append(
-    archive: &mut tar::Builder<Vec<u8>>,
-    name: &str,
-    kind: tar::EntryType,
-    mode: u32,
-    owner: (u32, u32),
-    data: &[u8],
-) {
-    let mut header = header(kind, mode, owner, data.len() as u64);
-    archive
-        .append_data(&mut header, name, data)
-        .unwrap_or_else(|err| panic!("adding {name} to the build context: {err}"));
-}
-
-/// The archive's bytes, after the two zero blocks that end it.
-fn finish(archive: tar::Builder<Vec<u8>>) -> Vec<u8> {
-    archive
-        .into_inner()
-        .unwrap_or_else(|err| panic!("ending a build context tar: {err}"))
+    rootfs
+        .file(BINARY.trim_start_matches('/'), 0o755, ROOT, binary)
+        .file(PROFILE.trim_start_matches('/'), 0o644, ROOT, profile)
+        .dir("data/", 0o755, user)
+        // SQLite's temporary files; sticky and world-writable, as everywhere.
+        .dir("tmp/", 0o1777, ROOT);
+    rootfs.finish()
 }
 
 /// The platform string the engine knows `target` by.
@@ -225,43 +177,8 @@ pub(crate) fn platform(target: &Target) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use crate::system::tarball::tests::entries;
     use tar::EntryType::{Directory, Regular};
-
-    /// One entry as the tar crate reads it back.
-    struct Entry {
-        name: String,
-        kind: tar::EntryType,
-        mode: u32,
-        owner: (u64, u64),
-        mtime: u64,
-        data: Vec<u8>,
-    }
-
-    /// Every entry of `archive`, read by an implementation other than the writer's own
-    /// header code (it checks each header's checksum).
-    fn entries(archive: &[u8]) -> Vec<Entry> {
-        assert_eq!(archive.len() % 512, 0);
-        assert!(archive.ends_with(&[0; 1024]), "two zero blocks end an archive");
-        let mut reader = tar::Archive::new(archive);
-        let entries = reader.entries().expect("a tar archive");
-        entries
-            .map(|entry| {
-                let mut entry = entry.expect("an entry");
-                let header = entry.header();
-                let mut read = Entry {
-                    name: String::from_utf8(entry.path_bytes().into_owned()).expect("a UTF-8 name"),
-                    kind: header.entry_type(),
-                    mode: header.mode().expect("a mode"),
-                    owner: (header.uid().expect("a uid"), header.gid().expect("a gid")),
-                    mtime: header.mtime().expect("an mtime"),
-                    data: Vec::new(),
-                };
-                entry.read_to_end(&mut read.data).expect("the entry's data");
-                read
-            })
-            .collect()
-    }
 
     fn settings() -> ServerSettings {
         ServerSettings {
@@ -356,37 +273,5 @@ mod tests {
             tar,
             build_context(&settings(), &labels, b"\x7fELF binary", b"server: {}\n")
         );
-    }
-
-    #[test]
-    fn a_name_over_100_bytes_round_trips_whole() {
-        // Its last component alone is over 100 bytes: no ustar prefix/name split fits it.
-        let name = format!("usr/share/{}/{}.yaml", "d".repeat(150), "f".repeat(120));
-        let mut archive = tar::Builder::new(Vec::new());
-        append(&mut archive, &name, Regular, 0o644, (0, 0), b"long");
-        append(&mut archive, "after", Regular, 0o600, (1, 2), b"next");
-        let read = entries(&finish(archive));
-        let names: Vec<&str> = read.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, [name.as_str(), "after"]);
-        assert_eq!(
-            (read[0].mode, read[0].owner, &read[0].data[..]),
-            (0o644, (0, 0), &b"long"[..])
-        );
-        assert_eq!(
-            (read[1].mode, read[1].owner, &read[1].data[..]),
-            (0o600, (1, 2), &b"next"[..])
-        );
-    }
-
-    #[test]
-    fn a_size_past_eleven_octal_digits_is_kept_in_base_256() {
-        // One byte over ustar's largest size, 0o77777777777 (8 GiB - 1): eleven octal
-        // digits cannot hold it, and cutting its leading digit would leave 0.
-        let size = 0o77777777777 + 1;
-        let header = header(Regular, 0o644, (0, 0), size);
-        let read = tar::Header::from_byte_slice(header.as_bytes());
-        assert_eq!(read.entry_size().expect("a size"), size);
-        assert_eq!(header.as_bytes()[124] & 0x80, 0x80, "GNU's base-256 marker");
-        assert!(header.as_gnu().is_some());
     }
 }

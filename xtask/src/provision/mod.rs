@@ -43,6 +43,10 @@ pub enum Requirement {
     Postgres,
     NatsServer,
     Valgrind,
+    /// `dpkg-deb`, which builds a release's Debian packages.
+    DpkgDeb,
+    /// `minisign`, which signs a release's checksums (`dist --sign`).
+    Minisign,
 }
 
 impl Requirement {
@@ -67,6 +71,8 @@ impl Requirement {
             Requirement::Postgres,
             Requirement::NatsServer,
             Requirement::Valgrind,
+            Requirement::DpkgDeb,
+            Requirement::Minisign,
         ]);
         all
     }
@@ -80,9 +86,10 @@ impl Requirement {
         needed
     }
 
-    /// Whether `doctor` fails when this is missing (KVM is optional: TCG stands in).
+    /// Whether `doctor` fails when this is missing: KVM is optional (TCG stands in), and
+    /// so is minisign (only `dist --sign` needs it, and installs it).
     pub fn is_required(&self) -> bool {
-        *self != Requirement::Kvm
+        !matches!(self, Requirement::Kvm | Requirement::Minisign)
     }
 
     pub fn category(&self) -> &'static str {
@@ -98,6 +105,7 @@ impl Requirement {
             | Requirement::Kvm => "emulation",
             Requirement::DockerEngine | Requirement::Postgres | Requirement::NatsServer => "services",
             Requirement::Valgrind => "bench",
+            Requirement::DpkgDeb | Requirement::Minisign => "release",
         }
     }
 
@@ -123,6 +131,8 @@ impl fmt::Display for Requirement {
             Requirement::Postgres => f.write_str("postgres (initdb, pg_ctl)"),
             Requirement::NatsServer => f.write_str("nats-server"),
             Requirement::Valgrind => f.write_str("valgrind (callgrind)"),
+            Requirement::DpkgDeb => f.write_str("dpkg-deb (dpkg)"),
+            Requirement::Minisign => f.write_str("minisign"),
         }
     }
 }

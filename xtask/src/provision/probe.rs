@@ -36,6 +36,14 @@ pub(super) fn probe(requirement: Requirement) -> Check {
             "valgrind",
             "bench-compare's instruction counts (its default when CI is set)",
         ),
+        Requirement::DpkgDeb => packaged(check, "dpkg-deb", "dpkg", &["--version"], "a release's Debian packages"),
+        Requirement::Minisign => packaged(
+            check,
+            "minisign",
+            "minisign",
+            &["-v"],
+            "signing a release (dist --sign)",
+        ),
     }
 }
 

@@ -48,6 +48,8 @@ pub(crate) struct Machine {
 pub(crate) struct Boot {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// The SHA-256 of the server binary that is its /init: which build a verdict is of.
+    pub binary_sha256: String,
 }
 
 impl Boot {
@@ -63,10 +65,13 @@ impl Boot {
         run_dir: &Path,
         task: &Task,
     ) -> Result<Self> {
+        let binary_sha256 =
+            crate::system::file_sha256(&binary).with_context(|| format!("reading {}", binary.display()))?;
         let image = image::ensure(workspace, definition, binary, variant, task)?;
         Ok(Self {
             initrd: super::with_profile(&image.initramfs, profile, run_dir)?,
             kernel: image.kernel,
+            binary_sha256,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod progress;
+pub mod verdicts;
 
 use std::fmt;
 

@@ -5,6 +5,7 @@
 pub mod elf;
 pub mod http;
 pub mod kvm;
+pub(crate) mod tarball;
 
 use std::path::Path;
 

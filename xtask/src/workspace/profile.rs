@@ -17,8 +17,7 @@ struct ProfileFile {
     description: Option<String>,
     /// The server's section: validated by `plexichat serve --config`.
     server: Option<serde_yaml::Value>,
-    #[serde(default)]
-    build: BuildSection,
+    build: Option<BuildSection>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +74,9 @@ pub struct Profile {
     pub name: String,
     pub path: PathBuf,
     pub build: BuildSection,
+    /// Whether the file has a build section (else `build` is the defaults): a release
+    /// insists on one.
+    pub declares_build: bool,
     pub targets: Vec<&'static Target>,
     server: Option<serde_yaml::Value>,
 }
@@ -104,7 +106,8 @@ impl Profile {
         let document = serde_yaml::Deserializer::from_str(text);
         let file: ProfileFile = serde_path_to_error::deserialize(document)
             .map_err(|err| UsageError::yaml(&place, err, "profiles/release.yaml"))?;
-        let build = file.build;
+        let declares_build = file.build.is_some();
+        let build = file.build.unwrap_or_default();
         let mut chosen = Vec::new();
         for (index, name) in build.targets.iter().enumerate() {
             let targets = targets::parse(name).map_err(|problem| {
@@ -146,6 +149,7 @@ impl Profile {
             path: path.to_path_buf(),
             targets: targets::TARGETS.iter().filter(|t| chosen.contains(t)).collect(),
             build,
+            declares_build,
             server: file.server,
         })
     }

@@ -1,0 +1,368 @@
+//! `cargo xtask dist`: a release for the host and one foreign target, read back with the
+//! tools a user would trust (sha256sum, minisign, dpkg-deb, dpkg, tar, sh), installed
+//! through its install.sh, refused when tampered with, and made again byte for byte.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use plexichat_e2e::{json_of, run_xtask, stderr_of};
+use serde_json::Value;
+use services::process::{self, cmd};
+use xtask::provision::{self, Requirement};
+use xtask::report::progress::Progress;
+
+const TRIPLES: [&str; 2] = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"];
+
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// `program ARGS` in `dir`, which must succeed; its stdout.
+fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|err| panic!("{program}: {err}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Every file of the release directory, by name.
+fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(entry.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A minisign key pair without a password, in `dir`: (secret, public). minisign is
+/// installed as `dist --sign` installs it (Debian's package, as root).
+fn signing_key(dir: &Path) -> (PathBuf, PathBuf) {
+    let progress = Progress::new();
+    let missing = provision::install_missing(&[Requirement::Minisign], &progress);
+    assert!(
+        missing.is_empty(),
+        "minisign: {:?}",
+        missing.iter().map(|m| m.describe_gap()).collect::<Vec<_>>()
+    );
+    let (secret, public) = (dir.join("release.key"), dir.join("release.pub"));
+    let sh = process::shell().unwrap();
+    process::run(cmd!(sh, "minisign -G -W -s {secret} -p {public}")).expect("minisign makes a key");
+    (secret, public)
+}
+
+fn dist(args: &[&str]) -> Output {
+    let mut all = vec!["dist", "--profile", "release"];
+    for triple in TRIPLES {
+        all.extend(["--target", triple]);
+    }
+    all.extend(args);
+    all.push("--json");
+    run_xtask(&all)
+}
+
+#[test]
+fn a_release_for_two_targets_is_signed_installable_refuses_tampering_and_is_made_again_byte_for_byte() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = signing_key(keys.path());
+    let output = dist(&["--sign", secret.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let report = json_of(&output);
+    let dir = PathBuf::from(report["dir"].as_str().expect("the release directory"));
+    assert!(
+        dir.ends_with(format!("dist/release/{}", version())),
+        "{}",
+        dir.display()
+    );
+    let files = files_of(&dir);
+    let mut expected: Vec<String> = TRIPLES
+        .iter()
+        .map(|triple| format!("plexichat-{}-{triple}.tar.gz", version()))
+        .chain(["amd64", "arm64"].map(|arch| format!("plexichat_{}_{arch}.deb", version())))
+        .chain(["install.sh", "evidence.json", "SHA256SUMS", "SHA256SUMS.minisig"].map(String::from))
+        .collect();
+    expected.sort();
+    assert_eq!(files.keys().cloned().collect::<Vec<_>>(), expected);
+    let listed: Vec<&str> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["file"].as_str())
+        .collect();
+    assert_eq!(listed.len(), expected.len(), "{report}");
+
+    // The checksums as sha256sum checks them, and their signature as minisign does.
+    let sums = String::from_utf8(files["SHA256SUMS"].clone()).unwrap();
+    assert_eq!(
+        sums.lines().count(),
+        expected.len() - 2,
+        "every file but the sums and signature: {sums}"
+    );
+    run_in(&dir, "sha256sum", &["--check", "--strict", "SHA256SUMS"]);
+    run_in(
+        &dir,
+        "minisign",
+        &["-V", "-p", public.to_str().unwrap(), "-m", "SHA256SUMS"],
+    );
+
+    check_archives(&dir, &files);
+    check_debs(&dir);
+    check_evidence(&files, &sums);
+    check_install_sh(&dir);
+
+    // The same binaries make the same release, signature included.
+    let again = dist(&["--sign", secret.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr_of(&again));
+    let remade = files_of(&dir);
+    for (name, bytes) in &files {
+        assert!(remade.get(name) == Some(bytes), "{name} differs the second time");
+    }
+    assert_eq!(remade.len(), files.len());
+}
+
+/// Each archive: one directory holding the binary and what goes with it, entries dated at
+/// the commit and owned by root; the host's binary runs and says its version.
+fn check_archives(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
+    for triple in TRIPLES {
+        let stem = format!("plexichat-{}-{triple}", version());
+        let bytes = &files[&format!("{stem}.tar.gz")];
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let entries: Vec<(String, u32, u64, u64)> = archive
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let header = entry.header();
+                (
+                    entry.path().unwrap().to_string_lossy().into_owned(),
+                    header.mode().unwrap(),
+                    header.uid().unwrap(),
+                    header.mtime().unwrap(),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = entries.iter().map(|(name, ..)| name.as_str()).collect();
+        let inside = |file: &str| format!("{stem}/{file}");
+        assert_eq!(
+            names,
+            [
+                format!("{stem}/"),
+                inside("plexichat"),
+                inside("README.md"),
+                inside("LICENSE-MIT"),
+                inside("LICENSE-APACHE"),
+                inside("profile.yaml"),
+                inside("plexichat.service"),
+            ]
+        );
+        assert!(entries.iter().all(|(_, _, uid, _)| *uid == 0), "{entries:?}");
+        assert_eq!(entries[1].1, 0o755, "the binary is executable");
+        let dates: Vec<u64> = entries.iter().map(|(.., mtime)| *mtime).collect();
+        assert!(dates.iter().all(|date| *date == dates[0] && *date > 0), "{dates:?}");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let host = format!("plexichat-{}-{}", version(), TRIPLES[0]);
+    run_in(
+        work.path(),
+        "tar",
+        &["-xzf", dir.join(format!("{host}.tar.gz")).to_str().unwrap()],
+    );
+    let printed = run_in(work.path(), &format!("./{host}/plexichat"), &["--version"]);
+    assert!(printed.starts_with(&format!("plexichat {}", version())), "{printed}");
+}
+
+/// Each package's control fields, contents and conffile, read back by dpkg-deb; the
+/// amd64 one unpacked by dpkg into a throwaway root with its own database (unpacked,
+/// not configured: its maintainer scripts would run in that root, which has no shell).
+fn check_debs(dir: &Path) {
+    for arch in ["amd64", "arm64"] {
+        let deb = dir.join(format!("plexichat_{}_{arch}.deb", version()));
+        let deb = deb.to_str().unwrap();
+        let fields = run_in(
+            dir,
+            "dpkg-deb",
+            &["--field", deb, "Package", "Version", "Architecture", "Depends"],
+        );
+        assert_eq!(
+            fields,
+            format!(
+                "Package: plexichat\nVersion: {}\nArchitecture: {arch}\nDepends: adduser\n",
+                version()
+            )
+        );
+        let contents = run_in(dir, "dpkg-deb", &["--contents", deb]);
+        for path in [
+            "./usr/bin/plexichat",
+            "./etc/plexichat/profile.yaml",
+            "./lib/systemd/system/plexichat.service",
+            "./usr/share/doc/plexichat/copyright",
+        ] {
+            assert!(
+                contents
+                    .lines()
+                    .any(|line| line.ends_with(path) && line.contains("root/root")),
+                "{path} in {contents}"
+            );
+        }
+        let conffiles = run_in(dir, "dpkg-deb", &["--info", deb, "conffiles"]);
+        assert_eq!(conffiles, "/etc/plexichat/profile.yaml\n");
+        let postinst = run_in(dir, "dpkg-deb", &["--info", deb, "postinst"]);
+        assert!(postinst.contains("adduser --system"), "{postinst}");
+    }
+    let root = tempfile::tempdir().unwrap();
+    let database = root.path().join("var/lib/dpkg");
+    std::fs::create_dir_all(database.join("info")).unwrap();
+    std::fs::create_dir_all(database.join("updates")).unwrap();
+    std::fs::write(database.join("status"), "").unwrap();
+    let deb = dir.join(format!("plexichat_{}_amd64.deb", version()));
+    let root_flag = format!("--root={}", root.path().display());
+    run_in(dir, "dpkg", &[&root_flag, "--unpack", deb.to_str().unwrap()]);
+    let status = std::fs::read_to_string(database.join("status")).unwrap();
+    assert!(
+        status.contains("Package: plexichat\nStatus: install ok unpacked"),
+        "{status}"
+    );
+    assert!(
+        status.contains("Conffiles:\n /etc/plexichat/profile.yaml newconffile"),
+        "{status}"
+    );
+    let installed = root.path().join("usr/bin/plexichat");
+    let printed = run_in(dir, installed.to_str().unwrap(), &["--version"]);
+    assert!(printed.starts_with(&format!("plexichat {}", version())), "{printed}");
+}
+
+/// evidence.json: every artefact with the checksum SHA256SUMS gives it, its binary's
+/// build inputs, and a smoke run that passed on its architecture.
+fn check_evidence(files: &BTreeMap<String, Vec<u8>>, sums: &str) {
+    let evidence: Value = serde_json::from_slice(&files["evidence.json"]).unwrap();
+    let artefacts = evidence["artefacts"].as_array().expect("artefacts");
+    assert_eq!(artefacts.len(), 4, "{evidence}");
+    for artefact in artefacts {
+        let file = artefact["file"].as_str().unwrap();
+        let sum = artefact["sha256"].as_str().unwrap();
+        assert!(sums.contains(&format!("{sum}  {file}\n")), "{file} {sum} in {sums}");
+        let binary = &artefact["binary"];
+        assert_eq!(binary["profile"], "release", "{artefact}");
+        assert_eq!(binary["is_static"], true, "{artefact}");
+        assert_eq!(binary["target"], artefact["target"], "{artefact}");
+        assert!(
+            binary["cache_key"].as_str().is_some_and(|key| key.len() == 64),
+            "{artefact}"
+        );
+        let smoke = &artefact["smoke"];
+        assert_eq!(smoke["ok"], true, "{artefact}");
+        let ran = if artefact["target"] == TRIPLES[0] {
+            "natively"
+        } else {
+            "under qemu-aarch64-static"
+        };
+        assert_eq!(smoke["ran"], ran, "{artefact}");
+        let steps: Vec<&str> = smoke["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["name"].as_str())
+            .collect();
+        assert_eq!(steps, ["version", "health", "resolve", "sigterm"], "{artefact}");
+    }
+    // The archive and the package of a target hold one binary.
+    assert_eq!(artefacts[0]["binary"]["sha256"], artefacts[1]["binary"]["sha256"]);
+    assert_ne!(artefacts[0]["binary"]["sha256"], artefacts[2]["binary"]["sha256"]);
+    assert!(evidence["rustc"]
+        .as_str()
+        .is_some_and(|rustc| rustc.starts_with("rustc ")));
+}
+
+/// install.sh from a local archive into a prefix, the unit rewritten for it; then the
+/// same archive with one byte changed, refused before anything is installed.
+fn check_install_sh(dir: &Path) {
+    let prefix = tempfile::tempdir().unwrap();
+    let units = prefix.path().join("units");
+    let archive = dir.join(format!("plexichat-{}-{}.tar.gz", version(), TRIPLES[0]));
+    let install = |archive: &Path, prefix: &Path| {
+        Command::new("sh")
+            .arg(dir.join("install.sh"))
+            .args(["--archive", archive.to_str().unwrap()])
+            .args(["--prefix", prefix.to_str().unwrap()])
+            .args(["--arch", "x86_64", "--systemd", "--no-user"])
+            .args(["--unit-dir", units.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let output = install(&archive, prefix.path());
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let binary = prefix.path().join("bin/plexichat");
+    let printed = run_in(prefix.path(), binary.to_str().unwrap(), &["--version"]);
+    assert!(printed.starts_with(&format!("plexichat {}", version())), "{printed}");
+    assert!(prefix.path().join("etc/plexichat/profile.yaml").is_file());
+    let unit = std::fs::read_to_string(units.join("plexichat.service")).unwrap();
+    assert!(
+        unit.contains(&format!(
+            "ExecStart={} serve --config {}/etc/plexichat/profile.yaml",
+            binary.display(),
+            prefix.path().display()
+        )),
+        "{unit}"
+    );
+
+    // A tampered copy under the released name, beside the released SHA256SUMS.
+    let tampered_dir = tempfile::tempdir().unwrap();
+    let tampered = tampered_dir.path().join(archive.file_name().unwrap());
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&tampered, bytes).unwrap();
+    std::fs::copy(dir.join("SHA256SUMS"), tampered_dir.path().join("SHA256SUMS")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = install(&tampered, elsewhere.path());
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    assert!(
+        stderr_of(&output).contains("checksum mismatch"),
+        "{}",
+        stderr_of(&output)
+    );
+    assert!(
+        std::fs::read_dir(elsewhere.path()).unwrap().next().is_none(),
+        "nothing is installed from a refused archive"
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_the_fix_before_anything_is_built() {
+    let output = run_xtask(&["dist", "--target", "mips"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    assert!(stderr_of(&output).contains("--target"), "{}", stderr_of(&output));
+
+    let profile = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(profile.path(), "server:\n  listen: 127.0.0.1:8000\n").unwrap();
+    let output = run_xtask(&["dist", "--profile", profile.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains(profile.path().to_str().unwrap())
+            && stderr.contains("field `build`")
+            && stderr.contains("fix:"),
+        "{stderr}"
+    );
+
+    let output = run_xtask(&["dist", "--sign", "/nonexistent/release.key"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr_of(&output));
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("/nonexistent/release.key") && stderr.contains("minisign -G -W"),
+        "{stderr}"
+    );
+}
