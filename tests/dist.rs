@@ -12,7 +12,12 @@ use services::process::{self, cmd};
 use xtask::provision::{self, Requirement};
 use xtask::report::progress::Progress;
 
-const TRIPLES: [&str; 2] = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"];
+const TRIPLES: [&str; 3] = [
+    "x86_64-unknown-linux-gnu",
+    "aarch64-unknown-linux-gnu",
+    "riscv64gc-unknown-linux-gnu",
+];
+const DEB_ARCHES: [&str; 3] = ["amd64", "arm64", "riscv64"];
 
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
@@ -48,16 +53,21 @@ fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// A minisign key pair without a password, in `dir`: (secret, public). minisign is
-/// installed as `dist --sign` installs it (Debian's package, as root).
-fn signing_key(dir: &Path) -> (PathBuf, PathBuf) {
+/// Installs what reading a release back takes beyond the toolchain's own needs, as the
+/// toolchain installs it (Debian's packages, as root): minisign, and skopeo, with which a
+/// user pushes the OCI archive.
+fn provision_readers() {
     let progress = Progress::new();
-    let missing = provision::install_missing(&[Requirement::Minisign], &progress);
+    let missing = provision::install_missing(&[Requirement::Minisign, Requirement::Skopeo], &progress);
     assert!(
         missing.is_empty(),
-        "minisign: {:?}",
+        "{:?}",
         missing.iter().map(|m| m.describe_gap()).collect::<Vec<_>>()
     );
+}
+
+/// A minisign key pair without a password, in `dir`: (secret, public).
+fn signing_key(dir: &Path) -> (PathBuf, PathBuf) {
     let (secret, public) = (dir.join("release.key"), dir.join("release.pub"));
     let sh = process::shell().unwrap();
     process::run(cmd!(sh, "minisign -G -W -s {secret} -p {public}")).expect("minisign makes a key");
@@ -75,7 +85,8 @@ fn dist(args: &[&str]) -> Output {
 }
 
 #[test]
-fn a_release_for_two_targets_is_signed_installable_refuses_tampering_and_is_made_again_byte_for_byte() {
+fn a_release_for_every_target_is_signed_installable_refuses_tampering_and_is_made_again_byte_for_byte() {
+    provision_readers();
     let keys = tempfile::tempdir().unwrap();
     let (secret, public) = signing_key(keys.path());
     let output = dist(&["--sign", secret.to_str().unwrap()]);
@@ -91,8 +102,9 @@ fn a_release_for_two_targets_is_signed_installable_refuses_tampering_and_is_made
     let mut expected: Vec<String> = TRIPLES
         .iter()
         .map(|triple| format!("plexichat-{}-{triple}.tar.gz", version()))
-        .chain(["amd64", "arm64"].map(|arch| format!("plexichat_{}_{arch}.deb", version())))
+        .chain(DEB_ARCHES.map(|arch| format!("plexichat_{}_{arch}.deb", version())))
         .chain(["install.sh", "evidence.json", "SHA256SUMS", "SHA256SUMS.minisig"].map(String::from))
+        .chain([format!("plexichat-{}.oci.tar", version())])
         .collect();
     expected.sort();
     assert_eq!(files.keys().cloned().collect::<Vec<_>>(), expected);
@@ -120,6 +132,7 @@ fn a_release_for_two_targets_is_signed_installable_refuses_tampering_and_is_made
 
     check_archives(&dir, &files);
     check_debs(&dir);
+    check_oci_archive(&dir);
     check_evidence(&files, &sums);
     check_install_sh(&dir);
 
@@ -188,7 +201,7 @@ fn check_archives(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
 /// amd64 one unpacked by dpkg into a throwaway root with its own database (unpacked,
 /// not configured: its maintainer scripts would run in that root, which has no shell).
 fn check_debs(dir: &Path) {
-    for arch in ["amd64", "arm64"] {
+    for arch in DEB_ARCHES {
         let deb = dir.join(format!("plexichat_{}_{arch}.deb", version()));
         let deb = deb.to_str().unwrap();
         let fields = run_in(
@@ -244,12 +257,106 @@ fn check_debs(dir: &Path) {
     assert!(printed.starts_with(&format!("plexichat {}", version())), "{printed}");
 }
 
+/// The OCI archive as skopeo reads it: an index tagged with the version over an image per
+/// platform; the amd64 one copied into the Docker Engine by skopeo, run, healthy by its
+/// own health check and answering /health.
+fn check_oci_archive(dir: &Path) {
+    let reference = format!(
+        "oci-archive:{}:{}",
+        dir.join(format!("plexichat-{}.oci.tar", version())).display(),
+        version()
+    );
+    let index: Value = serde_json::from_str(&run_in(dir, "skopeo", &["inspect", "--raw", &reference])).unwrap();
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json", "{index}");
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap(),
+                m["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64", "linux/riscv64"], "{index}");
+    let config: Value = serde_json::from_str(&run_in(
+        dir,
+        "skopeo",
+        &["inspect", "--override-arch", "arm64", "--config", &reference],
+    ))
+    .unwrap();
+    assert_eq!(config["architecture"], "arm64", "{config}");
+    assert_eq!(config["config"]["User"], "65532:65532", "{config}");
+
+    let image = Image(format!("plexichat-dist-test:{}", std::process::id()));
+    run_in(
+        dir,
+        "skopeo",
+        &[
+            "copy",
+            "--override-arch",
+            "amd64",
+            &reference,
+            &format!("docker-daemon:{}", image.0),
+        ],
+    );
+    let container = Container(
+        run_in(
+            dir,
+            "docker",
+            &["run", "--detach", "--publish", "127.0.0.1::8000", &image.0],
+        )
+        .trim()
+        .to_string(),
+    );
+    let address = run_in(dir, "docker", &["port", &container.0, "8000/tcp"]);
+    let address = address.lines().next().expect("a published port").trim().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let health = loop {
+        let status = run_in(
+            dir,
+            "docker",
+            &["inspect", "--format", "{{.State.Health.Status}}", &container.0],
+        );
+        if status.trim() == "healthy" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "never healthy: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(health.trim(), "healthy");
+    let (status, body) = plexichat_e2e::http_get(address.parse().unwrap(), "/health").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+}
+
+/// A container the test started, removed when the test ends however it ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "--force", &self.0]).output();
+    }
+}
+
+/// An image the test loaded, removed when the test ends.
+struct Image(String);
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "--force", &self.0]).output();
+    }
+}
+
 /// evidence.json: every artefact with the checksum SHA256SUMS gives it, its binary's
 /// build inputs, and a smoke run that passed on its architecture.
 fn check_evidence(files: &BTreeMap<String, Vec<u8>>, sums: &str) {
     let evidence: Value = serde_json::from_slice(&files["evidence.json"]).unwrap();
     let artefacts = evidence["artefacts"].as_array().expect("artefacts");
-    assert_eq!(artefacts.len(), 4, "{evidence}");
+    // An archive, a package and an OCI image per target.
+    assert_eq!(artefacts.len(), 3 * TRIPLES.len(), "{evidence}");
     for artefact in artefacts {
         let file = artefact["file"].as_str().unwrap();
         let sum = artefact["sha256"].as_str().unwrap();
@@ -264,10 +371,10 @@ fn check_evidence(files: &BTreeMap<String, Vec<u8>>, sums: &str) {
         );
         let smoke = &artefact["smoke"];
         assert_eq!(smoke["ok"], true, "{artefact}");
-        let ran = if artefact["target"] == TRIPLES[0] {
-            "natively"
-        } else {
-            "under qemu-aarch64-static"
+        let ran = match artefact["target"].as_str() {
+            Some("x86_64-unknown-linux-gnu") => "natively",
+            Some("aarch64-unknown-linux-gnu") => "under qemu-aarch64-static",
+            _ => "under qemu-riscv64-static",
         };
         assert_eq!(smoke["ran"], ran, "{artefact}");
         let steps: Vec<&str> = smoke["steps"]
@@ -278,9 +385,18 @@ fn check_evidence(files: &BTreeMap<String, Vec<u8>>, sums: &str) {
             .collect();
         assert_eq!(steps, ["version", "health", "resolve", "sigterm"], "{artefact}");
     }
-    // The archive and the package of a target hold one binary.
-    assert_eq!(artefacts[0]["binary"]["sha256"], artefacts[1]["binary"]["sha256"]);
-    assert_ne!(artefacts[0]["binary"]["sha256"], artefacts[2]["binary"]["sha256"]);
+    // The archive, the package and the image of a target hold one binary.
+    for triple in TRIPLES {
+        let of_target: Vec<(&str, &Value)> = artefacts
+            .iter()
+            .filter(|a| a["target"] == triple)
+            .map(|a| (a["kind"].as_str().unwrap(), &a["binary"]["sha256"]))
+            .collect();
+        let kinds: Vec<&str> = of_target.iter().map(|(kind, _)| *kind).collect();
+        assert_eq!(kinds, ["archive", "deb", "oci"], "{evidence}");
+        assert!(of_target.iter().all(|(_, sum)| *sum == of_target[0].1), "{evidence}");
+    }
+    assert_ne!(artefacts[0]["binary"]["sha256"], artefacts[3]["binary"]["sha256"]);
     assert!(evidence["rustc"]
         .as_str()
         .is_some_and(|rustc| rustc.starts_with("rustc ")));

@@ -60,7 +60,12 @@ pub(crate) fn benches(checkout: &Checkout, filter: Option<&str>, task: &Task) ->
 /// very artefact the images and VMs use.
 pub(crate) fn server(checkout: &Checkout, build: &BuildSection, target: &Target, task: &Task) -> Result<PathBuf> {
     task.step(format!("building the {} server for {}", checkout.label, target.arch));
-    let mut executables = cargo_executables(checkout, server_build(checkout.root, build, target), &["bin"], task)?;
+    // Copied aside per target: every target's executable is called `plexichat`.
+    let per_target = Checkout {
+        bin_dir: checkout.bin_dir.join(target.triple),
+        ..*checkout
+    };
+    let mut executables = cargo_executables(&per_target, server_build(checkout.root, build, target), &["bin"], task)?;
     executables
         .remove("plexichat")
         .context("cargo built no `plexichat` executable")

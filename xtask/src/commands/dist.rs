@@ -1,12 +1,12 @@
 //! `cargo xtask dist`: a release in `target/dist/release/<version>/`, made from
 //! build-native's smoke-tested binaries of a profile's targets: per target an archive and
-//! a Debian package, then install.sh, evidence.json, SHA256SUMS and, with `--sign`, its
-//! minisign signature. A target that fails to build or to pass its smoke run fails its
+//! a Debian package, one OCI archive with an image per target, then install.sh,
+//! evidence.json, SHA256SUMS and, with `--sign`, its minisign signature. A target that fails to build or to pass its smoke run fails its
 //! own artefacts only; the release is made of the others, and the command exits 1.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -14,10 +14,12 @@ use serde::Serialize;
 use crate::cargo::artefact::Artefact;
 use crate::cargo::matrix::{self, first_line};
 use crate::cargo::smoke::Policy;
+use crate::docker;
+use crate::docker::context::{self, ServerSettings};
 use crate::provision::{self, Requirement};
 use crate::release::evidence::{self, Evidence, Tested};
 use crate::release::signature::SigningKey;
-use crate::release::{archive, checksums, deb, installer, Release};
+use crate::release::{archive, checksums, deb, installer, oci, Release};
 use crate::report::error::UsageError;
 use crate::report::progress::Progress;
 use crate::report::verdicts;
@@ -117,6 +119,7 @@ pub fn run(args: Args) -> Result<DistReport> {
     let rustc = crate::cargo::rustc_version(&workspace.root)?;
     let mut evidence = Evidence::new(&release, &profile.name, &rustc);
     let mut files = Vec::new();
+    let mut images = Vec::new();
     for artefact in built.passed() {
         let target = targets::by_arch(&artefact.arch).context("a built artefact's architecture")?;
         task.step(format!("packaging {}", target.triple));
@@ -131,6 +134,26 @@ pub fn run(args: Args) -> Result<DistReport> {
             files.push((name, Some(target.triple.to_string())));
             evidence.artefacts.push(tested.artefact(file, kind));
         }
+        images.push((target, binary, tested));
+    }
+    if !images.is_empty() {
+        task.step("the multi-architecture OCI image");
+        let name = oci::file_name(&release);
+        let mut labels = context::image_labels(&workspace, &profile, UNIX_EPOCH + Duration::from_secs(release.epoch));
+        // docker-build's own mark: what it may prune. A release's image is the user's.
+        labels.remove(docker::LABEL);
+        let binaries: Vec<(&Target, Vec<u8>)> = images
+            .iter()
+            .map(|(target, binary, _)| (*target, binary.clone()))
+            .collect();
+        let server = ServerSettings::of(&profile)?;
+        write(&release, &name, &oci::make(&release, &server, &labels, &binaries)?)?;
+        for (_, _, tested) in &images {
+            evidence
+                .artefacts
+                .push(tested.artefact(describe(&release, &name)?, "oci"));
+        }
+        files.push((name, None));
     }
     task.step("install.sh, evidence.json, SHA256SUMS");
     let install = "install.sh".to_string();

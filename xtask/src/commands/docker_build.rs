@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use anyhow::Result;
 use serde::Serialize;
@@ -102,7 +103,7 @@ pub fn run(args: Args) -> Result<DockerReport> {
         };
         failures.extend(provision::install_per_target(&targets, binfmt, &progress));
     }
-    let labels = image_labels(&workspace, &profile);
+    let labels = image_labels(&workspace, &profile, SystemTime::now());
     let mut images = Vec::new();
     let buildable: Vec<&Target> = targets
         .iter()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
@@ -70,17 +70,16 @@ pub(crate) fn sqlite_outside_data(url: &str) -> Option<String> {
     Some(format!("sqlite://{DATA}/{file}"))
 }
 
-/// The labels every image gets: OCI's annotations, the profile, and ours.
-pub(crate) fn image_labels(workspace: &Workspace, profile: &Profile) -> BTreeMap<String, String> {
+/// The labels every image gets: OCI's annotations, the profile, and ours. `created` is
+/// the image's date (now for docker-build; the commit's for a release, which must not
+/// change between two makes of it).
+pub(crate) fn image_labels(workspace: &Workspace, profile: &Profile, created: SystemTime) -> BTreeMap<String, String> {
     let oci = |key: &str| format!("org.opencontainers.image.{key}");
     let mut labels = BTreeMap::from([
         (oci("title"), "plexichat".to_string()),
         (oci("version"), workspace.server_version.clone()),
         (oci("revision"), workspace.git_revision()),
-        (
-            oci("created"),
-            humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        ),
+        (oci("created"), humantime::format_rfc3339_seconds(created).to_string()),
         ("org.plexichat.profile".to_string(), profile.name.clone()),
         (LABEL.to_string(), LABEL_VALUE.to_string()),
     ]);
@@ -97,20 +96,62 @@ pub(crate) fn image_labels(workspace: &Workspace, profile: &Profile) -> BTreeMap
     labels
 }
 
+/// How a container of the image runs: what the Dockerfile says in instructions and a
+/// release's OCI image says in its config, from one description.
+pub(crate) struct Runtime {
+    pub env: Vec<String>,
+    pub port: u16,
+    /// The health probe's command (exec form: there is no shell).
+    pub healthcheck: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+/// The health probe's timing: every 5 s, 4 s to answer, 60 s to start, 3 failures.
+pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_secs(4);
+pub(crate) const HEALTH_START_PERIOD: Duration = Duration::from_secs(60);
+pub(crate) const HEALTH_RETRIES: u32 = 3;
+
+impl Runtime {
+    pub(crate) fn of(server: &ServerSettings) -> Self {
+        let port = server.port;
+        let mut env = vec![format!("PLEXICHAT_CONFIG={PROFILE}")];
+        if let Some(listen) = &server.listen_override {
+            env.push(format!("PLEXICHAT_LISTEN={listen}"));
+        }
+        if let Some(database) = &server.database_override {
+            env.push(format!("PLEXICHAT_DATABASE_URL={database}"));
+        }
+        let strings = |items: &[&str]| items.iter().map(|item| item.to_string()).collect();
+        Self {
+            env,
+            port,
+            healthcheck: strings(&[
+                BINARY,
+                "healthcheck",
+                "--url",
+                &format!("http://127.0.0.1:{port}/health"),
+                "--timeout",
+                "3s",
+            ]),
+            entrypoint: strings(&[BINARY]),
+            cmd: strings(&["serve"]),
+        }
+    }
+}
+
 /// The Dockerfile of every image. FROM scratch: nothing can be pulled here, and a static
 /// binary needs no base. Everything the image holds comes in one ADD of a tar (the
 /// engine unpacks it, keeping each entry's owner and mode): the builder commits a layer
 /// per instruction, so fewer instructions build faster, and /data can be owned by the
 /// server's user without a shell to chown with.
 pub(crate) fn dockerfile(server: &ServerSettings, labels: &BTreeMap<String, String>) -> String {
-    let port = server.port;
-    let mut env = format!("PLEXICHAT_CONFIG={PROFILE}");
-    if let Some(listen) = &server.listen_override {
-        env.push_str(&format!(" PLEXICHAT_LISTEN={listen}"));
-    }
-    if let Some(database) = &server.database_override {
-        env.push_str(&format!(" PLEXICHAT_DATABASE_URL={database}"));
-    }
+    let runtime = Runtime::of(server);
+    let exec_form = |items: &[String]| {
+        let quoted: Vec<String> = items.iter().map(|item| format!("\"{item}\"")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
     let labels: Vec<String> = labels
         .iter()
         .map(|(key, value)| {
@@ -120,6 +161,7 @@ pub(crate) fn dockerfile(server: &ServerSettings, labels: &BTreeMap<String, Stri
             )
         })
         .collect();
+    let seconds = |duration: Duration| format!("{}s", duration.as_secs());
     format!(
         "FROM scratch\n\
          ADD rootfs.tar /\n\
@@ -128,12 +170,20 @@ pub(crate) fn dockerfile(server: &ServerSettings, labels: &BTreeMap<String, Stri
          VOLUME {DATA}\n\
          USER {USER}\n\
          EXPOSE {port}/tcp\n\
-         HEALTHCHECK --interval=5s --timeout=4s --start-period=60s --retries=3 \
-         CMD [\"{BINARY}\", \"healthcheck\", \"--url\", \"http://127.0.0.1:{port}/health\", \"--timeout\", \"3s\"]\n\
-         ENTRYPOINT [\"{BINARY}\"]\n\
-         CMD [\"serve\"]\n\
-         LABEL {}\n",
-        labels.join(" \\\n      ")
+         HEALTHCHECK --interval={interval} --timeout={timeout} --start-period={start} --retries={HEALTH_RETRIES} \
+         CMD {health}\n\
+         ENTRYPOINT {entrypoint}\n\
+         CMD {cmd}\n\
+         LABEL {labels}\n",
+        env = runtime.env.join(" "),
+        port = runtime.port,
+        interval = seconds(HEALTH_INTERVAL),
+        timeout = seconds(HEALTH_TIMEOUT),
+        start = seconds(HEALTH_START_PERIOD),
+        health = exec_form(&runtime.healthcheck),
+        entrypoint = exec_form(&runtime.entrypoint),
+        cmd = exec_form(&runtime.cmd),
+        labels = labels.join(" \\\n      ")
     )
 }
 

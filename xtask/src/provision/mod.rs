@@ -47,6 +47,8 @@ pub enum Requirement {
     DpkgDeb,
     /// `minisign`, which signs a release's checksums (`dist --sign`).
     Minisign,
+    /// `skopeo`, which pushes a release's OCI archive to a registry as one tag.
+    Skopeo,
 }
 
 impl Requirement {
@@ -73,6 +75,7 @@ impl Requirement {
             Requirement::Valgrind,
             Requirement::DpkgDeb,
             Requirement::Minisign,
+            Requirement::Skopeo,
         ]);
         all
     }
@@ -87,9 +90,10 @@ impl Requirement {
     }
 
     /// Whether `doctor` fails when this is missing: KVM is optional (TCG stands in), and
-    /// so is minisign (only `dist --sign` needs it, and installs it).
+    /// so are minisign (only `dist --sign` needs it, and installs it) and skopeo (a
+    /// release's OCI archive is pushed with it, not made).
     pub fn is_required(&self) -> bool {
-        !matches!(self, Requirement::Kvm | Requirement::Minisign)
+        !matches!(self, Requirement::Kvm | Requirement::Minisign | Requirement::Skopeo)
     }
 
     pub fn category(&self) -> &'static str {
@@ -105,7 +109,7 @@ impl Requirement {
             | Requirement::Kvm => "emulation",
             Requirement::DockerEngine | Requirement::Postgres | Requirement::NatsServer => "services",
             Requirement::Valgrind => "bench",
-            Requirement::DpkgDeb | Requirement::Minisign => "release",
+            Requirement::DpkgDeb | Requirement::Minisign | Requirement::Skopeo => "release",
         }
     }
 
@@ -133,6 +137,7 @@ impl fmt::Display for Requirement {
             Requirement::Valgrind => f.write_str("valgrind (callgrind)"),
             Requirement::DpkgDeb => f.write_str("dpkg-deb (dpkg)"),
             Requirement::Minisign => f.write_str("minisign"),
+            Requirement::Skopeo => f.write_str("skopeo"),
         }
     }
 }

@@ -44,6 +44,13 @@ pub(super) fn probe(requirement: Requirement) -> Check {
             &["-v"],
             "signing a release (dist --sign)",
         ),
+        Requirement::Skopeo => packaged(
+            check,
+            "skopeo",
+            "skopeo",
+            &["--version"],
+            "pushing a release's OCI archive",
+        ),
     }
 }
 

@@ -41,7 +41,7 @@ pub(crate) struct File {
 pub(crate) struct ArtefactEvidence {
     #[serde(flatten)]
     pub file: File,
-    /// `archive`, `deb`.
+    /// `archive`, `deb`, or `oci` (the image for `target` in the multi-platform archive).
     pub kind: &'static str,
     pub target: String,
     pub binary: Binary,

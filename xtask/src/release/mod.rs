@@ -1,7 +1,7 @@
 //! A release: what a user downloads, made from build-native's smoke-tested binaries into
-//! `target/dist/release/<version>/` — per target an archive and a Debian package, the
-//! installer, the checksums (signed on request) and the evidence that each binary was
-//! tested on its architecture. Every file is a function of the binaries and the
+//! `target/dist/release/<version>/` — per target an archive and a Debian package, one
+//! multi-architecture OCI image archive, the installer, the checksums (signed on request)
+//! and the evidence that each binary was tested on its architecture. Every file is a function of the binaries and the
 //! workspace's files alone: owners, modes and dates are fixed (dates at the release's
 //! [`Release::epoch`]), entries come in a fixed order, compressors run with fixed
 //! settings, so the same binaries make the same bytes.
@@ -11,6 +11,7 @@ pub(crate) mod checksums;
 pub(crate) mod deb;
 pub(crate) mod evidence;
 pub(crate) mod installer;
+pub(crate) mod oci;
 pub(crate) mod signature;
 
 use std::path::{Path, PathBuf};
