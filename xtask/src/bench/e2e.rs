@@ -297,9 +297,13 @@ impl Comparison {
             )
         });
         let footprint = self.footprint.iter().map(|f| {
+            // Sizes in bytes read better as MiB; memory is in MiB already.
+            let scale = if f.unit == "bytes" { MIB } else { 1.0 };
             format!(
-                "{}: {:+.1}% [{:+.1}%, {:+.1}%] → {}",
+                "{}: {:.1} → {:.1} MiB, {:+.1}% [{:+.1}%, {:+.1}%] → {}",
                 f.name,
+                f.baseline / scale,
+                f.current / scale,
                 f.change_pct,
                 f.interval_pct[0],
                 f.interval_pct[1],
