@@ -124,6 +124,9 @@ pub struct CompareReport {
     regressed: usize,
     improved: usize,
     seconds: f64,
+    /// The working tree's target directory: where its verdict is recorded.
+    #[serde(skip)]
+    target_dir: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -141,6 +144,9 @@ pub struct E2eReport {
     current: SideReport,
     report: e2e::Comparison,
     seconds: f64,
+    /// The working tree's target directory: where its verdict is recorded.
+    #[serde(skip)]
+    target_dir: PathBuf,
 }
 
 /// Threshold of an end-to-end comparison: whole servers on a shared machine are noisier
@@ -243,6 +249,7 @@ fn compare(args: Args) -> Result<BenchOutcome> {
             current,
             report: comparison,
             seconds: started.elapsed().as_secs_f64(),
+            target_dir: checkouts.target_dir.clone(),
         }));
     }
 
@@ -330,6 +337,7 @@ fn compare(args: Args) -> Result<BenchOutcome> {
         regressed,
         improved,
         seconds: started.elapsed().as_secs_f64(),
+        target_dir: checkouts.target_dir.clone(),
     }))
 }
 
@@ -371,9 +379,19 @@ impl BenchOutcome {
     /// Keeps the verdict for a release's evidence (`report::verdicts`): the working
     /// tree's speed on this host, against the baseline named in each line.
     fn record(&self) -> Result<()> {
-        let (baseline, current, what) = match self {
-            BenchOutcome::Benches(report) => (&report.baseline, &report.current, format!("{:?} mode", report.mode)),
-            BenchOutcome::E2e(report) => (&report.baseline, &report.current, "whole servers (--e2e)".into()),
+        let (baseline, current, target_dir, what) = match self {
+            BenchOutcome::Benches(report) => (
+                &report.baseline,
+                &report.current,
+                &report.target_dir,
+                format!("{:?} mode", report.mode),
+            ),
+            BenchOutcome::E2e(report) => (
+                &report.baseline,
+                &report.current,
+                &report.target_dir,
+                "whole servers (--e2e)".into(),
+            ),
         };
         let mut checks = vec![format!("{what} against {} ({})", baseline.reference, baseline.commit)];
         checks.extend(
@@ -382,7 +400,7 @@ impl BenchOutcome {
                 .flat_map(|summary| summary.lines().map(str::to_string)),
         );
         verdicts::record(
-            &Workspace::discover()?.target_dir,
+            target_dir,
             &Recorded {
                 command: "bench-compare".into(),
                 arch: targets::host()?.arch.into(),
@@ -508,6 +526,7 @@ mod tests {
             regressed: 0,
             improved: 0,
             seconds: 1.0,
+            target_dir: PathBuf::from("target"),
         });
         let json = serde_json::to_value(&benches).unwrap();
         let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
@@ -533,6 +552,7 @@ mod tests {
             current: side("working tree"),
             report: e2e::regressed_comparison(),
             seconds: 2.0,
+            target_dir: PathBuf::from("target"),
         });
         let json = serde_json::to_value(&e2e).unwrap();
         let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
