@@ -1,6 +1,7 @@
-//! `cargo xtask dist`: a release for the host and one foreign target, read back with the
-//! tools a user would trust (sha256sum, minisign, dpkg-deb, dpkg, tar, sh), installed
-//! through its install.sh, refused when tampered with, and made again byte for byte.
+//! `cargo xtask dist`: a release for every target, read back with the tools a user would
+//! trust (sha256sum, minisign, dpkg-deb, dpkg, tar, sh, skopeo, CycloneDX's own schema
+//! validator, cargo-auditable's reader), installed through its install.sh, refused when
+//! tampered with, made again byte for byte, and made without a target that fails to build.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -106,6 +107,13 @@ fn a_release_for_every_target_is_signed_installable_refuses_tampering_and_is_mad
         .chain(["install.sh", "evidence.json", "SHA256SUMS", "SHA256SUMS.minisig"].map(String::from))
         .chain([format!("plexichat-{}.oci.tar", version())])
         .collect();
+    // Every artefact has its SBOM.
+    let sboms: Vec<String> = expected
+        .iter()
+        .filter(|name| name.ends_with(".tar.gz") || name.ends_with(".deb") || name.ends_with(".oci.tar"))
+        .map(|name| format!("{name}.cdx.json"))
+        .collect();
+    expected.extend(sboms);
     expected.sort();
     assert_eq!(files.keys().cloned().collect::<Vec<_>>(), expected);
     let listed: Vec<&str> = report["files"]
@@ -134,6 +142,7 @@ fn a_release_for_every_target_is_signed_installable_refuses_tampering_and_is_mad
     check_debs(&dir);
     check_oci_archive(&dir);
     check_evidence(&files, &sums);
+    check_sboms(&dir, &files);
     check_install_sh(&dir);
 
     // The same binaries make the same release, signature included.
@@ -144,6 +153,66 @@ fn a_release_for_every_target_is_signed_installable_refuses_tampering_and_is_mad
         assert!(remade.get(name) == Some(bytes), "{name} differs the second time");
     }
     assert_eq!(remade.len(), files.len());
+
+    a_target_that_fails_to_build_fails_only_its_own_artefacts(&dir);
+}
+
+/// aarch64's linker replaced by one that fails: x86_64's artefacts are made, aarch64's
+/// are not and are named in the report, and the run exits 1. cargo's aarch64 executable
+/// is removed first, so that cargo links it again (it would find it fresh otherwise):
+/// the next real build links it once more, in seconds.
+fn a_target_that_fails_to_build_fails_only_its_own_artefacts(dir: &Path) {
+    let release = plexichat_e2e::target_dir().join(TRIPLES[1]).join("release");
+    for entry in std::fs::read_dir(release.join("deps")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("plexichat-") && path.extension().is_none() {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let _ = std::fs::remove_file(release.join("plexichat"));
+    let bin = tempfile::tempdir().unwrap();
+    let linker = bin.path().join("aarch64-linux-gnu-gcc");
+    std::fs::write(
+        &linker,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'broken-gcc 1'; exit 0; fi\necho 'this linker is broken on purpose' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&linker, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+    let output = Command::new(plexichat_e2e::binary("xtask", "xtask").unwrap())
+        .args([
+            "dist",
+            "--profile",
+            "release",
+            "--target",
+            TRIPLES[0],
+            "--target",
+            TRIPLES[1],
+            "--json",
+        ])
+        .current_dir(plexichat_e2e::workspace_root())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    let report = json_of(&output);
+    assert_eq!(report["ok"], false, "{report}");
+    let failure = report["failures"][TRIPLES[1]].as_str().unwrap_or_default();
+    assert!(failure.contains("cargo build failed"), "{report}");
+    let files = files_of(dir);
+    assert!(
+        files.contains_key(&format!("plexichat-{}-{}.tar.gz", version(), TRIPLES[0])),
+        "{:?}",
+        files.keys()
+    );
+    assert!(
+        !files
+            .keys()
+            .any(|name| name.contains("aarch64") || name.contains("arm64")),
+        "{:?}",
+        files.keys()
+    );
 }
 
 /// Each archive: one directory holding the binary and what goes with it, entries dated at
@@ -369,6 +438,11 @@ fn check_evidence(files: &BTreeMap<String, Vec<u8>>, sums: &str) {
             binary["cache_key"].as_str().is_some_and(|key| key.len() == 64),
             "{artefact}"
         );
+        assert_eq!(artefact["sbom"], format!("{file}.cdx.json"), "{artefact}");
+        assert!(
+            binary["embedded_crates"].as_u64().is_some_and(|n| n > 100),
+            "{artefact}"
+        );
         let smoke = &artefact["smoke"];
         assert_eq!(smoke["ok"], true, "{artefact}");
         let ran = match artefact["target"].as_str() {
@@ -400,6 +474,126 @@ fn check_evidence(files: &BTreeMap<String, Vec<u8>>, sums: &str) {
     assert!(evidence["rustc"]
         .as_str()
         .is_some_and(|rustc| rustc.starts_with("rustc ")));
+}
+
+/// Pinned, so that a new schema release shows up as a deliberate upgrade.
+const CYCLONEDX_PYTHON_LIB: &str = "cyclonedx-python-lib[json-validation]==8.5.0";
+
+/// Each artefact's SBOM: valid CycloneDX 1.5 by the schema (CycloneDX's own validator,
+/// which also refuses a broken copy), about that very file, listing the crates its binary
+/// says it carries (read back from the binary by cargo-auditable's own reader).
+fn check_sboms(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
+    let sboms: Vec<&String> = files.keys().filter(|name| name.ends_with(".cdx.json")).collect();
+    assert_eq!(sboms.len(), 2 * TRIPLES.len() + 1, "{sboms:?}");
+    let scratch = tempfile::tempdir().unwrap();
+    let broken = scratch.path().join("broken.cdx.json");
+    let mut bom: Value = serde_json::from_slice(&files[sboms[0]]).unwrap();
+    bom["components"][0]["scope"] = "sometimes".into();
+    std::fs::write(&broken, bom.to_string()).unwrap();
+    let mut paths: Vec<PathBuf> = sboms.iter().map(|name| dir.join(name)).collect();
+    paths.push(broken.clone());
+    let verdicts = validate_cyclonedx(&paths);
+    for (path, verdict) in &verdicts {
+        if *path == broken {
+            assert!(verdict.contains("sometimes"), "a broken SBOM must fail: {verdict}");
+        } else {
+            assert_eq!(verdict, "valid", "{}", path.display());
+        }
+    }
+    assert_eq!(verdicts.len(), paths.len());
+
+    let sums = String::from_utf8(files["SHA256SUMS"].clone()).unwrap();
+    let crates_of = |bom: &Value, triple: &str| -> Vec<(String, String)> {
+        let mut crates: Vec<(String, String)> = bom["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["bom-ref"].as_str().unwrap().starts_with(&format!("{triple}/")))
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().into(),
+                    c["version"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        crates.sort();
+        crates
+    };
+    for name in &sboms {
+        let bom: Value = serde_json::from_slice(&files[*name]).unwrap();
+        let subject = name.strip_suffix(".cdx.json").unwrap();
+        let hash = bom["metadata"]["component"]["hashes"][0]["content"].as_str().unwrap();
+        assert!(
+            sums.contains(&format!("{hash}  {subject}\n")),
+            "{name} is about {subject}"
+        );
+    }
+    let oci: Value = serde_json::from_slice(&files[&format!("plexichat-{}.oci.tar.cdx.json", version())]).unwrap();
+    for (triple, arch) in TRIPLES.iter().zip(DEB_ARCHES) {
+        let stem = format!("plexichat-{}-{triple}", version());
+        let archive: Value = serde_json::from_slice(&files[&format!("{stem}.tar.gz.cdx.json")]).unwrap();
+        let deb: Value =
+            serde_json::from_slice(&files[&format!("plexichat_{}_{arch}.deb.cdx.json", version())]).unwrap();
+        let listed = crates_of(&archive, triple);
+        assert_eq!(listed, crates_of(&deb, triple), "{triple}");
+        assert_eq!(listed, crates_of(&oci, triple), "{triple}");
+        assert!(listed.len() > 100, "{triple}: {listed:?}");
+
+        // The binary from the archive, as a user unpacks it.
+        let mut unpacked = tar::Archive::new(flate2::read::GzDecoder::new(&files[&format!("{stem}.tar.gz")][..]));
+        unpacked.unpack(scratch.path()).unwrap();
+        let binary = scratch.path().join(&stem).join("plexichat");
+        let embedded = auditable_info::audit_info_from_file(&binary, Default::default())
+            .unwrap_or_else(|err| panic!("{}: no cargo-auditable data: {err}", binary.display()));
+        let mut carried: Vec<(String, String)> = embedded
+            .packages
+            .iter()
+            .map(|p| (p.name.clone(), p.version.to_string()))
+            .collect();
+        carried.sort();
+        assert_eq!(carried, listed, "{triple}: the binary's own list is the SBOM's");
+        let root: Vec<&str> = embedded
+            .packages
+            .iter()
+            .filter(|p| p.root)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(root, ["plexichat"]);
+    }
+}
+
+/// Each of `paths` checked by CycloneDX's Python library against the 1.5 JSON schema:
+/// "valid", or the validator's complaint.
+fn validate_cyclonedx(paths: &[PathBuf]) -> Vec<(PathBuf, String)> {
+    let venv = plexichat_e2e::python_venv(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &[CYCLONEDX_PYTHON_LIB],
+        "a release's SBOMs cannot be checked against the CycloneDX schema",
+    );
+    let script = r#"
+import json, sys
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+validator = JsonStrictValidator(SchemaVersion.V1_5)
+for path in sys.argv[1:]:
+    error = validator.validate_str(open(path).read())
+    print(json.dumps([path, "valid" if error is None else str(error)]))
+"#;
+    let output = Command::new(venv.join("bin/python"))
+        .arg("-c")
+        .arg(script)
+        .args(paths)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (path, verdict): (PathBuf, String) = serde_json::from_str(line).unwrap();
+            (path, verdict)
+        })
+        .collect()
 }
 
 /// install.sh from a local archive into a prefix, the unit rewritten for it; then the

@@ -222,3 +222,57 @@ pub fn assert_sigint_leaves_nothing(subcommand: &str, args: &[&str], marker: &st
     assert_eq!(status.code(), Some(130), "{rest:?}");
     assert_nothing_left(pid, &[]);
 }
+
+/// A Python virtual environment under `dir` holding `requirements` (pip's syntax, each
+/// pinned), made with `python3 -m venv` and pip from PyPI unless one with exactly these
+/// requirements is there. Without python3 this fails, with or without `CI`: what
+/// `purpose` says would otherwise pass unchecked.
+pub fn python_venv(dir: &Path, requirements: &[&str], purpose: &str) -> PathBuf {
+    let name = requirements.join("+").replace(['=', '[', ']', '<', '>', ',', ' '], "_");
+    let venv = dir.join(format!("venv-{name}"));
+    // Written last: a venv without it is a half-made one (an interrupted install).
+    let done = venv.join("installed");
+    if std::fs::read_to_string(&done).is_ok_and(|listed| listed == requirements.join("\n")) {
+        return venv;
+    }
+    let python = Command::new("python3").arg("--version").output();
+    if !python.as_ref().is_ok_and(|output| output.status.success()) {
+        panic!(
+            "python3 is missing{}: {purpose}.\n\
+             fix: install python3 with venv and pip (Debian: apt-get install python3 python3-venv)",
+            if std::env::var_os("CI").is_some() {
+                " on this CI runner"
+            } else {
+                ""
+            }
+        );
+    }
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv).unwrap_or_else(|err| panic!("removing {}: {err}", venv.display()));
+    }
+    run_or_fail(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "creating a Python virtual environment (Debian: apt-get install python3-venv)",
+    );
+    run_or_fail(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(requirements),
+        &format!("installing {} from PyPI (is PyPI reachable?)", requirements.join(" ")),
+    );
+    std::fs::write(&done, requirements.join("\n")).unwrap_or_else(|err| panic!("writing {}: {err}", done.display()));
+    venv
+}
+
+#[track_caller]
+fn run_or_fail(command: &mut Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("{what}: cannot run {command:?}: {err}"));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr_of(&output)
+    );
+}

@@ -162,57 +162,12 @@ fn both_streams(output: &Output) -> String {
     )
 }
 
-/// The `schemathesis` executable of a virtual environment under the target directory,
-/// created (python3 -m venv, pip install) unless one with the pinned version is there.
-/// Without python3 this fails, with or without `CI`: a skipped contract check would
-/// pass silently.
+/// The `schemathesis` executable, from PyPI into a virtual environment of the tests'.
 fn install_schemathesis() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("schemathesis-{SCHEMATHESIS_VERSION}"));
-    let executable = venv.join("bin/schemathesis");
-    if reports_version(&executable) {
-        return executable;
-    }
-    let in_ci = std::env::var_os("CI").is_some();
-    let python = Command::new("python3").arg("--version").output();
-    if !python.as_ref().is_ok_and(|output| output.status.success()) {
-        panic!(
-            "python3 is missing{}: the OpenAPI contract cannot be checked without schemathesis.\n\
-             fix: install python3 with venv and pip (Debian: apt-get install python3 python3-venv)",
-            if in_ci { " on this CI runner" } else { "" }
-        );
-    }
-    // A half-made environment (an interrupted install) is made again from scratch.
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv).unwrap_or_else(|err| panic!("removing {}: {err}", venv.display()));
-    }
-    run_or_fail(
-        Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        "creating a Python virtual environment (Debian: apt-get install python3-venv)",
+    let venv = plexichat_e2e::python_venv(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &[&format!("schemathesis=={SCHEMATHESIS_VERSION}")],
+        "the OpenAPI contract cannot be checked without schemathesis",
     );
-    run_or_fail(
-        Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
-        "installing schemathesis from PyPI (is PyPI reachable?)",
-    );
-    assert!(
-        reports_version(&executable),
-        "{} does not report version {SCHEMATHESIS_VERSION} after installing it",
-        executable.display()
-    );
-    executable
-}
-
-fn reports_version(executable: &Path) -> bool {
-    Command::new(executable).arg("--version").output().is_ok_and(|output| {
-        output.status.success() && String::from_utf8_lossy(&output.stdout).contains(SCHEMATHESIS_VERSION)
-    })
-}
-
-#[track_caller]
-fn run_or_fail(command: &mut Command, what: &str) {
-    let output = command
-        .output()
-        .unwrap_or_else(|err| panic!("{what}: cannot run {command:?}: {err}"));
-    assert!(output.status.success(), "{what} failed:\n{}", both_streams(&output));
+    venv.join("bin/schemathesis")
 }

@@ -40,7 +40,13 @@ pub fn shell() -> Result<Shell> {
 /// read them (ring's, for one) and rebuilds those crates and everything above them; runs
 /// from a shell and from the tests would then rebuild the server in turn.
 pub fn cargo() -> Command {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo_tool(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// `program`, a cargo subcommand's executable (which runs cargo itself), without the
+/// variables cargo sets for the package it runs, as [`cargo`].
+pub fn cargo_tool(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(is_package_variable) {
             command.env_remove(name);

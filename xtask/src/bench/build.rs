@@ -65,7 +65,12 @@ pub(crate) fn server(checkout: &Checkout, build: &BuildSection, target: &Target,
         bin_dir: checkout.bin_dir.join(target.triple),
         ..*checkout
     };
-    let mut executables = cargo_executables(&per_target, server_build(checkout.root, build, target), &["bin"], task)?;
+    let mut executables = cargo_executables(
+        &per_target,
+        server_build(checkout.root, build, target, task)?,
+        &["bin"],
+        task,
+    )?;
     executables
         .remove("plexichat")
         .context("cargo built no `plexichat` executable")

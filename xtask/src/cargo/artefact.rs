@@ -242,6 +242,11 @@ fn cache_key(root: &Path, build: &BuildSection, target: &Target, toolchain: &str
     key.feed("target", target.triple.as_bytes());
     key.feed("toolchain", toolchain.as_bytes());
     key.feed("linker", linker.as_bytes());
+    // The wrapper writes the embedded crate list: its version decides those bytes.
+    key.feed(
+        "cargo-auditable",
+        crate::provision::cargo_tools::CARGO_AUDITABLE.version.as_bytes(),
+    );
     // The target list says which artefacts to make, not how any one is made.
     let build = BuildSection {
         targets: Vec::new(),

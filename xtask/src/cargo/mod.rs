@@ -2,6 +2,7 @@
 //! place that runs `cargo build` for it and reads cargo's JSON messages.
 
 pub(crate) mod artefact;
+pub(crate) mod auditable;
 pub(crate) mod matrix;
 
 pub(crate) mod smoke;
@@ -15,6 +16,7 @@ use cargo_metadata::{Artifact, Message};
 use services::process::{self, cmd};
 use sha2::{Digest, Sha256};
 
+use crate::provision::{self, Requirement};
 use crate::report::progress::Task;
 use crate::system::{self, hex};
 use crate::workspace::profile::BuildSection;
@@ -69,7 +71,7 @@ pub(crate) fn target_build(
     if build.sccache && system::which("sccache").is_none() {
         bail!("the profile asks for sccache, which is not installed (fix: apt-get install sccache)");
     }
-    let command = server_build(&workspace.root, build, target);
+    let command = server_build(&workspace.root, build, target, task)?;
     task.step(format!(
         "cargo build for {} --profile {}",
         target.triple, build.cargo_profile
@@ -96,19 +98,20 @@ pub(crate) fn target_build(
 /// The one `cargo build` of the server: its static binary for `target`, as `build` says,
 /// in the workspace at `root`. Every user of a release server (build-native, the images,
 /// the VMs, cluster-local, bench-compare's e2e) builds through it, so that one build in a
-/// target directory serves them all.
-pub(crate) fn server_build(root: &Path, build: &BuildSection, target: &Target) -> Command {
-    let mut command = cargo();
+/// target directory serves them all. Through cargo-auditable: the binary carries the list
+/// of crates it was built from (installed first if missing, telling `task`).
+pub(crate) fn server_build(root: &Path, build: &BuildSection, target: &Target, task: &Task) -> Result<Command> {
+    provision::ensure(&[Requirement::CargoAuditable], task)?;
+    let mut command = auditable::cargo(&["build", "--locked", "--package", "plexichat", "--bin", "plexichat"])?;
     command
         .current_dir(root)
-        .args(["build", "--locked", "--package", "plexichat", "--bin", "plexichat"])
         .args(["--profile", &build.cargo_profile])
         .args(["--target", target.triple])
         .envs(cargo_env(build, target, build_revision(root).as_deref()));
     if !build.features.is_empty() {
         command.args(["--features", &build.features.join(",")]);
     }
-    command
+    Ok(command)
 }
 
 /// The cargo running us (cargo sets `CARGO` for `cargo xtask`), else the one on PATH.

@@ -1,8 +1,10 @@
 //! `cargo xtask dist`: a release in `target/dist/release/<version>/`, made from
 //! build-native's smoke-tested binaries of a profile's targets: per target an archive and
-//! a Debian package, one OCI archive with an image per target, then install.sh,
-//! evidence.json, SHA256SUMS and, with `--sign`, its minisign signature. A target that fails to build or to pass its smoke run fails its
-//! own artefacts only; the release is made of the others, and the command exits 1.
+//! a Debian package, one OCI archive with an image per target, a CycloneDX SBOM of each
+//! of those, then install.sh, evidence.json, SHA256SUMS and, with `--sign`, its minisign
+//! signature. A target that fails to build, to pass its smoke run or to match its SBOM
+//! fails its own artefacts only; the release is made of the others, and the command
+//! exits 1.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,12 +14,14 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cargo::artefact::Artefact;
+use crate::cargo::auditable;
 use crate::cargo::matrix::{self, first_line};
 use crate::cargo::smoke::Policy;
 use crate::docker;
 use crate::docker::context::{self, ServerSettings};
 use crate::provision::{self, Requirement};
 use crate::release::evidence::{self, Evidence, Tested};
+use crate::release::sbom::{self, Contained, Graph, Subject};
 use crate::release::signature::SigningKey;
 use crate::release::{archive, checksums, deb, installer, oci, Release};
 use crate::report::error::UsageError;
@@ -120,21 +124,37 @@ pub fn run(args: Args) -> Result<DistReport> {
     let mut evidence = Evidence::new(&release, &profile.name, &rustc);
     let mut files = Vec::new();
     let mut images = Vec::new();
+    let mut failures = built.failures.clone();
     for artefact in built.passed() {
         let target = targets::by_arch(&artefact.arch).context("a built artefact's architecture")?;
+        task.step(format!("the crates of {}", target.triple));
+        let graph = match crates_of(&workspace, &profile, artefact, target) {
+            Ok(graph) => graph,
+            Err(err) => {
+                failures.insert(target.triple.to_string(), format!("{err:#}"));
+                continue;
+            }
+        };
         task.step(format!("packaging {}", target.triple));
         let binary = std::fs::read(&artefact.path).with_context(|| format!("reading {}", artefact.path.display()))?;
-        let tested = tested(&workspace, artefact, target);
+        let tested = tested(&workspace, artefact, target, graph.crates.len());
         let archive_name = format!("{}.tar.gz", release.archive_stem(target));
         write(&release, &archive_name, &archive::make(&release, target, &binary))?;
         let deb_name = deb::file_name(&release, target);
         deb::make(&release, target, &binary, &release.dir.join(&deb_name))?;
+        let contained = [Contained {
+            target,
+            sha256: &artefact.sha256,
+            graph: &graph,
+        }];
         for (name, kind) in [(archive_name, "archive"), (deb_name, "deb")] {
             let file = describe(&release, &name)?;
-            files.push((name, Some(target.triple.to_string())));
-            evidence.artefacts.push(tested.artefact(file, kind));
+            let sbom_name = write_sbom(&release, &file, false, &contained)?;
+            evidence.artefacts.push(tested.artefact(file, kind, sbom_name.clone()));
+            let triple = Some(target.triple.to_string());
+            files.extend([(name, triple.clone()), (sbom_name, triple)]);
         }
-        images.push((target, binary, tested));
+        images.push((target, artefact, binary, tested, graph));
     }
     if !images.is_empty() {
         task.step("the multi-architecture OCI image");
@@ -144,16 +164,26 @@ pub fn run(args: Args) -> Result<DistReport> {
         labels.remove(docker::LABEL);
         let binaries: Vec<(&Target, Vec<u8>)> = images
             .iter()
-            .map(|(target, binary, _)| (*target, binary.clone()))
+            .map(|(target, _, binary, _, _)| (*target, binary.clone()))
             .collect();
         let server = ServerSettings::of(&profile)?;
         write(&release, &name, &oci::make(&release, &server, &labels, &binaries)?)?;
-        for (_, _, tested) in &images {
+        let contained: Vec<Contained> = images
+            .iter()
+            .map(|(target, artefact, _, _, graph)| Contained {
+                target,
+                sha256: &artefact.sha256,
+                graph,
+            })
+            .collect();
+        let file = describe(&release, &name)?;
+        let sbom_name = write_sbom(&release, &file, true, &contained)?;
+        for (_, _, _, tested, _) in &images {
             evidence
                 .artefacts
-                .push(tested.artefact(describe(&release, &name)?, "oci"));
+                .push(tested.artefact(describe(&release, &name)?, "oci", sbom_name.clone()));
         }
-        files.push((name, None));
+        files.extend([(name, None), (sbom_name, None)]);
     }
     task.step("install.sh, evidence.json, SHA256SUMS");
     let install = "install.sh".to_string();
@@ -196,26 +226,46 @@ pub fn run(args: Args) -> Result<DistReport> {
         })
         .collect::<Result<_>>()?;
     Ok(DistReport {
-        ok: built.failures.is_empty(),
+        ok: failures.is_empty(),
         version: release.version,
         revision: release.revision,
         profile: profile.name,
         dir: release.dir,
         files,
-        failures: built.failures,
+        failures,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
+/// The crates `artefact`'s binary was built from, as the lockfile resolves them for its
+/// target, checked against the list the binary carries.
+fn crates_of(workspace: &Workspace, profile: &Profile, artefact: &Artefact, target: &Target) -> Result<Graph> {
+    let graph = Graph::resolve(&workspace.root, &profile.build, target)?;
+    graph.check_embedded(&auditable::read(&artefact.path)?)?;
+    Ok(graph)
+}
+
+/// Writes the SBOM of the release's `file`, which holds `binaries`; returns its name.
+fn write_sbom(release: &Release, file: &evidence::File, container: bool, binaries: &[Contained]) -> Result<String> {
+    let subject = Subject {
+        file: &file.file,
+        sha256: &file.sha256,
+        container,
+    };
+    let name = sbom::file_name(&file.file);
+    write(release, &name, &sbom::render(release, &subject, binaries)?)?;
+    Ok(name)
+}
+
 /// The evidence a binary's artefacts share: its build and smoke run, and the verdicts
 /// recorded for its architecture.
-fn tested(workspace: &Workspace, artefact: &Artefact, target: &Target) -> Tested {
+fn tested(workspace: &Workspace, artefact: &Artefact, target: &Target, embedded_crates: usize) -> Tested {
     let host = targets::host().ok();
     let bench = host
         .filter(|host| *host == target)
         .and_then(|host| verdicts::latest(&workspace.target_dir, "bench-compare", host.arch));
     let cluster = verdicts::latest(&workspace.target_dir, "qemu-cluster", target.arch);
-    Tested::of(artefact, target, cluster, bench)
+    Tested::of(artefact, target, embedded_crates, cluster, bench)
 }
 
 fn write(release: &Release, name: &str, bytes: &[u8]) -> Result<()> {

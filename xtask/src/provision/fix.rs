@@ -19,17 +19,35 @@ pub(super) const BINFMT_DIR: &str = "/proc/sys/fs/binfmt_misc";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fix {
-    RustupTarget { target: String },
-    Apt { packages: Vec<String> },
-    Binfmt { arch: String },
-    GuestKernel { arch: String },
-    Manual { instruction: String },
+    RustupTarget {
+        target: String,
+    },
+    /// A tool from crates.io at a pinned version, into cargo's own bin directory.
+    CargoInstall {
+        krate: String,
+        version: String,
+    },
+    Apt {
+        packages: Vec<String>,
+    },
+    Binfmt {
+        arch: String,
+    },
+    GuestKernel {
+        arch: String,
+    },
+    Manual {
+        instruction: String,
+    },
 }
 
 impl std::fmt::Display for Fix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Fix::RustupTarget { target } => write!(f, "rustup target add {target}"),
+            Fix::CargoInstall { krate, version } => {
+                write!(f, "cargo install --locked {krate} --version {version} --force")
+            }
             Fix::Apt { packages } => write!(f, "apt-get install {}", packages.join(" ")),
             Fix::Binfmt { arch } => write!(
                 f,
@@ -42,14 +60,15 @@ impl std::fmt::Display for Fix {
 }
 
 /// The fixes of the missing `checks` that can be run, in the order they must run:
-/// rustup first, then one apt call for every package, then what needs those packages.
+/// rustup first (cargo installs need no package, and build with the toolchain), then one
+/// apt call for every package, then what needs those packages.
 pub(super) fn in_order(checks: &[Check]) -> Vec<Fix> {
     let mut rustup = Vec::new();
     let mut packages = BTreeSet::new();
     let mut after_apt = Vec::new();
     for fix in checks.iter().filter(|c| c.is_missing()).filter_map(|c| c.fix.clone()) {
         match fix {
-            Fix::RustupTarget { .. } => rustup.push(fix),
+            Fix::RustupTarget { .. } | Fix::CargoInstall { .. } => rustup.push(fix),
             Fix::Apt { packages: names } => packages.extend(names),
             Fix::Binfmt { .. } | Fix::GuestKernel { .. } => after_apt.push(fix),
             Fix::Manual { .. } => {}
@@ -71,6 +90,15 @@ pub(super) fn apply(fix: &Fix) -> Result<()> {
         Fix::RustupTarget { target } => {
             let sh = process::shell()?;
             process::run(cmd!(sh, "rustup target add {target}"))
+        }
+        Fix::CargoInstall { krate, version } => {
+            // Outside any workspace: a cargo install reads no project's configuration.
+            let sh = process::shell_in(&std::env::temp_dir())?;
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            process::run(cmd!(
+                sh,
+                "{cargo} install --locked --quiet {krate} --version {version} --force"
+            ))
         }
         Fix::Apt { packages } => system::apt_install(packages),
         Fix::Binfmt { arch } => register_binfmt(arch),
@@ -160,5 +188,10 @@ mod tests {
         assert_eq!(apt.to_string(), "apt-get install a b");
         let rustup = Fix::RustupTarget { target: "x".into() };
         assert_eq!(rustup.to_string(), "rustup target add x");
+        let install = Fix::CargoInstall {
+            krate: "k".into(),
+            version: "1.2.3".into(),
+        };
+        assert_eq!(install.to_string(), "cargo install --locked k --version 1.2.3 --force");
     }
 }

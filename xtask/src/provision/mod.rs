@@ -2,6 +2,7 @@
 //! version?) and a fix (how to install it); `doctor` lists them all, and a command asks
 //! for exactly the requirements it needs and has only those installed.
 
+pub(crate) mod cargo_tools;
 mod fix;
 mod probe;
 
@@ -13,7 +14,7 @@ use serde::Serialize;
 
 pub use self::fix::Fix;
 pub use self::probe::docker_engine_version;
-use crate::report::progress::Progress;
+use crate::report::progress::{Progress, Task};
 use crate::system;
 use crate::workspace::targets::{Target, TARGETS};
 
@@ -43,12 +44,17 @@ pub enum Requirement {
     Postgres,
     NatsServer,
     Valgrind,
+    /// cargo-auditable, with which every server binary is built: it carries the list of
+    /// crates it was built from.
+    CargoAuditable,
     /// `dpkg-deb`, which builds a release's Debian packages.
     DpkgDeb,
     /// `minisign`, which signs a release's checksums (`dist --sign`).
     Minisign,
     /// `skopeo`, which pushes a release's OCI archive to a registry as one tag.
     Skopeo,
+    /// Compose (Debian's docker-compose), which checks and runs a rendered deployment.
+    DockerCompose,
 }
 
 impl Requirement {
@@ -57,6 +63,7 @@ impl Requirement {
         let mut all = Vec::new();
         all.extend(TARGETS.iter().map(Requirement::RustTarget));
         all.extend(TARGETS.iter().map(Requirement::Linker));
+        all.push(Requirement::CargoAuditable);
         for target in TARGETS.iter().filter(|t| t.is_foreign()) {
             all.extend([Requirement::QemuUser(target), Requirement::Binfmt(target)]);
         }
@@ -76,13 +83,18 @@ impl Requirement {
             Requirement::DpkgDeb,
             Requirement::Minisign,
             Requirement::Skopeo,
+            Requirement::DockerCompose,
         ]);
         all
     }
 
     /// What building `target`'s static binary and smoke-testing it here need.
     pub fn to_build(target: &'static Target) -> Vec<Requirement> {
-        let mut needed = vec![Requirement::RustTarget(target), Requirement::Linker(target)];
+        let mut needed = vec![
+            Requirement::RustTarget(target),
+            Requirement::Linker(target),
+            Requirement::CargoAuditable,
+        ];
         if target.is_foreign() {
             needed.push(Requirement::QemuUser(target));
         }
@@ -98,7 +110,7 @@ impl Requirement {
 
     pub fn category(&self) -> &'static str {
         match self {
-            Requirement::RustTarget(_) => "rust",
+            Requirement::RustTarget(_) | Requirement::CargoAuditable => "rust",
             Requirement::Linker(_) => "cross",
             Requirement::QemuUser(_)
             | Requirement::Binfmt(_)
@@ -107,7 +119,10 @@ impl Requirement {
             | Requirement::QemuImg
             | Requirement::Mkfs
             | Requirement::Kvm => "emulation",
-            Requirement::DockerEngine | Requirement::Postgres | Requirement::NatsServer => "services",
+            Requirement::DockerEngine
+            | Requirement::DockerCompose
+            | Requirement::Postgres
+            | Requirement::NatsServer => "services",
             Requirement::Valgrind => "bench",
             Requirement::DpkgDeb | Requirement::Minisign | Requirement::Skopeo => "release",
         }
@@ -135,9 +150,11 @@ impl fmt::Display for Requirement {
             Requirement::Postgres => f.write_str("postgres (initdb, pg_ctl)"),
             Requirement::NatsServer => f.write_str("nats-server"),
             Requirement::Valgrind => f.write_str("valgrind (callgrind)"),
+            Requirement::CargoAuditable => f.write_str("cargo-auditable"),
             Requirement::DpkgDeb => f.write_str("dpkg-deb (dpkg)"),
             Requirement::Minisign => f.write_str("minisign"),
             Requirement::Skopeo => f.write_str("skopeo"),
+            Requirement::DockerCompose => f.write_str("docker-compose"),
         }
     }
 }
@@ -244,11 +261,32 @@ pub fn apply_fixes(checks: &[Check]) -> Vec<(Fix, Result<(), String>)> {
 /// Installs, as `doctor --fix` would, whichever of `requirements` are missing; returns
 /// what is still missing afterwards (with its fix), for the caller to report.
 pub fn install_missing(requirements: &[Requirement], progress: &Progress) -> Vec<Check> {
-    let mut missing: Vec<Check> = probe_all(requirements).into_iter().filter(Check::is_missing).collect();
+    let missing: Vec<Check> = probe_all(requirements).into_iter().filter(Check::is_missing).collect();
     if missing.is_empty() {
         return missing;
     }
     let task = progress.task("provision");
+    let missing = install_in(requirements, missing, &task);
+    task.finish(if missing.is_empty() {
+        "done"
+    } else {
+        "some remain missing"
+    });
+    missing
+}
+
+/// Installs whichever of `requirements` are missing, telling `task` (a step of a
+/// command's own work, such as a build that needs a tool); fails with the fixes still to
+/// make if anything is left.
+pub fn ensure(requirements: &[Requirement], task: &Task) -> Result<()> {
+    let missing: Vec<Check> = probe_all(requirements).into_iter().filter(Check::is_missing).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fail_on_gaps(install_in(requirements, missing, task))
+}
+
+fn install_in(requirements: &[Requirement], mut missing: Vec<Check>, task: &Task) -> Vec<Check> {
     // Everything asked for is probed again after each round, not only what was missing: a
     // fix can take away what was there (Debian's QEMU removes a newer qemu-utils from
     // backports, and qemu-img with it), and a second round puts it back.
@@ -271,17 +309,15 @@ pub fn install_missing(requirements: &[Requirement], progress: &Progress) -> Vec
         }
         missing = probe_all(requirements).into_iter().filter(Check::is_missing).collect();
     }
-    task.finish(if missing.is_empty() {
-        "done"
-    } else {
-        "some remain missing"
-    });
     missing
 }
 
 /// `install_missing`, failing with the fixes still to make if anything is left.
 pub fn provision(requirements: &[Requirement], progress: &Progress) -> Result<()> {
-    let still_missing = install_missing(requirements, progress);
+    fail_on_gaps(install_missing(requirements, progress))
+}
+
+fn fail_on_gaps(still_missing: Vec<Check>) -> Result<()> {
     if still_missing.is_empty() {
         return Ok(());
     }
@@ -332,6 +368,7 @@ mod tests {
             let needed = Requirement::to_build(target);
             assert!(needed.contains(&Requirement::RustTarget(target)));
             assert!(needed.contains(&Requirement::Linker(target)));
+            assert!(needed.contains(&Requirement::CargoAuditable));
             assert_eq!(needed.contains(&Requirement::QemuUser(target)), target.is_foreign());
         }
     }

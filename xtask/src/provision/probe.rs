@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result};
 use services::host::postgres_bin_dir;
 use services::process::{self, cmd};
 
+use super::cargo_tools::{CargoTool, CARGO_AUDITABLE};
 use super::fix::BINFMT_DIR;
 use super::{Check, Fix, Requirement, Status};
 use crate::guest::kernels::GuestKernel;
@@ -36,6 +37,7 @@ pub(super) fn probe(requirement: Requirement) -> Check {
             "valgrind",
             "bench-compare's instruction counts (its default when CI is set)",
         ),
+        Requirement::CargoAuditable => cargo_auditable(check),
         Requirement::DpkgDeb => packaged(check, "dpkg-deb", "dpkg", &["--version"], "a release's Debian packages"),
         Requirement::Minisign => packaged(
             check,
@@ -50,6 +52,13 @@ pub(super) fn probe(requirement: Requirement) -> Check {
             "skopeo",
             &["--version"],
             "pushing a release's OCI archive",
+        ),
+        Requirement::DockerCompose => packaged(
+            check,
+            "docker-compose",
+            "docker-compose",
+            &["version", "--short"],
+            "checking and running a rendered deployment",
         ),
     }
 }
@@ -241,8 +250,21 @@ fn postgres(check: Check) -> Check {
     }
 }
 
-/// A program on PATH from the Debian package of the same name.
-/// A program of a Debian package named otherwise; system tools live in sbin, which is not
+/// cargo-auditable at the pinned version: another one would embed other bytes.
+fn cargo_auditable(check: Check) -> Check {
+    let CargoTool { krate, version: pinned } = CARGO_AUDITABLE;
+    let fix = Fix::CargoInstall {
+        krate: krate.into(),
+        version: pinned.into(),
+    };
+    match (CARGO_AUDITABLE.executable(), CARGO_AUDITABLE.installed_version()) {
+        (Some(_), Some(version)) if version == pinned => check.found(Some(version)),
+        (Some(_), Some(version)) => check.missing(format!("version {version} installed; the builds pin {pinned}"), fix),
+        _ => check.missing("every server binary carries its crate list", fix),
+    }
+}
+
+/// A program of a Debian package; system tools live in sbin, which is not
 /// on every user's PATH.
 fn packaged(check: Check, name: &str, package: &str, version_args: &[&str], why: &str) -> Check {
     match system::sbin_program(name) {

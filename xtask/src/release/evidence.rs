@@ -43,6 +43,8 @@ pub(crate) struct ArtefactEvidence {
     pub file: File,
     /// `archive`, `deb`, or `oci` (the image for `target` in the multi-platform archive).
     pub kind: &'static str,
+    /// Its CycloneDX SBOM, a file of the release.
+    pub sbom: String,
     pub target: String,
     pub binary: Binary,
     pub smoke: SmokeEvidence,
@@ -64,6 +66,9 @@ pub(crate) struct Binary {
     pub target: String,
     /// build-native's key over every input that can change the binary.
     pub cache_key: String,
+    /// How many crates the binary says it was built from (cargo-auditable's list, read
+    /// back from it): the same crates as its SBOM lists, or it would not have shipped.
+    pub embedded_crates: usize,
 }
 
 #[derive(Clone, Serialize)]
@@ -101,6 +106,7 @@ impl Tested {
     pub(crate) fn of(
         artefact: &Artefact,
         target: &Target,
+        embedded_crates: usize,
         qemu_cluster: Option<Recorded>,
         bench_compare: Option<Recorded>,
     ) -> Self {
@@ -124,6 +130,7 @@ impl Tested {
                 profile: artefact.profile.clone(),
                 target: artefact.target.clone(),
                 cache_key: artefact.cache_key.clone(),
+                embedded_crates,
             },
             smoke: SmokeEvidence {
                 ok: artefact.smoke.ok,
@@ -140,10 +147,11 @@ impl Tested {
         }
     }
 
-    pub(crate) fn artefact(&self, file: File, kind: &'static str) -> ArtefactEvidence {
+    pub(crate) fn artefact(&self, file: File, kind: &'static str, sbom: String) -> ArtefactEvidence {
         ArtefactEvidence {
             file,
             kind,
+            sbom,
             target: self.binary.target.clone(),
             binary: self.binary.clone(),
             smoke: self.smoke.clone(),
@@ -211,29 +219,29 @@ mod tests {
     #[test]
     fn a_verdict_counts_only_for_its_own_revision_and_says_whether_it_saw_this_binary() {
         let target = &TARGETS[1];
-        let tested = Tested::of(&artefact(), target, Some(recorded("r1", Some("b1"))), None);
+        let tested = Tested::of(&artefact(), target, 7, Some(recorded("r1", Some("b1"))), None);
         assert!(
             tested.qemu_cluster.is_none(),
             "another revision's verdict is no evidence"
         );
-        let tested = Tested::of(&artefact(), target, Some(recorded("r2", Some("b1"))), None);
+        let tested = Tested::of(&artefact(), target, 7, Some(recorded("r2", Some("b1"))), None);
         assert_eq!(tested.qemu_cluster.as_ref().and_then(|v| v.same_binary), Some(true));
-        let tested = Tested::of(&artefact(), target, Some(recorded("r2", Some("b0"))), None);
+        let tested = Tested::of(&artefact(), target, 7, Some(recorded("r2", Some("b0"))), None);
         assert_eq!(tested.qemu_cluster.as_ref().and_then(|v| v.same_binary), Some(false));
-        let tested = Tested::of(&artefact(), target, None, Some(recorded("r2", None)));
+        let tested = Tested::of(&artefact(), target, 7, None, Some(recorded("r2", None)));
         assert_eq!(tested.bench_compare.as_ref().map(|v| v.same_binary), Some(None));
         assert_eq!(tested.smoke.ran, "under qemu-aarch64-static");
     }
 
     #[test]
     fn nothing_that_differs_between_two_releases_of_the_same_binaries_is_in_it() {
-        let tested = Tested::of(&artefact(), &TARGETS[1], None, None);
+        let tested = Tested::of(&artefact(), &TARGETS[1], 7, None, None);
         let file = File {
             file: "a.tar.gz".into(),
             sha256: "f".into(),
             bytes: 1,
         };
-        let json = serde_json::to_string(&tested.artefact(file, "archive")).unwrap();
+        let json = serde_json::to_string(&tested.artefact(file, "archive", "a.tar.gz.cdx.json".into())).unwrap();
         // Whether the smoke result was reused, and how long the build took, vary.
         assert!(!json.contains("cached") && !json.contains("seconds"), "{json}");
         assert!(

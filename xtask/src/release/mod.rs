@@ -12,6 +12,7 @@ pub(crate) mod deb;
 pub(crate) mod evidence;
 pub(crate) mod installer;
 pub(crate) mod oci;
+pub(crate) mod sbom;
 pub(crate) mod signature;
 
 use std::path::{Path, PathBuf};
