@@ -8,6 +8,7 @@
 mod bench_compare;
 mod ci;
 mod cluster_local;
+mod deploy;
 mod dist;
 mod docker_build;
 mod qemu_cluster;

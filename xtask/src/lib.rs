@@ -7,6 +7,7 @@
 //! - `guest`: guest image definitions, kernels, modules, the initramfs;
 //! - `qemu`: QMP, VMs and their fault checks;
 //! - `docker`: the Docker Engine, build contexts, container smoke runs;
+//! - `deploy`: deployments rendered from a profile (Compose, Kubernetes);
 //! - `cluster`: the cluster description, its checks and the verifier;
 //! - `bench`: baselines in worktrees, criterion and callgrind measurements, e2e load;
 //! - `pipeline`: workflows as data and their runner;
@@ -29,6 +30,7 @@ pub(crate) mod bench;
 pub(crate) mod cargo;
 pub(crate) mod cluster;
 pub mod commands;
+pub(crate) mod deploy;
 pub(crate) mod docker;
 pub(crate) mod guest;
 pub(crate) mod history;

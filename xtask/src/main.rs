@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use services::teardown;
 use xtask::commands::{
-    bench_compare, build_native, ci, cluster_local, dist, docker_build, doctor, qemu_cluster, qemu_image,
+    bench_compare, build_native, ci, cluster_local, deploy, dist, docker_build, doctor, qemu_cluster, qemu_image,
 };
 use xtask::report::error::UsageError;
 use xtask::report::{Outcome, Report};
@@ -63,6 +63,10 @@ enum Command {
     /// (signed with --sign) and evidence.json, from smoke-tested binaries.
     #[command(after_help = "Example: cargo xtask dist --target x86_64 --target aarch64 --sign release.key")]
     Dist(dist::Args),
+    /// Deployment files from a profile: Compose and Kubernetes, with bundled or managed
+    /// PostgreSQL and NATS.
+    #[command(after_help = "Example: cargo xtask deploy render --nodes 3 --format all --out deploy/")]
+    Deploy(deploy::Args),
     /// Runs a pipeline from workflows/ (default: ci): steps with their needs, timeouts,
     /// conditions and matrices, in CI log groups; exit 1 if a step failed.
     #[command(after_help = "Example: cargo xtask ci --only fmt --only clippy")]
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Command::DockerBuild(args) => finish(docker_build::run(args), json),
         Command::Ci(args) => finish(ci::run(args), json),
         Command::Dist(args) => finish(dist::run(args), json),
+        Command::Deploy(args) => finish(deploy::run(args), json),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod bench_compare;
 pub mod build_native;
 pub mod ci;
 pub mod cluster_local;
+pub mod deploy;
 pub mod dist;
 pub mod docker_build;
 pub mod doctor;

@@ -157,11 +157,25 @@ impl Profile {
     /// The membership lease the nodes run with (`server.cluster.lease`, default 5 s):
     /// how long a dead node may still be listed as up.
     pub fn cluster_lease(&self) -> Duration {
-        self.server
-            .as_ref()
-            .and_then(|server| server.get("cluster")?.get("lease")?.as_str().map(str::to_string))
-            .and_then(|lease| humantime::parse_duration(&lease).ok())
-            .unwrap_or(Duration::from_secs(5))
+        self.server_duration(&["cluster", "lease"], Duration::from_secs(5))
+    }
+
+    /// The server section as the file has it (the server checks it when it starts).
+    pub fn server_section(&self) -> Option<&serde_yaml::Value> {
+        self.server.as_ref()
+    }
+
+    /// A duration of the server section (`path` below `server`, e.g. `["http",
+    /// "shutdown_timeout"]`), or `default` where the profile leaves it to the server.
+    pub fn server_duration(&self, path: &[&str], default: Duration) -> Duration {
+        let mut value = self.server.as_ref();
+        for key in path {
+            value = value.and_then(|v| v.get(*key));
+        }
+        value
+            .and_then(|v| v.as_str())
+            .and_then(|text| humantime::parse_duration(text).ok())
+            .unwrap_or(default)
     }
 }
 
