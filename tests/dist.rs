@@ -26,16 +26,9 @@ fn version() -> &'static str {
 
 /// `program ARGS` in `dir`, which must succeed; its stdout.
 fn run_in(dir: &Path, program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|err| panic!("{program}: {err}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let output = plexichat_e2e::run_or_fail(
+        Command::new(program).args(args).current_dir(dir),
+        &format!("{program} {args:?}"),
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

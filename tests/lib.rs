@@ -264,8 +264,10 @@ pub fn python_venv(dir: &Path, requirements: &[&str], purpose: &str) -> PathBuf 
     venv
 }
 
+/// Runs `command`, which must succeed (else the panic says `what`, with both streams);
+/// its output.
 #[track_caller]
-fn run_or_fail(command: &mut Command, what: &str) {
+pub fn run_or_fail(command: &mut Command, what: &str) -> Output {
     let output = command
         .output()
         .unwrap_or_else(|err| panic!("{what}: cannot run {command:?}: {err}"));
@@ -275,4 +277,5 @@ fn run_or_fail(command: &mut Command, what: &str) {
         String::from_utf8_lossy(&output.stdout),
         stderr_of(&output)
     );
+    output
 }

@@ -213,80 +213,69 @@ fn url_port(url: &str) -> Option<u16> {
 }
 
 fn postgres(deployment: &Deployment) -> Vec<Value> {
-    let statefulset = json!({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": metadata(POSTGRES, "postgres"),
-        "spec": {
-            "serviceName": POSTGRES,
-            "replicas": 1,
-            "selector": { "matchLabels": labels("postgres") },
-            "template": {
-                "metadata": { "labels": labels("postgres") },
-                "spec": {
-                    "containers": [{
-                        "name": "postgres",
-                        "image": deployment.postgres_image,
-                        "ports": [{ "name": "postgres", "containerPort": POSTGRES_PORT }],
-                        "env": [
-                            { "name": "POSTGRES_USER", "value": DATABASE },
-                            { "name": "POSTGRES_DB", "value": DATABASE },
-                            { "name": "POSTGRES_PASSWORD", "valueFrom": { "secretKeyRef": { "name": DATABASE_SECRET, "key": "password" } } },
-                            // A volume's root holds lost+found: the cluster goes below it.
-                            { "name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata" },
-                        ],
-                        "readinessProbe": {
-                            "exec": { "command": ["pg_isready", "--host", "127.0.0.1", "--username", DATABASE, "--dbname", DATABASE] },
-                            "periodSeconds": 2,
-                        },
-                        "resources": {
-                            "requests": { "cpu": "250m", "memory": "256Mi" },
-                            "limits": { "cpu": "1", "memory": "512Mi" },
-                        },
-                        "volumeMounts": [{ "name": "data", "mountPath": "/var/lib/postgresql/data" }],
-                    }],
-                },
-            },
-            "volumeClaimTemplates": [{
-                "metadata": { "name": "data" },
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "resources": { "requests": { "storage": "1Gi" } },
-                },
-            }],
+    let container = json!({
+        "name": "postgres",
+        "image": deployment.postgres_image,
+        "ports": [{ "name": "postgres", "containerPort": POSTGRES_PORT }],
+        "env": [
+            { "name": "POSTGRES_USER", "value": DATABASE },
+            { "name": "POSTGRES_DB", "value": DATABASE },
+            { "name": "POSTGRES_PASSWORD", "valueFrom": { "secretKeyRef": { "name": DATABASE_SECRET, "key": "password" } } },
+            // A volume's root holds lost+found: the cluster goes below it.
+            { "name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata" },
+        ],
+        "readinessProbe": {
+            "exec": { "command": ["pg_isready", "--host", "127.0.0.1", "--username", DATABASE, "--dbname", DATABASE] },
+            "periodSeconds": 2,
         },
+        "resources": {
+            "requests": { "cpu": "250m", "memory": "256Mi" },
+            "limits": { "cpu": "1", "memory": "512Mi" },
+        },
+        "volumeMounts": [{ "name": "data", "mountPath": "/var/lib/postgresql/data" }],
     });
+    let mut statefulset = dependency(POSTGRES, "postgres", container);
+    statefulset["spec"]["volumeClaimTemplates"] = json!([{
+        "metadata": { "name": "data" },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": { "requests": { "storage": "1Gi" } },
+        },
+    }]);
     vec![statefulset, service(POSTGRES, "postgres", POSTGRES_PORT)]
 }
 
 fn nats(deployment: &Deployment) -> Vec<Value> {
-    let statefulset = json!({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": metadata(NATS, "nats"),
-        "spec": {
-            "serviceName": NATS,
-            "replicas": 1,
-            "selector": { "matchLabels": labels("nats") },
-            "template": {
-                "metadata": { "labels": labels("nats") },
-                "spec": {
-                    "containers": [{
-                        "name": "nats",
-                        "image": deployment.nats_image,
-                        "args": ["--port", NATS_PORT.to_string()],
-                        "ports": [{ "name": "nats", "containerPort": NATS_PORT }],
-                        "readinessProbe": { "tcpSocket": { "port": "nats" }, "periodSeconds": 2 },
-                        "resources": {
-                            "requests": { "cpu": "100m", "memory": "32Mi" },
-                            "limits": { "cpu": "500m", "memory": "128Mi" },
-                        },
-                    }],
-                },
-            },
+    let container = json!({
+        "name": "nats",
+        "image": deployment.nats_image,
+        "args": ["--port", NATS_PORT.to_string()],
+        "ports": [{ "name": "nats", "containerPort": NATS_PORT }],
+        "readinessProbe": { "tcpSocket": { "port": "nats" }, "periodSeconds": 2 },
+        "resources": {
+            "requests": { "cpu": "100m", "memory": "32Mi" },
+            "limits": { "cpu": "500m", "memory": "128Mi" },
         },
     });
-    vec![statefulset, service(NATS, "nats", NATS_PORT)]
+    vec![dependency(NATS, "nats", container), service(NATS, "nats", NATS_PORT)]
+}
+
+/// A bundled dependency: a StatefulSet of one pod running `container`.
+fn dependency(name: &str, component: &str, container: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(name, component),
+        "spec": {
+            "serviceName": name,
+            "replicas": 1,
+            "selector": { "matchLabels": labels(component) },
+            "template": {
+                "metadata": { "labels": labels(component) },
+                "spec": { "containers": [container] },
+            },
+        },
+    })
 }
 
 fn service(name: &str, component: &str, port: u16) -> Value {
