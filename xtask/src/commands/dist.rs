@@ -123,7 +123,8 @@ pub fn run(args: Args) -> Result<DistReport> {
     let rustc = crate::cargo::rustc_version(&workspace.root)?;
     let mut evidence = Evidence::new(&release, &profile.name, &rustc);
     let mut files = Vec::new();
-    let mut images = Vec::new();
+    // What the OCI archive is made of: a packaged binary per target.
+    let mut images: Vec<Packaged> = Vec::new();
     let mut failures = built.failures.clone();
     for artefact in built.passed() {
         let target = targets::by_arch(&artefact.arch).context("a built artefact's architecture")?;
@@ -154,7 +155,13 @@ pub fn run(args: Args) -> Result<DistReport> {
             let triple = Some(target.triple.to_string());
             files.extend([(name, triple.clone()), (sbom_name, triple)]);
         }
-        images.push((target, artefact, binary, tested, graph));
+        images.push(Packaged {
+            target,
+            artefact,
+            binary,
+            tested,
+            graph,
+        });
     }
     if !images.is_empty() {
         task.step("the multi-architecture OCI image");
@@ -164,24 +171,24 @@ pub fn run(args: Args) -> Result<DistReport> {
         labels.remove(docker::LABEL);
         let binaries: Vec<(&Target, Vec<u8>)> = images
             .iter()
-            .map(|(target, _, binary, _, _)| (*target, binary.clone()))
+            .map(|image| (image.target, image.binary.clone()))
             .collect();
         let server = ServerSettings::of(&profile)?;
         write(&release, &name, &oci::make(&release, &server, &labels, &binaries)?)?;
         let contained: Vec<Contained> = images
             .iter()
-            .map(|(target, artefact, _, _, graph)| Contained {
-                target,
-                sha256: &artefact.sha256,
-                graph,
+            .map(|image| Contained {
+                target: image.target,
+                sha256: &image.artefact.sha256,
+                graph: &image.graph,
             })
             .collect();
         let file = describe(&release, &name)?;
         let sbom_name = write_sbom(&release, &file, true, &contained)?;
-        for (_, _, _, tested, _) in &images {
+        for image in &images {
             evidence
                 .artefacts
-                .push(tested.artefact(describe(&release, &name)?, "oci", sbom_name.clone()));
+                .push(image.tested.artefact(file.clone(), "oci", sbom_name.clone()));
         }
         files.extend([(name, None), (sbom_name, None)]);
     }
@@ -235,6 +242,15 @@ pub fn run(args: Args) -> Result<DistReport> {
         failures,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A target's binary once its archive and package are written.
+struct Packaged<'a> {
+    target: &'static Target,
+    artefact: &'a Artefact,
+    binary: Vec<u8>,
+    tested: Tested,
+    graph: Graph,
 }
 
 /// The crates `artefact`'s binary was built from, as the lockfile resolves them for its

@@ -30,7 +30,7 @@ pub(crate) struct Evidence {
     pub others: Vec<File>,
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 pub(crate) struct File {
     pub file: String,
     pub sha256: String,
