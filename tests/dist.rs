@@ -152,8 +152,9 @@ fn a_release_for_every_target_is_signed_installable_refuses_tampering_and_is_mad
 
 /// aarch64's linker replaced by one that fails: x86_64's artefacts are made, aarch64's
 /// are not and are named in the report, and the run exits 1. cargo's aarch64 executable
-/// is removed first, so that cargo links it again (it would find it fresh otherwise):
-/// the next real build links it once more, in seconds.
+/// in `deps/` is removed first, so that cargo links it again (it would find it fresh
+/// otherwise). Its uplifted copy stays, and no command reads either: the tests running
+/// beside this one use the servers the toolchain keeps by build key.
 fn a_target_that_fails_to_build_fails_only_its_own_artefacts(dir: &Path) {
     let release = plexichat_e2e::target_dir().join(TRIPLES[1]).join("release");
     for entry in std::fs::read_dir(release.join("deps")).unwrap() {
@@ -163,7 +164,6 @@ fn a_target_that_fails_to_build_fails_only_its_own_artefacts(dir: &Path) {
             std::fs::remove_file(&path).unwrap();
         }
     }
-    let _ = std::fs::remove_file(release.join("plexichat"));
     let bin = tempfile::tempdir().unwrap();
     let linker = bin.path().join("aarch64-linux-gnu-gcc");
     std::fs::write(

@@ -3,8 +3,9 @@
 //! for the commands that start a cluster on it or roll one onto it (`--from`, `--to`).
 //!
 //! Its binaries are kept by the key build-native gives the working tree's (the sources,
-//! the build section, the target, the compiler): a revision asked for again, by another
-//! run or another test, is not compiled again.
+//! the build section, the target, the compiler), beside the working tree's own servers
+//! ([`KeptServers`]): a revision asked for again, by another run or another test, is not
+//! compiled again.
 
 use std::path::{Path, PathBuf};
 
@@ -13,15 +14,13 @@ use anyhow::{Context, Result};
 use super::baseline::Worktree;
 use super::build::{server, Checkout};
 use super::{short, Checkouts};
-use crate::cargo::artefact::{put_in_place, tree_key};
+use crate::cargo::artefact::tree_key;
+use crate::cargo::kept::KeptServers;
 use crate::cargo::rustc_version;
 use crate::report::error::UsageError;
 use crate::report::progress::Task;
 use crate::workspace::profile::BuildSection;
 use crate::workspace::targets::Target;
-
-/// How many builds of each target are kept: the revisions a team rolls between.
-const KEPT_PER_TARGET: usize = 3;
 
 pub(crate) struct RevisionBuild {
     pub reference: String,
@@ -75,32 +74,34 @@ pub(crate) fn build(
     let worktree = Worktree::add(&checkouts.repo, &checkouts.run_dir.join("revision"), &checkouts.commit)?;
     let root = worktree.path.join(&checkouts.relative_root);
     let toolchain = rustc_version(&root)?;
-    let kept_dir = checkouts.target_dir.join("xtask").join("revisions");
+    let kept = KeptServers::in_target_dir(&checkouts.target_dir);
     let mut binaries = Vec::new();
     for &target in targets {
         let key = tree_key(&root, build, target, &toolchain)?;
-        let kept = kept_dir.join(target.triple).join(&key).join("plexichat");
-        if kept.is_file() {
-            task.step(format!("{reference} for {}: built before", target.arch));
-            mark_used(&kept);
-        } else {
-            let checkout = Checkout {
-                label: "revision",
-                root: &root,
-                target_dir: &checkouts.baseline_target_dir(),
-                bin_dir: checkouts.run_dir.join("bin").join(target.triple),
-                fresh_checkout: true,
-            };
-            let binary = server(&checkout, build, target, task).map_err(|err| {
-                UsageError(format!(
-                    "{flag} {reference} ({}): its server does not build for {}: {err:#}\n  fix: pass a revision whose server builds",
-                    short(&checkouts.commit),
-                    target.arch
-                ))
-            })?;
-            keep(&binary, &kept)?;
-        }
-        binaries.push((target, kept));
+        let binary = match kept.find(target, &key) {
+            Some(binary) => {
+                task.step(format!("{reference} for {}: built before", target.arch));
+                binary
+            }
+            None => {
+                let checkout = Checkout {
+                    label: "revision",
+                    root: &root,
+                    target_dir: &checkouts.baseline_target_dir(),
+                    bin_dir: checkouts.run_dir.join("bin").join(target.triple),
+                    fresh_checkout: true,
+                };
+                let binary = server(&checkout, build, target, task).map_err(|err| {
+                    UsageError(format!(
+                        "{flag} {reference} ({}): its server does not build for {}: {err:#}\n  fix: pass a revision whose server builds",
+                        short(&checkouts.commit),
+                        target.arch
+                    ))
+                })?;
+                kept.keep(&binary, target, &key)?
+            }
+        };
+        binaries.push((target, binary));
     }
     Ok(RevisionBuild {
         reference: reference.to_string(),
@@ -110,30 +111,4 @@ pub(crate) fn build(
         _worktree: worktree,
         _checkouts: checkouts,
     })
-}
-
-/// Makes a kept build the newest of its target, so that pruning keeps the ones in use.
-fn mark_used(kept: &Path) {
-    if let Some(dir) = kept.parent() {
-        let _ = std::fs::File::open(dir).and_then(|dir| dir.set_modified(std::time::SystemTime::now()));
-    }
-}
-
-/// Copies `binary` to `kept` (as build-native puts its artefacts in place: a concurrent
-/// run sees it whole or not at all), and forgets the oldest builds of the same target
-/// beyond [`KEPT_PER_TARGET`].
-fn keep(binary: &Path, kept: &Path) -> Result<()> {
-    let dir = kept.parent().context("a kept build's directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    put_in_place(binary, kept)?;
-    let target_dir = dir.parent().context("a kept build's target directory")?;
-    let mut builds: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(target_dir)?
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
-        .collect();
-    builds.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
-    for (_, old) in builds.into_iter().skip(KEPT_PER_TARGET) {
-        let _ = std::fs::remove_dir_all(old);
-    }
-    Ok(())
 }

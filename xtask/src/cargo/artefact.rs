@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::kept::KeptServers;
 use super::smoke::{self, Policy, Smoke};
 use super::KeyHasher;
 use crate::report::progress::Task;
@@ -154,9 +155,10 @@ fn recorded_smoke(manifest: &Manifest, target: &Target, key: Option<&str>, polic
 }
 
 /// The static server for `target` as `build` makes it: build-native's artefact when its
-/// cache key says it was built from exactly these inputs, else cargo's own output
-/// (cargo rebuilds what is stale and nothing else). Checked to be a static binary of
-/// the target's machine either way.
+/// cache key says it was built from exactly these inputs, else the server kept under
+/// that key, else a fresh build (cargo rebuilds what is stale and nothing else), checked
+/// to be a static binary of the target's machine and kept. Never cargo's own output,
+/// which the next build of the target with other inputs replaces.
 pub(crate) fn target_binary(
     workspace: &Workspace,
     build: &BuildSection,
@@ -172,10 +174,15 @@ pub(crate) fn target_binary(
         ));
         return Ok(path);
     }
+    let kept = KeptServers::in_target_dir(&workspace.target_dir);
+    if let Some(path) = kept.find(target, &key) {
+        task.step(format!("server: built before ({})", target.triple));
+        return Ok(path);
+    }
     let executable = super::target_build(workspace, build, target, task)?;
     let bytes = std::fs::read(&executable).with_context(|| format!("reading {}", executable.display()))?;
     check_static(&bytes, target, &executable)?;
-    Ok(executable)
+    kept.keep(&executable, target, &key)
 }
 
 /// build-native's cache key of the artefact for `target`.

@@ -3,6 +3,7 @@
 
 pub(crate) mod artefact;
 pub(crate) mod auditable;
+pub(crate) mod kept;
 pub(crate) mod matrix;
 
 pub(crate) mod smoke;
