@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use plexichat_e2e::{json_of, stderr_of, xtask};
+use plexichat_e2e::{json_of, stderr_of, strings_at, xtask};
 
 /// Pinned, with the Kubernetes version the objects are checked against: the oldest
 /// release still maintained when this was written.
@@ -67,12 +67,7 @@ fn rendered_deployments_pass_their_validators_and_broken_ones_do_not() {
     let bundled = dir.path().join("bundled");
     let report = render(&bundled, &[]);
     assert_eq!(report["compose_check"]["ok"], true, "{report}");
-    let names: Vec<&str> = report["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = strings_at(&report["files"], "name");
     assert_eq!(names, ["compose.yaml", "profile.yaml", ".env", "kubernetes.yaml"]);
 
     let validated = kubernetes_validate(&bundled.join("kubernetes.yaml"));

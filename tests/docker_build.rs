@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use plexichat_e2e::{signal, spawn_xtask, stderr_of};
+use plexichat_e2e::{signal, spawn_xtask, stderr_of, strings_at};
 use serde_json::Value;
 
 /// The engine's socket, as DOCKER_HOST names it (the default socket otherwise).
@@ -149,12 +149,7 @@ fn images_for_the_host_and_a_foreign_arch_build_run_and_export() {
         for image in images {
             let smoke = &image["smoke"];
             assert_eq!(smoke["ok"], true, "{smoke:#}");
-            let steps: Vec<&str> = smoke["steps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["name"].as_str().unwrap())
-                .collect();
+            let steps = strings_at(&smoke["steps"], "name");
             assert_eq!(steps, ["start", "healthy", "health", "round trip", "removed"]);
         }
 

@@ -18,6 +18,21 @@ pub fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The string `field` of each object in the JSON array `array` (a panic naming the field
+/// when `array` is not an array or an object lacks it): a report's names, ids, faults.
+pub fn strings_at<'a>(array: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    array
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {array}"))
+        .iter()
+        .map(|object| {
+            object[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no string `{field}` in {object}"))
+        })
+        .collect()
+}
+
 /// The one JSON document a `--json` run printed on stdout; a panic quoting both streams
 /// when stdout is anything else.
 pub fn json_of(output: &Output) -> serde_json::Value {

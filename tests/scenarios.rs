@@ -7,7 +7,7 @@
 
 use std::io::Write as _;
 
-use plexichat_e2e::{assert_nothing_left, assert_sigint_leaves_nothing, json_of, spawn_xtask, stderr_of};
+use plexichat_e2e::{assert_nothing_left, assert_sigint_leaves_nothing, json_of, spawn_xtask, stderr_of, strings_at};
 use serde_json::Value;
 
 /// The release profile's static build, shared with the other e2e tests.
@@ -94,12 +94,7 @@ fn failover_holds_on_processes() {
 
 /// The faults of a report's windows, in order.
 fn faults_of(report: &Value) -> Vec<&str> {
-    report["windows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["fault"].as_str().unwrap())
-        .collect()
+    strings_at(&report["windows"], "fault")
 }
 
 #[test]
@@ -120,12 +115,7 @@ fn partition_holds_on_vms() {
         ["cut-off", "cut-off", "cut-off", "cut-from", "cut-from"]
     );
     // Cut off over QMP: the NIC's link went down and up again.
-    let details: Vec<&str> = report["schedule"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["detail"].as_str().unwrap())
-        .collect();
+    let details = strings_at(&report["schedule"], "detail");
     assert!(details[0].contains("set_link"), "{details:?}");
     // What each VM cost the host.
     let vms = report["vms"].as_array().unwrap();
@@ -145,12 +135,7 @@ fn slow_link_holds_on_processes() {
 fn dependencies_hold_on_processes() {
     let report = assert_holds("3", "dependencies", "40s", &[]);
     // The shared services were really failed: NATS killed and PostgreSQL frozen.
-    let details: Vec<&str> = report["schedule"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["detail"].as_str().unwrap())
-        .collect();
+    let details = strings_at(&report["schedule"], "detail");
     assert!(details.iter().any(|d| d.contains("NATS on port")), "{details:?}");
     assert!(details.iter().any(|d| d.contains("PostgreSQL frozen")), "{details:?}");
 }
