@@ -31,9 +31,8 @@ pub(crate) fn cargo(args: &[&str]) -> Result<Command> {
     Ok(command)
 }
 
-/// The crate list embedded in the binary at `path`.
-pub(crate) fn read(path: &Path) -> Result<VersionInfo> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    auditable_info::audit_info_from_slice(&bytes, JSON_LIMIT)
+/// The crate list embedded in `binary`, the contents of the file at `path`.
+pub(crate) fn read(binary: &[u8], path: &Path) -> Result<VersionInfo> {
+    auditable_info::audit_info_from_slice(binary, JSON_LIMIT)
         .map_err(|err| anyhow::anyhow!("{}: no readable cargo-auditable data: {err}", path.display()))
 }

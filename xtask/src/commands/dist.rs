@@ -128,8 +128,9 @@ pub fn run(args: Args) -> Result<DistReport> {
     let mut failures = built.failures.clone();
     for artefact in built.passed() {
         let target = targets::by_arch(&artefact.arch).context("a built artefact's architecture")?;
+        let binary = std::fs::read(&artefact.path).with_context(|| format!("reading {}", artefact.path.display()))?;
         task.step(format!("the crates of {}", target.triple));
-        let graph = match crates_of(&workspace, &profile, artefact, target) {
+        let graph = match crates_of(&workspace, &profile, artefact, &binary, target) {
             Ok(graph) => graph,
             Err(err) => {
                 failures.insert(target.triple.to_string(), format!("{err:#}"));
@@ -137,7 +138,6 @@ pub fn run(args: Args) -> Result<DistReport> {
             }
         };
         task.step(format!("packaging {}", target.triple));
-        let binary = std::fs::read(&artefact.path).with_context(|| format!("reading {}", artefact.path.display()))?;
         let tested = tested(&workspace, artefact, target, graph.crates.len());
         let archive_name = format!("{}.tar.gz", release.archive_stem(target));
         write(&release, &archive_name, &archive::make(&release, target, &binary))?;
@@ -253,11 +253,17 @@ struct Packaged<'a> {
     graph: Graph,
 }
 
-/// The crates `artefact`'s binary was built from, as the lockfile resolves them for its
-/// target, checked against the list the binary carries.
-fn crates_of(workspace: &Workspace, profile: &Profile, artefact: &Artefact, target: &Target) -> Result<Graph> {
+/// The crates `artefact`'s binary (`binary`, its bytes) was built from, as the lockfile
+/// resolves them for its target, checked against the list the binary carries.
+fn crates_of(
+    workspace: &Workspace,
+    profile: &Profile,
+    artefact: &Artefact,
+    binary: &[u8],
+    target: &Target,
+) -> Result<Graph> {
     let graph = Graph::resolve(&workspace.root, &profile.build, target)?;
-    graph.check_embedded(&auditable::read(&artefact.path)?)?;
+    graph.check_embedded(&auditable::read(binary, &artefact.path)?)?;
     Ok(graph)
 }
 
