@@ -206,10 +206,7 @@ fn network_policy(deployment: &Deployment) -> Value {
 
 /// The port of `scheme://[user@]host:port/…`, when it names one.
 fn url_port(url: &str) -> Option<u16> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?']).next()?;
-    let host = authority.rsplit('@').next()?;
-    host.rsplit_once(':')?.1.parse().ok()
+    url::Url::parse(url).ok()?.port()
 }
 
 fn postgres(deployment: &Deployment) -> Vec<Value> {
@@ -373,5 +370,6 @@ mod tests {
         assert_eq!(url_port("postgres://u:p@h:6432/db?x=1"), Some(6432));
         assert_eq!(url_port("nats://h:4333"), Some(4333));
         assert_eq!(url_port("postgres://u:p@h/db"), None);
+        assert_eq!(url_port("postgres://u:p@[::1]:5433/db"), Some(5433));
     }
 }
